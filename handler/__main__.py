@@ -1,0 +1,35 @@
+"""`python -m handler`: load the engine, then run the runpod worker loop.
+
+Without `RUNPOD_WEBHOOK_GET_JOB` the runpod SDK runs one local job from `test_input.json` (or
+`--test_input '{...}'`) and exits, which is how a worker image is smoke-tested.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from handler import logs
+from handler.main import handler, install
+from handler.runtime import start_runtime
+from handler.settings import WorkerSettings
+
+log = logging.getLogger("handler.worker")
+
+
+def main() -> None:
+    logs.configure()
+    settings = WorkerSettings()
+    log.info("worker starting", extra={"settings": settings.model_dump(mode="json")})
+    runtime = start_runtime(settings)
+    install(runtime)
+
+    import runpod
+
+    concurrency = settings.max_concurrency
+    runpod.serverless.start(
+        {"handler": handler, "concurrency_modifier": lambda _current: concurrency}
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""`process_chunk`: download a chunk, run every request through the engine together, upload.
+
+One bad request never fails the chunk: it becomes an error line. Only a broken input URL, an
+unreachable output URL or a dead engine fail the job, since nothing useful can be returned then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from pydantic import ValidationError
+
+from handler import transfer
+from handler.contract import (
+    MAX_SUMMARY_MESSAGE_CHARS,
+    BatchRequestInput,
+    BatchRequestOutput,
+    BatchResponseData,
+    ChunkCounts,
+    ChunkSummary,
+    ChunkTimings,
+    ChunkUsage,
+    ProcessChunkInput,
+    RequestFailure,
+    WorkerIdentity,
+)
+from handler.engine import EngineDead, Reply
+
+log = logging.getLogger(__name__)
+
+# Short, stable codes for the failures the control plane turns into dead letters.
+_CODE_BY_STATUS = {
+    400: "invalid_request",
+    404: "not_found",
+    422: "unprocessable",
+    501: "not_implemented",
+}
+
+
+class RequestRunner(Protocol):
+    """What `process_chunk` needs of an engine (the real one or a test stand-in)."""
+
+    async def run(self, endpoint: str, body: dict[str, Any]) -> Reply: ...
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    custom_id: str
+    status_code: int
+    body: dict[str, Any]
+    code: str | None = None  # set for failures hotbatch detects before the engine
+
+
+async def process_chunk(
+    job: ProcessChunkInput,
+    *,
+    engine: RequestRunner,
+    session: aiohttp.ClientSession,
+    worker: WorkerIdentity,
+    max_in_flight: int,
+    transfer_retries: int,
+) -> ChunkSummary:
+    ids = {"batch_id": job.batch_id, "chunk_id": job.chunk_id, "attempt": job.attempt}
+    started = time.perf_counter()
+    raw = await transfer.download(session, job.input_url, retries=transfer_retries)
+    downloaded = time.perf_counter()
+
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    pending: list[tuple[str, dict[str, Any]] | _Outcome] = [
+        _parse_line(number, line, job.endpoint)
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
+    parsed = time.perf_counter()
+    log.info("chunk start", extra={**ids, "requests": len(pending), "bytes": len(raw)})
+
+    outcomes = await _run_all(pending, engine, job.endpoint, max_in_flight, ids)
+    ran = time.perf_counter()
+
+    output_lines, error_lines = _render(outcomes)
+    await asyncio.gather(
+        transfer.upload(
+            session, job.output_url, output_lines, retries=transfer_retries, what="output upload"
+        ),
+        transfer.upload(
+            session, job.error_url, error_lines, retries=transfer_retries, what="error upload"
+        ),
+    )
+    finished = time.perf_counter()
+
+    summary = _summarize(job, outcomes, worker)
+    engine_s = ran - parsed
+    summary.timings = ChunkTimings(
+        download_s=round(downloaded - started, 4),
+        parse_s=round(parsed - downloaded, 4),
+        engine_s=round(engine_s, 4),
+        upload_s=round(finished - ran, 4),
+        total_s=round(finished - started, 4),
+        requests_per_s=round(len(outcomes) / engine_s, 2) if engine_s > 0 else 0.0,
+        output_tokens_per_s=(
+            round(summary.usage.completion_tokens / engine_s, 2) if engine_s > 0 else 0.0
+        ),
+    )
+    log.info(
+        "chunk end",
+        extra={
+            **ids,
+            "requests": summary.counts.total,
+            "completed": summary.counts.completed,
+            "failed": summary.counts.failed,
+            "prompt_tokens": summary.usage.prompt_tokens,
+            "completion_tokens": summary.usage.completion_tokens,
+            "seconds": summary.timings.total_s,
+            "tokens_per_s": summary.timings.output_tokens_per_s,
+        },
+    )
+    return summary
+
+
+def _parse_line(number: int, line: str, endpoint: str) -> tuple[str, dict[str, Any]] | _Outcome:
+    """A request ready for the engine, or the error outcome that replaces it."""
+    try:
+        request = BatchRequestInput.model_validate_json(line)
+    except ValidationError as exc:
+        custom_id = _salvage_custom_id(line) or f"line-{number}"
+        first = exc.errors()[0]
+        code = "invalid_json_line" if first["type"] == "json_invalid" else "invalid_request_line"
+        message = f"Line {number}: {first['msg']}" + (
+            f" at {'.'.join(str(p) for p in first['loc'])}" if first["loc"] else ""
+        )
+        return _failure(custom_id, 400, message, code=code, param=None)
+    if request.url != endpoint:
+        return _failure(
+            request.custom_id,
+            400,
+            f"Request url {request.url!r} does not match the batch endpoint {endpoint!r}.",
+            code="mismatched_url",
+            param="url",
+        )
+    if request.body.get("stream"):
+        return _failure(
+            request.custom_id,
+            400,
+            "Streaming is not supported in batch requests; remove 'stream'.",
+            code="stream_not_supported",
+            param="stream",
+        )
+    return request.custom_id, request.body
+
+
+def _salvage_custom_id(line: str) -> str | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    custom_id = value.get("custom_id") if isinstance(value, dict) else None
+    return custom_id if isinstance(custom_id, str) else None
+
+
+def _failure(
+    custom_id: str, status: int, message: str, *, code: str, param: str | None
+) -> _Outcome:
+    kind = "BadRequestError" if status < 500 else "InternalServerError"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return _Outcome(custom_id, status, body, code)
+
+
+async def _run_all(
+    pending: list[tuple[str, dict[str, Any]] | _Outcome],
+    engine: RequestRunner,
+    endpoint: str,
+    max_in_flight: int,
+    ids: dict[str, Any],
+) -> list[_Outcome]:
+    # All requests are handed to the engine at once (bounded) so its scheduler batches them;
+    # awaiting them one by one would run the chunk at batch size 1.
+    gate = asyncio.Semaphore(max_in_flight)
+
+    async def run_one(item: tuple[str, dict[str, Any]] | _Outcome) -> _Outcome:
+        if isinstance(item, _Outcome):
+            return item
+        custom_id, body = item
+        async with gate:
+            try:
+                reply = await engine.run(endpoint, body)
+            except EngineDead:
+                raise
+            except Exception as exc:
+                # One request's crash must not sink its neighbours: it becomes a 500 line.
+                log.exception("request failed in engine", extra={**ids, "custom_id": custom_id})
+                return _failure(
+                    custom_id, 500, f"Engine error: {exc}", code="engine_error", param=None
+                )
+        return _Outcome(custom_id, reply.status_code, reply.body)
+
+    return list(await asyncio.gather(*(run_one(item) for item in pending)))
+
+
+def _render(outcomes: list[_Outcome]) -> tuple[bytes, bytes]:
+    output: list[str] = []
+    errors: list[str] = []
+    for outcome in outcomes:
+        line = BatchRequestOutput(
+            id=f"batch_req_{uuid.uuid4().hex}",
+            custom_id=outcome.custom_id,
+            response=BatchResponseData(
+                status_code=outcome.status_code,
+                request_id=f"req_{uuid.uuid4().hex}",
+                body=outcome.body,
+            ),
+            error=None,
+        ).model_dump_json()
+        (output if outcome.status_code == 200 else errors).append(line)
+    return _jsonl(output), _jsonl(errors)
+
+
+def _jsonl(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def _summarize(
+    job: ProcessChunkInput, outcomes: list[_Outcome], worker: WorkerIdentity
+) -> ChunkSummary:
+    usage = ChunkUsage()
+    failures: list[RequestFailure] = []
+    for outcome in outcomes:
+        if outcome.status_code == 200:
+            _add_usage(usage, outcome.body.get("usage") or {})
+        else:
+            failures.append(_failure_summary(outcome))
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+    return ChunkSummary(
+        batch_id=job.batch_id,
+        chunk_id=job.chunk_id,
+        attempt=job.attempt,
+        endpoint=job.endpoint,
+        counts=ChunkCounts(
+            total=len(outcomes), completed=len(outcomes) - len(failures), failed=len(failures)
+        ),
+        usage=usage,
+        failures=failures,
+        timings=ChunkTimings(),
+        worker=worker,
+    )
+
+
+def _add_usage(total: ChunkUsage, usage: dict[str, Any]) -> None:
+    total.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+    total.completion_tokens += int(usage.get("completion_tokens") or 0)
+    details = usage.get("prompt_tokens_details") or {}
+    total.cached_tokens += int(details.get("cached_tokens") or 0)
+
+
+def _failure_summary(outcome: _Outcome) -> RequestFailure:
+    error = outcome.body.get("error") if isinstance(outcome.body.get("error"), dict) else {}
+    assert isinstance(error, dict)
+    code = outcome.code or _CODE_BY_STATUS.get(outcome.status_code, "engine_error")
+    message = str(error.get("message") or f"HTTP {outcome.status_code}")
+    return RequestFailure(
+        custom_id=outcome.custom_id,
+        status_code=outcome.status_code,
+        code=code,
+        type=error.get("type"),
+        message=message[:MAX_SUMMARY_MESSAGE_CHARS],
+    )

@@ -1,0 +1,135 @@
+"""The chunk contract: what a dispatch sends to a worker and what the worker returns.
+
+This module is the one place where these wire formats are declared. The control plane imports
+it (never the other way round), so it must stay free of vLLM, runpod and anything heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+Endpoint = Literal["/v1/chat/completions", "/v1/completions"]
+ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
+
+# Messages are truncated in the summary so a chunk where every request fails still returns a
+# payload far below RunPod's output limits; the full message is in the error file.
+MAX_SUMMARY_MESSAGE_CHARS = 500
+
+
+class ProcessChunkInput(BaseModel):
+    """RunPod job input for `action: process_chunk`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["process_chunk"]
+    batch_id: str = Field(min_length=1)
+    chunk_id: str = Field(min_length=1)
+    attempt: int = Field(default=1, ge=1)
+    endpoint: Endpoint
+    input_url: str = Field(min_length=1)
+    output_url: str = Field(min_length=1)
+    error_url: str = Field(min_length=1)
+
+
+class HealthInput(BaseModel):
+    """RunPod job input for `action: health` (also what keep-hot pings send)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["health"]
+
+
+JobInput = Annotated[ProcessChunkInput | HealthInput, Field(discriminator="action")]
+JOB_INPUT: TypeAdapter[ProcessChunkInput | HealthInput] = TypeAdapter(JobInput)
+ACTIONS: tuple[str, ...] = ("process_chunk", "health")
+
+
+# --- OpenAI batch lines ---------------------------------------------------------------------
+
+
+class BatchRequestInput(BaseModel):
+    """One line of an OpenAI batch input file."""
+
+    custom_id: str
+    method: str
+    url: str
+    body: dict[str, Any]
+
+
+class BatchResponseData(BaseModel):
+    status_code: int
+    request_id: str
+    body: dict[str, Any] | None = None
+
+
+class BatchLineError(BaseModel):
+    code: str | None = None
+    message: str
+
+
+class BatchRequestOutput(BaseModel):
+    """One line of an OpenAI batch output or error file."""
+
+    id: str
+    custom_id: str
+    response: BatchResponseData | None
+    error: BatchLineError | None = None
+
+
+# --- The summary a worker returns -------------------------------------------------------------
+
+
+class ChunkCounts(BaseModel):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class ChunkUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    total_tokens: int = 0
+
+
+class RequestFailure(BaseModel):
+    custom_id: str
+    status_code: int
+    code: str | None = None
+    type: str | None = None
+    message: str
+
+
+class ChunkTimings(BaseModel):
+    download_s: float = 0.0
+    parse_s: float = 0.0
+    engine_s: float = 0.0
+    upload_s: float = 0.0
+    total_s: float = 0.0
+    requests_per_s: float = 0.0
+    output_tokens_per_s: float = 0.0
+
+
+class WorkerIdentity(BaseModel):
+    worker_id: str
+    hostname: str
+    pid: int
+    model: str
+    vllm_version: str
+    hotbatch_version: str
+
+
+class ChunkSummary(BaseModel):
+    """What `process_chunk` returns as the RunPod job output."""
+
+    batch_id: str
+    chunk_id: str
+    attempt: int
+    endpoint: Endpoint
+    counts: ChunkCounts
+    usage: ChunkUsage
+    failures: list[RequestFailure]
+    timings: ChunkTimings
+    worker: WorkerIdentity

@@ -1,0 +1,223 @@
+"""The only module that touches vLLM: one in-process engine behind vLLM's OpenAI serving layer.
+
+It mirrors what `vllm/entrypoints/launchers/run_batch.py` does in vLLM 0.32: build the async
+engine client from `vllm serve` arguments, let `init_app_state` create the OpenAI serving
+objects, then call `create_chat_completion` / `create_completion` per request with no HTTP.
+Request parsing, validation, error statuses and response bodies are therefore vLLM's own.
+
+`check_vllm_surface()` names everything used here; a test calls it so that an upgrade that
+moves any of it fails loudly instead of at the first chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from handler.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_VLLM = "0.32."
+
+# (module, attribute, parameters the attribute must accept) for every vLLM name used below.
+VLLM_SURFACE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("vllm.entrypoints.launchers.cli_args", "make_arg_parser", ("parser",)),
+    ("vllm.entrypoints.launchers.cli_args", "validate_parsed_serve_args", ("args",)),
+    ("vllm.utils.argparse_utils", "FlexibleArgumentParser", ()),
+    (
+        "vllm.entrypoints.launchers.api_server.entry",
+        "build_async_engine_client",
+        ("args", "usage_context"),
+    ),
+    (
+        "vllm.entrypoints.launchers.api_server.app_state",
+        "init_app_state",
+        ("engine_client", "state", "args", "supported_tasks"),
+    ),
+    ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest", ()),
+    ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest", ()),
+    ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse", ()),
+    ("vllm.entrypoints.serve", "create_error_response", ("message",)),
+    ("vllm.usage.usage_lib", "UsageContext", ()),
+    ("vllm.version", "__version__", ()),
+    ("starlette.datastructures", "State", ()),
+    (
+        "vllm.entrypoints.openai.chat_completion.serving",
+        "OpenAIServingChat.create_chat_completion",
+        ("request", "raw_request"),
+    ),
+    (
+        "vllm.entrypoints.openai.completion.serving",
+        "OpenAIServingCompletion.create_completion",
+        ("request", "raw_request"),
+    ),
+)
+
+
+class EngineDead(Exception):
+    """The engine process died; the worker must be replaced, not the request retried here."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One request's outcome: the HTTP status and JSON body `vllm serve` would have sent."""
+
+    status_code: int
+    body: dict[str, Any]
+
+
+@dataclass
+class Engine:
+    """A loaded engine and the serving objects built on it."""
+
+    served_model_name: str
+    max_model_len: int
+    vllm_version: str
+    load_seconds: float
+    _client: Any = field(repr=False)
+    _chat: Any = field(repr=False)
+    _completion: Any = field(repr=False)
+    _chat_request: Any = field(repr=False)
+    _completion_request: Any = field(repr=False)
+    _error_response: Any = field(repr=False)
+    _create_error_response: Any = field(repr=False)
+
+    @property
+    def dead(self) -> bool:
+        return bool(self._client.errored)
+
+    async def run(self, endpoint: str, body: dict[str, Any]) -> Reply:
+        """Run one OpenAI request body through the serving layer for `endpoint`."""
+        chat = endpoint == "/v1/chat/completions"
+        request_type = self._chat_request if chat else self._completion_request
+        try:
+            request = request_type.model_validate(body)
+            if chat:
+                response = await self._chat.create_chat_completion(request, None)
+            else:
+                response = await self._completion.create_completion(request, None)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes vLLM's error body
+            if self.dead:
+                raise EngineDead(str(exc)) from exc
+            response = self._create_error_response(exc)
+            if getattr(response.error, "param", None) is None:
+                response.error.param = _validation_param(exc)
+        if isinstance(response, self._error_response):
+            return Reply(response.error.code, response.model_dump())
+        if not hasattr(response, "model_dump"):
+            # An async generator: only streaming requests produce one, and those are refused
+            # before they get here; close it rather than leak the engine request.
+            await response.aclose()
+            return Reply(
+                400, _error_body("Streaming is not supported in batch requests.", "stream")
+            )
+        return Reply(200, response.model_dump())
+
+
+def _validation_param(exc: Exception) -> str | None:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return None
+    with contextlib.suppress(Exception):
+        first = errors()[0]
+        return ".".join(
+            str(part)
+            for part in first.get("loc", ())
+            if not str(part).startswith(("function-", "union["))
+        )
+    return None
+
+
+def _error_body(message: str, param: str | None, *, code: int = 400) -> dict[str, Any]:
+    kind = "BadRequestError" if code == 400 else "InternalServerError"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def check_vllm_surface() -> str:
+    """Import every vLLM name the adapter uses and check its parameters; return the version.
+
+    Raises RuntimeError naming what moved, so a vLLM upgrade breaks a test, not a worker.
+    """
+    problems: list[str] = []
+    for module_name, attribute, params in VLLM_SURFACE:
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"{module_name}.{attribute}: {exc}")
+            continue
+        if params:
+            accepted = inspect.signature(target).parameters
+            missing = [name for name in params if name not in accepted]
+            if missing:
+                problems.append(f"{module_name}.{attribute} lost parameters {missing}")
+    version = str(importlib.import_module("vllm.version").__version__)
+    if not version.startswith(SUPPORTED_VLLM):
+        problems.append(f"vLLM {version} installed; the adapter is written for {SUPPORTED_VLLM}x")
+    if problems:
+        raise RuntimeError("vLLM adapter surface changed: " + "; ".join(problems))
+    return version
+
+
+def parse_serve_args(settings: WorkerSettings) -> Any:
+    """Parse `settings.serve_argv()` with vLLM's own `vllm serve` parser."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="hotbatch-worker"))
+    args = parser.parse_args(settings.serve_argv())
+    validate_parsed_serve_args(args)
+    return args
+
+
+@contextlib.asynccontextmanager
+async def open_engine(settings: WorkerSettings) -> AsyncIterator[Engine]:
+    """Start the engine (the cold start) and yield it; shut it down on exit."""
+    from starlette.datastructures import State
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.serve import create_error_response
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.usage.usage_lib import UsageContext
+
+    version = check_vllm_surface()
+    args = parse_serve_args(settings)
+    started = time.perf_counter()
+    log.info("engine starting", extra={"argv": settings.serve_argv(), "vllm_version": version})
+    async with build_async_engine_client(
+        args, usage_context=UsageContext.OPENAI_BATCH_RUNNER
+    ) as client:
+        state = State()
+        await init_app_state(client, state, args, await client.get_supported_tasks())
+        engine = Engine(
+            served_model_name=settings.served_model_name,
+            max_model_len=int(client.model_config.max_model_len),
+            vllm_version=version,
+            load_seconds=time.perf_counter() - started,
+            _client=client,
+            _chat=state.openai_serving_chat,
+            _completion=state.openai_serving_completion,
+            _chat_request=ChatCompletionRequest,
+            _completion_request=CompletionRequest,
+            _error_response=ErrorResponse,
+            _create_error_response=create_error_response,
+        )
+        log.info(
+            "engine ready",
+            extra={
+                "model": engine.served_model_name,
+                "max_model_len": engine.max_model_len,
+                "cold_start_s": round(engine.load_seconds, 2),
+            },
+        )
+        yield engine

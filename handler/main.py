@@ -1,0 +1,79 @@
+"""The RunPod handler: route a job's `action` to the runtime and shape the result.
+
+Errors go back as a string under `error`: runpod 1.x ends a job COMPLETED when the error is a
+dict. A cancelled job arrives as `asyncio.CancelledError`, which is re-raised after cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from handler.contract import ACTIONS, JOB_INPUT, HealthInput
+from handler.engine import EngineDead
+from handler.runtime import Runtime
+from handler.transfer import TransferError
+
+log = logging.getLogger(__name__)
+
+_runtime: Runtime | None = None
+
+
+def install(runtime: Runtime | None) -> None:
+    """Make `runtime` the one the handler uses (done once at worker start, or by tests)."""
+    global _runtime
+    _runtime = runtime
+
+
+async def handler(job: dict[str, Any]) -> dict[str, Any]:
+    """The function given to `runpod.serverless.start`."""
+    job_id = job.get("id")
+    payload = job.get("input")
+    try:
+        request = JOB_INPUT.validate_python(payload)
+    except ValidationError as exc:
+        return {"error": _input_error(payload, exc)}
+    if _runtime is None:
+        return {"error": "worker not started: the engine is not loaded", "refresh_worker": True}
+    if isinstance(request, HealthInput):
+        return _runtime.health().model_dump(mode="json")
+    try:
+        summary = await _runtime.process(request)
+    except asyncio.CancelledError:
+        log.warning(
+            "chunk cancelled",
+            extra={"job_id": job_id, "batch_id": request.batch_id, "chunk_id": request.chunk_id},
+        )
+        raise
+    except TransferError as exc:
+        log.error(
+            "chunk transfer failed",
+            extra={
+                "job_id": job_id,
+                "batch_id": request.batch_id,
+                "chunk_id": request.chunk_id,
+                "error": str(exc),
+            },
+        )
+        return {"error": str(exc)}
+    except EngineDead as exc:
+        # The engine cannot recover in place (e.g. after an OOM); RunPod replaces the worker
+        # instead of letting it fail every following chunk.
+        log.error("engine dead", extra={"job_id": job_id, "error": str(exc)})
+        return {"error": f"engine dead: {exc}", "refresh_worker": True}
+    return summary.model_dump(mode="json")
+
+
+def _input_error(payload: Any, exc: ValidationError) -> str:
+    action = payload.get("action") if isinstance(payload, dict) else None
+    valid = ", ".join(ACTIONS)
+    if action not in ACTIONS:
+        return f"unknown action {action!r}: valid actions are {valid}"
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in error['loc'][1:]) or 'input'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return f"invalid {action} input: {problems}"

@@ -1,0 +1,182 @@
+"""The worker's long-lived state: one engine on its own event loop thread, loaded before jobs.
+
+The runpod SDK owns the main event loop and only starts it once it takes jobs, yet the engine
+must be loaded before that (RunPod marks a worker unhealthy after a 7-minute cold start, and a
+job should never pay for it). So the engine lives on a dedicated loop in a thread: it starts
+at process start, and each job crosses over once (`submit`), which costs microseconds against
+a chunk's seconds. Cancelling the job's task cancels the work on the engine loop too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+
+from handler import __version__, health
+from handler.chunk import process_chunk
+from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+EngineFactory = Callable[[WorkerSettings], contextlib.AbstractAsyncContextManager[Any]]
+
+
+@dataclass
+class Runtime:
+    settings: WorkerSettings
+    engine: Any
+    loop: asyncio.AbstractEventLoop
+    session: aiohttp.ClientSession
+    started: float = field(default_factory=time.monotonic)
+    jobs_in_progress: int = 0
+    chunks_done: int = 0
+    last_error: str | None = None
+    _stop: asyncio.Event | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def identity(self) -> WorkerIdentity:
+        return WorkerIdentity(
+            worker_id=self.settings.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            model=self.engine.served_model_name,
+            vllm_version=self.engine.vllm_version,
+            hotbatch_version=__version__,
+        )
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """Run `coro` on the engine loop; await the result from any other loop."""
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def process(self, job: ProcessChunkInput) -> ChunkSummary:
+        self.jobs_in_progress += 1
+        try:
+            summary = await self.submit(
+                process_chunk(
+                    job,
+                    engine=self.engine,
+                    session=self.session,
+                    worker=self.identity,
+                    max_in_flight=self.settings.max_requests_in_flight,
+                    transfer_retries=self.settings.transfer_retries,
+                )
+            )
+            self.chunks_done += 1
+            return summary
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.jobs_in_progress -= 1
+
+    def health(self) -> health.HealthReport:
+        gpus, gpu_error = health.gpu_stats()
+        engine = self.engine
+        loops = [self.loop]
+        with contextlib.suppress(RuntimeError):
+            loops.append(asyncio.get_running_loop())
+        return health.HealthReport(
+            status="dead" if getattr(engine, "dead", False) else "ok",
+            worker_id=self.settings.worker_id,
+            uptime_s=health.uptime_since(self.started),
+            gpus=gpus,
+            gpu_error=gpu_error,
+            engine=health.engine_stats(
+                health.metric_totals(),
+                model=engine.served_model_name,
+                max_model_len=engine.max_model_len,
+                vllm_version=engine.vllm_version,
+                cold_start_s=engine.load_seconds,
+            ),
+            system=health.system_stats(loops),
+            jobs_in_progress=self.jobs_in_progress,
+            chunks_done=self.chunks_done,
+            last_error=self.last_error,
+        )
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def start_runtime(settings: WorkerSettings, engine_factory: EngineFactory | None = None) -> Runtime:
+    """Start the engine loop thread, load the engine, and return once it answers (or raise)."""
+    if engine_factory is None:
+        from handler.engine import open_engine
+
+        engine_factory = open_engine
+    ready: dict[str, Any] = {}
+    loaded = threading.Event()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        try:
+            async with _resources(settings, engine_factory) as (engine, session):
+                ready["runtime"] = Runtime(
+                    settings=settings,
+                    engine=engine,
+                    loop=asyncio.get_running_loop(),
+                    session=session,
+                    _stop=stop,
+                )
+                loaded.set()
+                monitor = _start_monitor(ready["runtime"])
+                await stop.wait()
+                if monitor is not None:
+                    monitor.cancel()
+        except BaseException as exc:
+            ready["error"] = exc
+            raise
+        finally:
+            loaded.set()
+
+    thread = threading.Thread(
+        target=lambda: asyncio.run(serve()), name="hotbatch-engine", daemon=True
+    )
+    thread.start()
+    loaded.wait()
+    if "error" in ready:
+        raise RuntimeError(f"engine failed to start: {ready['error']}") from ready["error"]
+    runtime: Runtime = ready["runtime"]
+    runtime._thread = thread
+    return runtime
+
+
+@contextlib.asynccontextmanager
+async def _resources(
+    settings: WorkerSettings, engine_factory: EngineFactory
+) -> AsyncIterator[tuple[Any, aiohttp.ClientSession]]:
+    timeout = aiohttp.ClientTimeout(total=settings.transfer_timeout_s)
+    async with engine_factory(settings) as engine:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            yield engine, session
+
+
+def _start_monitor(runtime: Runtime) -> asyncio.Task[None] | None:
+    if not runtime.settings.enable_vllm_monitor:
+        return None
+
+    async def monitor() -> None:
+        while True:
+            await asyncio.sleep(runtime.settings.vllm_monitor_interval)
+            log.info("vllm monitor", extra={"health": runtime.health().model_dump()})
+
+    return asyncio.get_running_loop().create_task(monitor())
