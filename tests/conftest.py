@@ -1,0 +1,51 @@
+"""Shared fixtures: the tiny model, the real vLLM engine, the presigned-URL blob store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.blob_server import BlobServer
+
+# The CPU build sizes its KV cache from this (GiB); the default would take a large share of a
+# 24 GiB CI machine for a model that needs a few MB.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_MODEL_NAME = "tiny"
+TINY_MAX_MODEL_LEN = 512
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from infra.tiny_model import generate
+
+    return generate(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def engine_runtime(tiny_model: Path) -> Iterator[object]:
+    """One real vLLM engine (CPU build) for the whole session, behind the worker runtime."""
+    from handler.runtime import start_runtime
+    from handler.settings import WorkerSettings
+
+    settings = WorkerSettings(
+        model_name=str(tiny_model),
+        openai_served_model_name_override=TINY_MODEL_NAME,
+        max_model_len=TINY_MAX_MODEL_LEN,
+        max_num_seqs=256,
+    )
+    runtime = start_runtime(settings)
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture()
+def blobs() -> Iterator[BlobServer]:
+    server = BlobServer().start()
+    yield server
+    server.stop()

@@ -1,0 +1,168 @@
+"""process_chunk around a stand-in engine: parsing, error lines, concurrency, transfers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from handler.chunk import process_chunk
+from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.transfer import TransferError
+from infra.blob_server import BlobServer
+from tests.handler.chunks import CHAT, chat_line, completion_line, read_lines, stage_chunk
+from tests.handler.standin import EchoEngine
+
+WORKER = WorkerIdentity(
+    worker_id="w1", hostname="h", pid=1, model="tiny", vllm_version="x", hotbatch_version="y"
+)
+
+
+@pytest.fixture()
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+async def run(
+    job: ProcessChunkInput, engine: EchoEngine, session: aiohttp.ClientSession, **kw: int
+) -> ChunkSummary:
+    return await process_chunk(
+        job,
+        engine=engine,
+        session=session,
+        worker=WORKER,
+        max_in_flight=kw.get("max_in_flight", 4096),
+        transfer_retries=kw.get("retries", 1),
+    )
+
+
+async def test_good_requests_go_to_output_with_summed_usage(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(5)])
+    summary = await run(job, EchoEngine(), session)
+    assert summary.counts.model_dump() == {"total": 5, "completed": 5, "failed": 0}
+    assert summary.usage.prompt_tokens == 15 and summary.usage.completion_tokens == 10
+    assert summary.usage.cached_tokens == 5 and summary.usage.total_tokens == 25
+    assert [line.custom_id for line in read_lines(blobs, job, "output")] == [
+        f"r{i}" for i in range(5)
+    ]
+    assert read_lines(blobs, job, "errors") == []
+    assert summary.worker == WORKER and summary.timings.total_s > 0
+
+
+async def test_bad_lines_become_error_lines_with_line_numbers(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    lines = [
+        chat_line("ok-1", "hi"),
+        "{not json",
+        json.dumps({"custom_id": "no-body", "method": "POST", "url": CHAT}),
+        completion_line("wrong-url", "hi"),
+        chat_line("streamer", "hi", stream=True),
+        chat_line("ok-2", "hi"),
+    ]
+    job = stage_chunk(blobs, lines)
+    summary = await run(job, EchoEngine(), session)
+
+    assert summary.counts.completed == 2 and summary.counts.failed == 4
+    failures = {failure.custom_id: failure for failure in summary.failures}
+    assert failures["line-2"].code == "invalid_json_line"
+    assert failures["line-2"].message.startswith("Line 2:")
+    assert failures["no-body"].code == "invalid_request_line"
+    assert "Line 3" in failures["no-body"].message and "body" in failures["no-body"].message
+    assert failures["wrong-url"].code == "mismatched_url"
+    assert failures["streamer"].code == "stream_not_supported"
+    assert {f.status_code for f in summary.failures} == {400}
+
+    errors = {line.custom_id: line for line in read_lines(blobs, job, "errors")}
+    assert set(errors) == set(failures)
+    response = errors["streamer"].response
+    assert response is not None and response.body is not None
+    assert response.status_code == 400 and response.body["error"]["param"] == "stream"
+    assert {line.custom_id for line in read_lines(blobs, job, "output")} == {"ok-1", "ok-2"}
+
+
+async def test_engine_error_on_one_request_is_a_500_line_not_a_failed_chunk(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [chat_line("a", "fine"), chat_line("b", "poison"), chat_line("c", "x")])
+    summary = await run(job, EchoEngine(crash_on="poison"), session)
+    assert summary.counts.completed == 2
+    assert [(f.custom_id, f.status_code, f.code) for f in summary.failures] == [
+        ("b", 500, "engine_error")
+    ]
+
+
+async def test_engine_reported_error_keeps_its_status(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [chat_line("a", "x", model="other")])
+    summary = await run(job, EchoEngine(), session)
+    assert [(f.status_code, f.code, f.type) for f in summary.failures] == [
+        (404, "not_found", "NotFoundError")
+    ]
+
+
+async def test_all_requests_are_in_flight_together(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(300)])
+    engine = EchoEngine(delay_s=0.05)
+    summary = await run(job, engine, session)
+    assert summary.counts.completed == 300
+    assert engine.peak_in_flight == 300
+    # 300 sequential 50 ms requests would take 15 s.
+    assert summary.timings.engine_s < 5
+
+
+async def test_in_flight_bound_is_respected(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(50)])
+    engine = EchoEngine()
+    await run(job, engine, session, max_in_flight=7)
+    assert engine.peak_in_flight == 7
+
+
+async def test_unreadable_input_url_fails_the_job_with_a_clear_error(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [chat_line("a", "hi")])
+    broken = job.model_copy(update={"input_url": job.input_url.replace("signature=", "signature=0")})
+    with pytest.raises(TransferError) as caught:
+        await run(broken, EchoEngine(), session)
+    message = str(caught.value)
+    assert "input download failed" in message and "403" in message
+    assert "signature=" not in message  # the signature is redacted
+
+
+async def test_unreachable_output_url_fails_the_job(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [chat_line("a", "hi")])
+    dead = job.model_copy(update={"output_url": "http://127.0.0.1:9/nowhere?signature=x"})
+    with pytest.raises(TransferError, match="output upload failed"):
+        await run(dead, EchoEngine(), session, retries=2)
+
+
+async def test_transient_5xx_on_upload_is_retried(
+    blobs: BlobServer, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = stage_chunk(blobs, [chat_line("a", "hi")])
+    original = blobs.check
+    failures = {"left": 1}
+
+    def flaky(method: str, key: str, query: dict[str, list[str]]) -> str | None:
+        if method == "PUT" and key.endswith("output.jsonl") and failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionResetError("dropped")
+        return original(method, key, query)
+
+    monkeypatch.setattr(blobs, "check", flaky)
+    summary = await run(job, EchoEngine(), session, retries=3)
+    assert summary.counts.completed == 1
+    assert len(read_lines(blobs, job, "output")) == 1
