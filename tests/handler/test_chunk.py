@@ -89,7 +89,9 @@ async def test_bad_lines_become_error_lines_with_line_numbers(
 async def test_engine_error_on_one_request_is_a_500_line_not_a_failed_chunk(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
-    job = stage_chunk(blobs, [chat_line("a", "fine"), chat_line("b", "poison"), chat_line("c", "x")])
+    job = stage_chunk(
+        blobs, [chat_line("a", "fine"), chat_line("b", "poison"), chat_line("c", "x")]
+    )
     summary = await run(job, EchoEngine(crash_on="poison"), session)
     assert summary.counts.completed == 2
     assert [(f.custom_id, f.status_code, f.code) for f in summary.failures] == [
@@ -132,7 +134,9 @@ async def test_unreadable_input_url_fails_the_job_with_a_clear_error(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
     job = stage_chunk(blobs, [chat_line("a", "hi")])
-    broken = job.model_copy(update={"input_url": job.input_url.replace("signature=", "signature=0")})
+    broken = job.model_copy(
+        update={"input_url": job.input_url.replace("signature=", "signature=0")}
+    )
     with pytest.raises(TransferError) as caught:
         await run(broken, EchoEngine(), session)
     message = str(caught.value)

@@ -33,9 +33,7 @@ def standin_runtime() -> Iterator[Runtime]:
 
 async def test_unknown_action_names_the_valid_ones(standin_runtime: Runtime) -> None:
     result = await main.handler({"id": "j1", "input": {"action": "explode"}})
-    assert result == {
-        "error": "unknown action 'explode': valid actions are process_chunk, health"
-    }
+    assert result == {"error": "unknown action 'explode': valid actions are process_chunk, health"}
 
 
 async def test_missing_input_is_an_error_string(standin_runtime: Runtime) -> None:

@@ -1,0 +1,260 @@
+"""The real vLLM engine (CPU build, tiny generated model) behind the worker runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
+
+from handler import engine as adapter
+from handler import health
+from handler.contract import ChunkSummary
+from handler.runtime import Runtime
+from handler.settings import WorkerSettings
+from infra.blob_server import BlobServer
+from tests.conftest import TINY_MAX_MODEL_LEN
+from tests.handler.chunks import (
+    COMPLETIONS,
+    chat_line,
+    completion_line,
+    read_lines,
+    stage_chunk,
+)
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model))
+
+
+def test_adapter_surface_matches_the_installed_vllm() -> None:
+    assert adapter.check_vllm_surface().startswith("0.32.")
+
+
+def test_adapter_surface_check_fails_loudly_when_vllm_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    moved = (
+        *adapter.VLLM_SURFACE,
+        ("vllm.entrypoints.launchers.run_batch", "no_such_function", ()),
+        ("vllm.entrypoints.launchers.cli_args", "make_arg_parser", ("renamed_param",)),
+    )
+    monkeypatch.setattr(adapter, "VLLM_SURFACE", moved)
+    with pytest.raises(RuntimeError) as caught:
+        adapter.check_vllm_surface()
+    assert "no_such_function" in str(caught.value)
+    assert "renamed_param" in str(caught.value)
+
+
+def test_settings_parse_with_vllms_own_serve_parser(tiny_model: Path) -> None:
+    settings = WorkerSettings(
+        model_name=str(tiny_model), max_model_len=256, enforce_eager=True, max_num_seqs=8
+    )
+    args = adapter.parse_serve_args(settings)
+    assert args.model == str(tiny_model) and args.max_model_len == 256
+    assert args.enable_prefix_caching is True and args.enforce_eager is True
+    assert args.enable_prompt_tokens_details is True and args.max_num_seqs == 8
+
+
+async def test_chat_chunk_end_to_end_parses_as_openai_objects(
+    engine_runtime: Runtime, blobs: BlobServer, tokenizer: Any
+) -> None:
+    prompts = [f"question {i}: evaluate candidate {i}" for i in range(12)]
+    lines = [
+        chat_line(f"chat-{i}", text, max_tokens=6, logprobs=True, top_logprobs=2)
+        for i, text in enumerate(prompts)
+    ]
+    job = stage_chunk(blobs, lines)
+    summary = await engine_runtime.process(job)
+    assert summary.counts.model_dump() == {"total": 12, "completed": 12, "failed": 0}
+
+    outputs = read_lines(blobs, job, "output")
+    assert [line.custom_id for line in outputs] == [f"chat-{i}" for i in range(12)]
+    assert read_lines(blobs, job, "errors") == []
+    prompt_sum = completion_sum = 0
+    for line, text in zip(outputs, prompts, strict=True):
+        assert line.response is not None and line.response.status_code == 200
+        assert line.id.startswith("batch_req_") and line.error is None
+        completion = ChatCompletion.model_validate(line.response.body)
+        assert completion.object == "chat.completion" and completion.model == "tiny"
+        usage = completion.usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        assert usage.prompt_tokens_details.cached_tokens is not None
+        expected_prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        assert usage.prompt_tokens == len(expected_prompt)
+        logprobs = completion.choices[0].logprobs
+        assert logprobs is not None and logprobs.content is not None
+        assert usage.completion_tokens == len(logprobs.content) <= 6
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+        prompt_sum += usage.prompt_tokens
+        completion_sum += usage.completion_tokens
+    assert summary.usage.prompt_tokens == prompt_sum
+    assert summary.usage.completion_tokens == completion_sum
+    assert summary.timings.engine_s > 0 and summary.timings.output_tokens_per_s > 0
+    assert summary.worker.vllm_version.startswith("0.32.")
+
+
+async def test_completion_chunk_end_to_end_parses_as_openai_objects(
+    engine_runtime: Runtime, blobs: BlobServer, tokenizer: Any
+) -> None:
+    prompts = [f"the batch item {i} is" for i in range(6)]
+    lines = [completion_line(f"c-{i}", p, max_tokens=5) for i, p in enumerate(prompts)]
+    job = stage_chunk(blobs, lines, endpoint=COMPLETIONS)
+    summary = await engine_runtime.process(job)
+    assert summary.counts.completed == 6
+    for line, prompt in zip(read_lines(blobs, job, "output"), prompts, strict=True):
+        assert line.response is not None
+        completion = Completion.model_validate(line.response.body)
+        assert completion.object == "text_completion"
+        assert completion.usage is not None
+        assert completion.usage.prompt_tokens == len(tokenizer(prompt).input_ids)
+        assert 0 < completion.usage.completion_tokens <= 5
+
+
+async def test_mixed_chunk_bad_requests_get_error_lines_good_ones_succeed(
+    engine_runtime: Runtime, blobs: BlobServer
+) -> None:
+    lines = [
+        chat_line("good-1", "hello", max_tokens=4),
+        chat_line("unknown-model", "hello", model="gpt-nope", max_tokens=4),
+        completion_line("wrong-url", "hello"),
+        chat_line("streaming", "hello", stream=True),
+        chat_line("too-long", "json " * (TINY_MAX_MODEL_LEN + 50), max_tokens=4),
+        chat_line("bad-param", "hello", temperature="hot"),
+        chat_line("good-2", "world", max_tokens=4),
+    ]
+    job = stage_chunk(blobs, lines)
+    summary = await engine_runtime.process(job)
+    assert summary.counts.model_dump() == {"total": 7, "completed": 2, "failed": 5}
+    assert {line.custom_id for line in read_lines(blobs, job, "output")} == {"good-1", "good-2"}
+
+    errors = {line.custom_id: line for line in read_lines(blobs, job, "errors")}
+    failures = {failure.custom_id: failure for failure in summary.failures}
+    assert (
+        set(errors)
+        == set(failures)
+        == {
+            "unknown-model",
+            "wrong-url",
+            "streaming",
+            "too-long",
+            "bad-param",
+        }
+    )
+    expected = {
+        "unknown-model": (404, "NotFoundError", "model"),
+        "wrong-url": (400, "BadRequestError", "url"),
+        "streaming": (400, "BadRequestError", "stream"),
+        "too-long": (400, "BadRequestError", "input_tokens"),
+        "bad-param": (400, "BadRequestError", "temperature"),
+    }
+    for custom_id, (status, kind, param) in expected.items():
+        response = errors[custom_id].response
+        assert response is not None and response.body is not None
+        error = response.body["error"]
+        assert (response.status_code, error["type"], error["param"]) == (status, kind, param)
+        assert error["message"] and failures[custom_id].status_code == status
+    assert "maximum context length" in errors["too-long"].response.body["error"]["message"]  # type: ignore[union-attr]
+
+
+async def test_thousand_requests_run_in_one_engine_pass(
+    engine_runtime: Runtime, blobs: BlobServer
+) -> None:
+    lines = [chat_line(f"r{i:04d}", f"item {i}", max_tokens=4) for i in range(1000)]
+    job = stage_chunk(blobs, lines)
+    peak = 0
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            totals = health.metric_totals()
+            queued = totals.get("vllm:num_requests_running", 0) + totals.get(
+                "vllm:num_requests_waiting", 0
+            )
+            peak = max(peak, int(queued))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        summary: ChunkSummary = await engine_runtime.process(job)
+    finally:
+        sampler.cancel()
+    assert summary.counts.completed == 1000
+    ids = [line.custom_id for line in read_lines(blobs, job, "output")]
+    assert len(ids) == len(set(ids)) == 1000
+    # Sequential submission would never hold more than one request in the engine.
+    # (Requests reach the scheduler as fast as the serving layer renders them, so the peak is
+    # below 1,000 but far above the 1 a sequential loop would give.)
+    assert peak >= 100, f"engine never held more than {peak} requests at once"
+
+
+async def test_structured_output_seed_n_and_penalties_behave_as_in_vllm_serve(
+    engine_runtime: Runtime, blobs: BlobServer
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["verdict"],
+        "additionalProperties": False,
+    }
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "verdict", "schema": schema, "strict": True},
+    }
+    sampled = {"temperature": 1.0, "seed": 1234, "max_tokens": 12}
+    lines = [
+        chat_line("json", "judge", response_format=response_format, max_tokens=64),
+        chat_line("seed-a", "tell", **sampled),
+        chat_line("seed-b", "tell", **sampled),
+        chat_line("n-2", "two", n=2, max_tokens=4, frequency_penalty=0.5, presence_penalty=0.5),
+    ]
+    job = stage_chunk(blobs, lines)
+    summary = await engine_runtime.process(job)
+    assert summary.counts.failed == 0, summary.failures
+    bodies = {line.custom_id: line.response.body for line in read_lines(blobs, job, "output")}  # type: ignore[union-attr]
+    verdict = json.loads(bodies["json"]["choices"][0]["message"]["content"])  # type: ignore[index]
+    assert verdict["verdict"] in {"yes", "no"} and set(verdict) == {"verdict"}
+    content = [bodies[key]["choices"][0]["message"]["content"] for key in ("seed-a", "seed-b")]  # type: ignore[index]
+    assert content[0] == content[1]
+    assert len(bodies["n-2"]["choices"]) == 2  # type: ignore[index]
+
+
+async def test_prefix_cache_hits_show_as_cached_tokens(
+    engine_runtime: Runtime, blobs: BlobServer
+) -> None:
+    shared = "system rules: " + "evaluate the candidate and answer in json. " * 12
+    first = stage_chunk(blobs, [chat_line("warm", shared, max_tokens=2)], chunk_id="warm")
+    await engine_runtime.process(first)
+    second = stage_chunk(
+        blobs, [chat_line(f"hit-{i}", shared, max_tokens=2) for i in range(3)], chunk_id="hits"
+    )
+    summary = await engine_runtime.process(second)
+    assert summary.usage.cached_tokens >= 3 * 16
+    report = engine_runtime.health()
+    assert report.engine.prefix_cache_hits and report.engine.prefix_cache_hits > 0
+    assert report.engine.prefix_cache_hit_rate is not None
+
+
+async def test_health_reports_the_real_engine(engine_runtime: Runtime) -> None:
+    report = engine_runtime.health()
+    assert report.status == "ok"
+    assert report.engine.model == "tiny" and report.engine.max_model_len == TINY_MAX_MODEL_LEN
+    assert report.engine.vllm_version and report.engine.vllm_version.startswith("0.32.")
+    assert report.engine.running == 0 and report.engine.waiting == 0
+    assert report.engine.cold_start_s is not None and report.engine.cold_start_s > 0
+    assert report.engine.kv_cache_usage_percent is not None
+    assert report.system.process_rss_mb > 0 and report.system.threads > 1
