@@ -26,9 +26,13 @@ def main() -> None:
     import runpod
 
     concurrency = settings.max_concurrency
-    runpod.serverless.start(
-        {"handler": handler, "concurrency_modifier": lambda _current: concurrency}
-    )
+    try:
+        runpod.serverless.start(
+            {"handler": handler, "concurrency_modifier": lambda _current: concurrency}
+        )
+    finally:
+        # The local test mode ends with sys.exit(); shut the engine down cleanly either way.
+        runtime.stop()
 
 
 if __name__ == "__main__":

@@ -91,9 +91,10 @@ def gpu_stats(nvml: Any = None) -> tuple[list[GpuStats], str | None]:
     """Per-GPU readings through NVML, or an empty list and the reason there are none."""
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
         except ImportError as exc:  # the handler extra brings it; say so if it is missing
             return [], f"nvidia-ml-py is not installed: {exc}"
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except Exception as exc:  # noqa: BLE001 - NVMLError has many subclasses; all mean "no GPU"
@@ -140,7 +141,9 @@ def _optional(read: Any) -> float | None:
 def metric_totals(registry: Any = None) -> dict[str, float]:
     """Sum every sample of each vLLM metric over its labels (model, engine index)."""
     if registry is None:
-        from prometheus_client import REGISTRY as registry
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
     totals: dict[str, float] = {}
     for family in registry.collect():
         if not family.name.startswith("vllm:"):

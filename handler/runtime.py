@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -137,11 +138,13 @@ def start_runtime(settings: WorkerSettings, engine_factory: EngineFactory | None
                     session=session,
                     _stop=stop,
                 )
+                _mark_ready(settings.hotbatch_ready_file, True)
                 loaded.set()
                 monitor = _start_monitor(ready["runtime"])
                 await stop.wait()
                 if monitor is not None:
                     monitor.cancel()
+                _mark_ready(settings.hotbatch_ready_file, False)
         except BaseException as exc:
             ready["error"] = exc
             raise
@@ -168,6 +171,15 @@ async def _resources(
     async with engine_factory(settings) as engine:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             yield engine, session
+
+
+def _mark_ready(path: str | None, ready: bool) -> None:
+    if path is None:
+        return
+    if ready:
+        Path(path).write_text(f"{os.getpid()} {time.time():.0f}\n")
+    else:
+        Path(path).unlink(missing_ok=True)
 
 
 def _start_monitor(runtime: Runtime) -> asyncio.Task[None] | None:

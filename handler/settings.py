@@ -71,6 +71,10 @@ class WorkerSettings(BaseSettings):
         default="",
         description="VLLM_EXTRA_ARGS: more `vllm serve` flags, shell-quoted, e.g. '--max-loras 2'.",
     )
+    hotbatch_ready_file: str | None = Field(
+        default=None,
+        description="HOTBATCH_READY_FILE: written once the engine is loaded (image health check).",
+    )
     worker_id: str = Field(
         default_factory=lambda: os.environ.get("RUNPOD_POD_ID", "local"),
         description="RUNPOD_POD_ID: the worker's identity in summaries and logs.",

@@ -34,7 +34,7 @@ def stage_chunk(
         batch_id="batch_test",
         chunk_id=chunk_id,
         attempt=1,
-        endpoint=endpoint,  # type: ignore[arg-type]
+        endpoint=endpoint,
         input_url=blobs.presign("GET", f"{prefix}/input.jsonl"),
         output_url=blobs.presign("PUT", f"{prefix}/output.jsonl"),
         error_url=blobs.presign("PUT", f"{prefix}/errors.jsonl"),

@@ -168,7 +168,9 @@ async def test_mixed_chunk_bad_requests_get_error_lines_good_ones_succeed(
         error = response.body["error"]
         assert (response.status_code, error["type"], error["param"]) == (status, kind, param)
         assert error["message"] and failures[custom_id].status_code == status
-    assert "maximum context length" in errors["too-long"].response.body["error"]["message"]  # type: ignore[union-attr]
+    too_long = errors["too-long"].response
+    assert too_long is not None and too_long.body is not None
+    assert "maximum context length" in too_long.body["error"]["message"]
 
 
 async def test_thousand_requests_run_in_one_engine_pass(
@@ -215,7 +217,7 @@ async def test_structured_output_seed_n_and_penalties_behave_as_in_vllm_serve(
         "type": "json_schema",
         "json_schema": {"name": "verdict", "schema": schema, "strict": True},
     }
-    sampled = {"temperature": 1.0, "seed": 1234, "max_tokens": 12}
+    sampled: dict[str, Any] = {"temperature": 1.0, "seed": 1234, "max_tokens": 12}
     lines = [
         chat_line("json", "judge", response_format=response_format, max_tokens=64),
         chat_line("seed-a", "tell", **sampled),

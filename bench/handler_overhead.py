@@ -1,0 +1,229 @@
+"""What the worker adds on top of vLLM: the same N chat requests through
+
+    (a) raw `LLM.chat`                          vLLM's offline batch path
+    (b) vLLM's OpenAI serving layer, in process  what `vllm run-batch` does
+    (c) hotbatch `process_chunk`                  (b) + download, JSON lines, upload
+
+and the ratios c/b (target >= 0.97) and c/a. (a) runs in a child process so its engine does not
+share the machine with the other one; (b) and (c) share one engine and alternate, best of
+`--repeats`. Every request generates exactly `--max-tokens` tokens (`ignore_eos`), and each run
+uses fresh prompts so no mode profits from another's prefix cache.
+
+    python bench/handler_overhead.py [--requests 2000] [--model PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+
+MAX_MODEL_LEN = 512
+
+
+def messages(run: int, count: int) -> list[list[dict[str, str]]]:
+    return [
+        [{"role": "user", "content": f"run {run} request {i}: evaluate candidate {i * 7 % 13}"}]
+        for i in range(count)
+    ]
+
+
+def bench_raw(model: str, count: int, max_tokens: int) -> float:
+    """(a) Seconds for `LLM.chat` over the requests (called in a child process)."""
+    # The baseline is vLLM itself, so this benchmark (not product code) imports it directly.
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model, served_model_name="tiny", max_model_len=MAX_MODEL_LEN, seed=0)
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
+    llm.chat(messages(-1, 16), params, use_tqdm=False)  # warm-up
+    started = time.perf_counter()
+    outputs = llm.chat(messages(0, count), params, use_tqdm=False)
+    elapsed = time.perf_counter() - started
+    assert sum(len(o.outputs[0].token_ids) for o in outputs) == count * max_tokens
+    return elapsed
+
+
+async def bench_serving(engine: Any, run: int, count: int, max_tokens: int) -> float:
+    """(b) Seconds for vLLM's serving layer alone: validate, create_chat_completion, gather."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    async def one(conversation: list[dict[str, str]]) -> Any:
+        request = ChatCompletionRequest.model_validate(
+            {
+                "model": "tiny",
+                "messages": conversation,
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+                "temperature": 0.0,
+            }
+        )
+        return await engine._chat.create_chat_completion(request, None)
+
+    started = time.perf_counter()
+    responses = await asyncio.gather(*(one(c) for c in messages(run, count)))
+    elapsed = time.perf_counter() - started
+    assert sum(r.usage.completion_tokens for r in responses) == count * max_tokens
+    return elapsed
+
+
+async def bench_chunk(
+    runtime: Any, store: Any, run: int, count: int, max_tokens: int
+) -> tuple[float, dict[str, float]]:
+    """(c) Seconds for `process_chunk`, including the download, JSON lines and the upload."""
+    from handler.chunk import process_chunk
+    from handler.contract import ProcessChunkInput
+
+    lines = [
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "tiny",
+                    "messages": conversation,
+                    "max_tokens": max_tokens,
+                    "ignore_eos": True,
+                    "temperature": 0.0,
+                },
+            }
+        )
+        for i, conversation in enumerate(messages(run, count))
+    ]
+    key = f"bench/{run}"
+    store.put(f"{key}/input.jsonl", ("\n".join(lines) + "\n").encode())
+    job = ProcessChunkInput(
+        action="process_chunk",
+        batch_id="batch_bench",
+        chunk_id=str(run),
+        endpoint="/v1/chat/completions",
+        input_url=store.presign("GET", f"{key}/input.jsonl"),
+        output_url=store.presign("PUT", f"{key}/output.jsonl"),
+        error_url=store.presign("PUT", f"{key}/errors.jsonl"),
+    )
+    started = time.perf_counter()
+    summary = await runtime.submit(
+        process_chunk(
+            job,
+            engine=runtime.engine,
+            session=runtime.session,
+            worker=runtime.identity,
+            max_in_flight=runtime.settings.max_requests_in_flight,
+            transfer_retries=1,
+        )
+    )
+    elapsed = time.perf_counter() - started
+    assert summary.counts.completed == count, summary.failures[:3]
+    assert summary.usage.completion_tokens == count * max_tokens
+    return elapsed, summary.timings.model_dump()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default=None, help="default: generate the tiny model")
+    parser.add_argument("--raw-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    model = args.model
+    if model is None:
+        from infra.tiny_model import generate
+
+        model = str(generate(Path(tempfile.gettempdir()) / "hotbatch-bench-tiny"))
+    if args.raw_only:
+        print(json.dumps({"raw_s": bench_raw(model, args.requests, args.max_tokens)}))
+        return
+
+    raw_runs = []
+    for _ in range(args.repeats):
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--raw-only",
+                "--model",
+                model,
+                "--requests",
+                str(args.requests),
+                "--max-tokens",
+                str(args.max_tokens),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        raw_runs.append(json.loads(child.stdout.strip().splitlines()[-1])["raw_s"])
+
+    from handler.runtime import start_runtime
+    from handler.settings import WorkerSettings
+    from infra.blob_server import BlobServer
+
+    store = BlobServer().start()
+    runtime = start_runtime(
+        WorkerSettings(
+            model_name=model, openai_served_model_name_override="tiny", max_model_len=MAX_MODEL_LEN
+        )
+    )
+    serving_runs: list[float] = []
+    chunk_runs: list[float] = []
+    phases: list[dict[str, float]] = []
+    try:
+
+        async def both() -> None:
+            await runtime.submit(bench_serving(runtime.engine, 900, 16, args.max_tokens))
+            for repeat in range(args.repeats):
+                serving_runs.append(
+                    await runtime.submit(
+                        bench_serving(
+                            runtime.engine, 2 * repeat + 1, args.requests, args.max_tokens
+                        )
+                    )
+                )
+                seconds, timing = await bench_chunk(
+                    runtime, store, 2 * repeat + 2, args.requests, args.max_tokens
+                )
+                chunk_runs.append(seconds)
+                phases.append(timing)
+
+        asyncio.run(both())
+    finally:
+        runtime.stop()
+        store.stop()
+
+    n = args.requests
+    a, b, c = n / min(raw_runs), n / min(serving_runs), n / min(chunk_runs)
+    best = phases[chunk_runs.index(min(chunk_runs))]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
+    print(f"requests: {n} chat x {args.max_tokens} tokens, best of {args.repeats}")
+    print(f"(a) raw LLM.chat           {a:8.1f} req/s  runs(s)={_fmt(raw_runs)}")
+    print(f"(b) vLLM serving layer     {b:8.1f} req/s  runs(s)={_fmt(serving_runs)}")
+    print(f"(c) hotbatch process_chunk {c:8.1f} req/s  runs(s)={_fmt(chunk_runs)}")
+    print(
+        "    (c) phases: download {download_s}s, parse {parse_s}s, engine {engine_s}s, "
+        "upload {upload_s}s".format(**best)
+    )
+    print(f"c/b = {c / b:.3f}   (target >= 0.97)")
+    print(f"c/a = {c / a:.3f}")
+    print(f"b/a = {b / a:.3f}")
+
+
+def _fmt(runs: list[float]) -> str:
+    return "[" + ", ".join(f"{r:.2f}" for r in runs) + "]"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The `hotbatch` command.
+
+hotbatch run-chunk FILE.jsonl   run one chunk through the real worker code and vLLM locally
+hotbatch tiny-model DIR         write the tiny random-weight test model
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("handler.cli")
+
+DEFAULT_WORKDIR = Path(".hotbatch")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hotbatch", description="hotbatch local tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run-chunk",
+        help="process an OpenAI batch JSONL file as one chunk through the worker on vLLM",
+    )
+    run.add_argument("input", type=Path, help="OpenAI batch input JSONL")
+    run.add_argument("--model", help="model path (default: generate the tiny test model)")
+    run.add_argument("--served-model-name", default=None, help="the `model` requests must name")
+    run.add_argument("--endpoint", default=None, help="default: the first line's url")
+    run.add_argument("--out", type=Path, default=DEFAULT_WORKDIR / "out")
+    run.add_argument("--max-model-len", type=int, default=None)
+
+    tiny = commands.add_parser("tiny-model", help="write the tiny random-weight test model")
+    tiny.add_argument("directory", type=Path)
+
+    args = parser.parse_args(argv)
+    if args.command == "tiny-model":
+        from infra.tiny_model import generate
+
+        _emit({"model": str(generate(args.directory))})
+        return 0
+    return run_chunk(args)
+
+
+def run_chunk(args: argparse.Namespace) -> int:
+    from handler import logs
+    from handler.contract import ProcessChunkInput
+    from handler.runtime import start_runtime
+    from handler.settings import WorkerSettings
+    from infra.blob_server import BlobServer
+
+    logs.configure()
+    # stdout carries the command's result; vLLM's own logs go with ours to stderr.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if not args.input.is_file():
+        log.error("input file not found", extra={"path": str(args.input)})
+        return 2
+    body = args.input.read_bytes()
+    endpoint = args.endpoint or _first_url(body) or "/v1/chat/completions"
+    model, served, max_len = args.model, args.served_model_name, args.max_model_len
+    if model is None:
+        from infra.tiny_model import generate
+
+        # Keep the CPU build's KV cache small: the tiny model needs megabytes, not gigabytes.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        model = str(generate(DEFAULT_WORKDIR / "tiny-model"))
+        served, max_len = served or "tiny", max_len or 512
+
+    store = BlobServer().start()
+    runtime = start_runtime(
+        WorkerSettings(
+            model_name=model, openai_served_model_name_override=served, max_model_len=max_len
+        )
+    )
+    try:
+        store.put("chunk/input.jsonl", body)
+        job = ProcessChunkInput(
+            action="process_chunk",
+            batch_id="batch_local",
+            chunk_id="00000",
+            endpoint=endpoint,
+            input_url=store.presign("GET", "chunk/input.jsonl"),
+            output_url=store.presign("PUT", "chunk/output.jsonl"),
+            error_url=store.presign("PUT", "chunk/errors.jsonl"),
+        )
+        summary = asyncio.run(runtime.process(job))
+    finally:
+        runtime.stop()
+        store.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in ("output.jsonl", "errors.jsonl"):
+        (args.out / name).write_bytes(store.get(f"chunk/{name}") or b"")
+    result = {
+        "output_file": str(args.out / "output.jsonl"),
+        "error_file": str(args.out / "errors.jsonl"),
+        **summary.model_dump(mode="json"),
+    }
+    (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    _emit(result)
+    return 0
+
+
+def _first_url(body: bytes) -> str | None:
+    for line in body.splitlines():
+        if line.strip():
+            try:
+                url = json.loads(line).get("url")
+            except (ValueError, AttributeError):
+                return None
+            return url if isinstance(url, str) else None
+    return None
+
+
+def _emit(payload: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
