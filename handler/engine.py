@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -190,6 +191,9 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[Engine]:
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
     from vllm.usage.usage_lib import UsageContext
 
+    # vLLM reports usage statistics over the network by default; a self-hosted worker must not
+    # phone home (and tests have no network). An explicit setting still wins.
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     version = check_vllm_surface()
     args = parse_serve_args(settings)
     started = time.perf_counter()

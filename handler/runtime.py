@@ -145,9 +145,10 @@ def start_runtime(settings: WorkerSettings, engine_factory: EngineFactory | None
                 if monitor is not None:
                     monitor.cancel()
                 _mark_ready(settings.hotbatch_ready_file, False)
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - handed to the starting thread, which raises it
             ready["error"] = exc
-            raise
+            if loaded.is_set():
+                log.exception("engine loop ended with an error")
         finally:
             loaded.set()
 

@@ -15,6 +15,7 @@ from infra.blob_server import BlobServer
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 TINY_MODEL_NAME = "tiny"
 TINY_MAX_MODEL_LEN = 512

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from handler import main
-from handler.runtime import Runtime, start_runtime
+from handler.runtime import EngineFactory, Runtime, start_runtime
 from handler.settings import WorkerSettings
 from infra.blob_server import BlobServer
 from tests.handler.chunks import chat_line, read_lines, stage_chunk
@@ -98,3 +100,43 @@ async def test_handler_without_runtime_asks_for_a_new_worker() -> None:
     main.install(None)
     result = await main.handler({"id": "j", "input": {"action": "health"}})
     assert result["refresh_worker"] is True and "not loaded" in result["error"]
+
+
+def standin_factory(engine: EchoEngine) -> EngineFactory:
+    @contextlib.asynccontextmanager
+    async def factory(_settings: WorkerSettings) -> AsyncIterator[EchoEngine]:
+        yield engine
+
+    return factory
+
+
+def test_ready_file_exists_only_while_the_engine_is_loaded(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    settings = WorkerSettings(hotbatch_ready_file=str(ready))
+    runtime = start_runtime(settings, engine_factory=standin_factory(EchoEngine()))
+    assert ready.exists()
+    runtime.stop()
+    assert not ready.exists()
+
+
+def test_monitor_logs_health_periodically(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="handler")
+    settings = WorkerSettings(enable_vllm_monitor=True, vllm_monitor_interval=0.05)
+    runtime = start_runtime(settings, engine_factory=standin_factory(EchoEngine()))
+    try:
+        time.sleep(0.4)
+    finally:
+        runtime.stop()
+    reports = [r for r in caplog.records if r.getMessage() == "vllm monitor"]
+    assert len(reports) >= 2
+    assert reports[0].health["engine"]["model"] == "tiny"  # type: ignore[attr-defined]
+
+
+def test_engine_start_failure_is_raised_with_its_cause() -> None:
+    @contextlib.asynccontextmanager
+    async def broken(_settings: WorkerSettings) -> AsyncIterator[EchoEngine]:
+        raise ValueError("max_model_len 99999 is larger than the KV cache")
+        yield EchoEngine()  # pragma: no cover
+
+    with pytest.raises(RuntimeError, match="engine failed to start: max_model_len"):
+        start_runtime(WorkerSettings(), engine_factory=broken)
