@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from handler import main
+from handler.engine import EngineDead
 from handler.runtime import EngineFactory, Runtime, start_runtime
 from handler.settings import WorkerSettings
 from infra.blob_server import BlobServer
@@ -140,3 +141,17 @@ def test_engine_start_failure_is_raised_with_its_cause() -> None:
 
     with pytest.raises(RuntimeError, match="engine failed to start: max_model_len"):
         start_runtime(WorkerSettings(), engine_factory=broken)
+
+
+async def test_dead_engine_fails_the_job_and_asks_for_a_fresh_worker(
+    standin_runtime: Runtime, blobs: BlobServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def dead(endpoint: str, body: dict[str, object]) -> object:
+        raise EngineDead("EngineCore died: CUDA out of memory")
+
+    monkeypatch.setattr(standin_runtime.engine, "run", dead)
+    job = stage_chunk(blobs, [chat_line("a", "hi"), chat_line("b", "hi")])
+    result = await main.handler({"id": "j1", "input": job.model_dump()})
+    assert result["refresh_worker"] is True
+    assert "engine dead" in result["error"] and "out of memory" in result["error"]
+    assert blobs.get("batches/batch_test/chunks/00001/output.jsonl") is None  # nothing partial
