@@ -26,6 +26,8 @@ from handler.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 SUPPORTED_VLLM = "0.32."
+# RunPod marks a worker unhealthy when its start-up passes this (runpod 1.x docs).
+_RUNPOD_INIT_TIMEOUT_S = float(os.environ.get("RUNPOD_INIT_TIMEOUT", "420"))
 
 # (module, attribute, parameters the attribute must accept) for every vLLM name used below.
 VLLM_SURFACE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -216,6 +218,12 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[Engine]:
             _error_response=ErrorResponse,
             _create_error_response=create_error_response,
         )
+        if engine.load_seconds > 0.8 * _RUNPOD_INIT_TIMEOUT_S:
+            log.warning(
+                "cold start close to RunPod's init timeout; raise RUNPOD_INIT_TIMEOUT or bake "
+                "the model into the image",
+                extra={"cold_start_s": round(engine.load_seconds, 1)},
+            )
         log.info(
             "engine ready",
             extra={
