@@ -219,7 +219,12 @@ async def test_structured_output_seed_n_and_penalties_behave_as_in_vllm_serve(
     }
     sampled: dict[str, Any] = {"temperature": 1.0, "seed": 1234, "max_tokens": 12}
     lines = [
-        chat_line("json", "judge", response_format=response_format, max_tokens=64),
+        # A random-weight model pads JSON with any whitespace the grammar allows, so give it
+        # room; seeds keep the outcome the same from run to run.
+        *(
+            chat_line(f"json-{i}", "judge", response_format=response_format, max_tokens=200, seed=i)
+            for i in range(4)
+        ),
         chat_line("seed-a", "tell", **sampled),
         chat_line("seed-b", "tell", **sampled),
         chat_line("n-2", "two", n=2, max_tokens=4, frequency_penalty=0.5, presence_penalty=0.5),
@@ -228,8 +233,14 @@ async def test_structured_output_seed_n_and_penalties_behave_as_in_vllm_serve(
     summary = await engine_runtime.process(job)
     assert summary.counts.failed == 0, summary.failures
     bodies = {line.custom_id: line.response.body for line in read_lines(blobs, job, "output")}  # type: ignore[union-attr]
-    verdict = json.loads(bodies["json"]["choices"][0]["message"]["content"])  # type: ignore[index]
-    assert verdict["verdict"] in {"yes", "no"} and set(verdict) == {"verdict"}
+    finished = 0
+    for i in range(4):
+        choice = bodies[f"json-{i}"]["choices"][0]  # type: ignore[index]
+        if choice["finish_reason"] == "stop":  # a complete document must match the schema
+            verdict = json.loads(choice["message"]["content"])
+            assert verdict["verdict"] in {"yes", "no"} and set(verdict) == {"verdict"}
+            finished += 1
+    assert finished >= 1
     content = [bodies[key]["choices"][0]["message"]["content"] for key in ("seed-a", "seed-b")]  # type: ignore[index]
     assert content[0] == content[1]
     assert len(bodies["n-2"]["choices"]) == 2  # type: ignore[index]

@@ -43,12 +43,17 @@ def test_run_chunk_processes_the_example_file_with_the_generated_model(tmp_path:
     assert [line.custom_id for line in errors] == ["candidate-bad-model"]
     assert result["counts"] == {"total": len(sent), "completed": len(sent) - 1, "failed": 1}
     assert json.loads((out / "summary.json").read_text())["counts"] == result["counts"]
+    schema_checked = 0
     for line in outputs:
         assert line.response is not None and line.response.body is not None
-        if line.custom_id.endswith(("004", "008")):  # the json_schema requests
-            content = line.response.body["choices"][0]["message"]["content"]
-            verdict = json.loads(content)
-            assert set(verdict) == {"score", "hire"}
+        choice = line.response.body["choices"][0]
+        # Every fourth request asks for a json_schema; a finished one must parse and match it
+        # (the random-weight model may run out of tokens padding JSON with whitespace).
+        if int(line.custom_id[-3:]) % 4 == 0 and choice["finish_reason"] == "stop":
+            verdict = json.loads(choice["message"]["content"])
+            assert set(verdict) == {"score", "hire"} and verdict["score"] in range(1, 6)
+            schema_checked += 1
+    assert schema_checked >= 3
 
 
 def test_run_chunk_with_a_missing_file_exits_2(tmp_path: Path) -> None:
