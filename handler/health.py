@@ -210,5 +210,6 @@ def system_stats(loops: Iterable[asyncio.AbstractEventLoop] = ()) -> SystemStats
     )
 
 
-def uptime_since(started: float) -> float:
-    return round(time.monotonic() - started, 2)
+def process_uptime() -> float:
+    """Seconds since this worker process started, cold start included."""
+    return round(time.time() - psutil.Process(os.getpid()).create_time(), 2)

@@ -17,19 +17,28 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from handler import __version__, health
-from handler.chunk import process_chunk
+from handler.chunk import RequestRunner, process_chunk
 from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
 from handler.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class ServedEngine(RequestRunner, Protocol):
+    """A loaded engine: `handler.engine.Engine`, or a stand-in in fast tests."""
+
+    served_model_name: str
+    max_model_len: int
+    vllm_version: str
+    load_seconds: float
 
 
 EngineFactory = Callable[[WorkerSettings], contextlib.AbstractAsyncContextManager[Any]]
@@ -38,10 +47,9 @@ EngineFactory = Callable[[WorkerSettings], contextlib.AbstractAsyncContextManage
 @dataclass
 class Runtime:
     settings: WorkerSettings
-    engine: Any
+    engine: ServedEngine
     loop: asyncio.AbstractEventLoop
     session: aiohttp.ClientSession
-    started: float = field(default_factory=time.monotonic)
     jobs_in_progress: int = 0
     chunks_done: int = 0
     last_error: str | None = None
@@ -95,7 +103,7 @@ class Runtime:
         return health.HealthReport(
             status="dead" if getattr(engine, "dead", False) else "ok",
             worker_id=self.settings.worker_id,
-            uptime_s=health.uptime_since(self.started),
+            uptime_s=health.process_uptime(),
             gpus=gpus,
             gpu_error=gpu_error,
             engine=health.engine_stats(

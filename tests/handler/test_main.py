@@ -74,16 +74,18 @@ async def test_transfer_failure_is_an_error_string_and_recorded(
 async def test_cancelled_job_reraises_and_stops_its_requests(
     standin_runtime: Runtime, blobs: BlobServer
 ) -> None:
-    standin_runtime.engine.delay_s = 5.0
+    engine = standin_runtime.engine
+    assert isinstance(engine, EchoEngine)
+    engine.delay_s = 5.0
     job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(20)])
     task = asyncio.ensure_future(main.handler({"id": "j1", "input": job.model_dump()}))
     await asyncio.sleep(0.5)
-    assert standin_runtime.engine.in_flight == 20
+    assert engine.in_flight == 20
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0.2)
-    assert standin_runtime.engine.in_flight == 0
+    assert engine.in_flight == 0
     assert standin_runtime.jobs_in_progress == 0
 
 
