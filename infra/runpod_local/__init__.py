@@ -1,0 +1,118 @@
+"""A local RunPod serverless endpoint: RunPod's client API and worker API, plus a worker pool.
+
+endpoint = LocalEndpoint(pool=PoolConfig(max_workers=2)).start()
+runpod.endpoint_url_base = endpoint.client_base_url      # ends in /v2
+runpod.Endpoint("local", api_key=endpoint.api_key).run_sync({"action": "health"})
+endpoint.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from infra.runpod_local.models import EndpointBackend
+from infra.runpod_local.pool import PoolConfig, WorkerPool
+from infra.runpod_local.server import EndpointConfig, create_app
+
+__all__ = ["EndpointConfig", "LocalEndpoint", "PoolConfig"]
+
+
+@dataclass
+class LocalEndpoint:
+    """The endpoint served from a background thread with its own event loop (like moto's
+    ThreadedMotoServer), so tests and `hotbatch local up` can drive it from anywhere."""
+
+    config: EndpointConfig = field(default_factory=EndpointConfig)
+    pool_config: PoolConfig | None = None
+    port: int = 0
+    backend: EndpointBackend | None = None
+    pool: WorkerPool | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def client_base_url(self) -> str:
+        """What `RUNPOD_ENDPOINT_BASE_URL` / `runpod.endpoint_url_base` must be."""
+        return f"{self.base_url}/v2"
+
+    @property
+    def api_key(self) -> str:
+        return self.config.api_key
+
+    def worker_urls(self) -> dict[str, str]:
+        """The RUNPOD_WEBHOOK_* values a runpod SDK worker needs to serve this endpoint."""
+        root = f"{self.client_base_url}/{self.config.endpoint_id}"
+        token = f"token={self.config.worker_token}"
+        return {
+            "RUNPOD_WEBHOOK_GET_JOB": f"{root}/job-take/$ID?{token}",
+            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{root}/job-done/$RUNPOD_POD_ID/$ID?{token}",
+            "RUNPOD_WEBHOOK_POST_STREAM": f"{root}/job-stream/$RUNPOD_POD_ID/$ID?{token}",
+            "RUNPOD_WEBHOOK_PING": f"{root}/ping/$RUNPOD_POD_ID?{token}",
+            "RUNPOD_AI_API_KEY": self.config.worker_token,
+        }
+
+    def start(self) -> LocalEndpoint:
+        if self.port == 0:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._open())
+            except BaseException as exc:  # handed to start(), which raises it
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._close())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="runpod-local", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise RuntimeError(f"local RunPod endpoint failed to start: {failure[0]}")
+        return self
+
+    async def _open(self) -> None:
+        self.backend = EndpointBackend(endpoint_id=self.config.endpoint_id)
+        if self.pool_config is not None:
+            self.pool = WorkerPool(self.backend, self.pool_config, self.worker_urls())
+        on_tick = self.pool.reconcile if self.pool is not None else None
+        self._runner = web.AppRunner(create_app(self.backend, self.config, on_tick))
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _close(self) -> None:
+        # The server first (its cleanup stops housekeeping, which would scale the pool back up),
+        # then the workers.
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
+
+    def call(self, coro: object) -> object:
+        """Run a coroutine on the endpoint's loop (tests use it to inspect or kill workers)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(60)
