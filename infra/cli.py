@@ -2,6 +2,7 @@
 
 hotbatch run-chunk FILE.jsonl   run one chunk through the real worker code and vLLM locally
 hotbatch tiny-model DIR         write the tiny random-weight test model
+hotbatch local up               the local stack (RunPod endpoint + workers) until Ctrl-C
 """
 
 from __future__ import annotations
@@ -37,12 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     tiny = commands.add_parser("tiny-model", help="write the tiny random-weight test model")
     tiny.add_argument("directory", type=Path)
 
+    local = commands.add_parser("local", help="the local stack")
+    local_commands = local.add_subparsers(dest="local_command", required=True)
+    from infra import local_stack
+
+    local_stack.add_arguments(local_commands.add_parser("up", help="start it in the foreground"))
+
     args = parser.parse_args(argv)
     if args.command == "tiny-model":
         from infra.tiny_model import generate
 
         _emit({"model": str(generate(args.directory))})
         return 0
+    if args.command == "local":
+        from handler import logs
+
+        logs.configure()
+        return local_stack.up(args)
     return run_chunk(args)
 
 
