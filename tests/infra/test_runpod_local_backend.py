@@ -1,0 +1,58 @@
+"""RunPod's policies in the local endpoint's backend, without HTTP or processes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infra.runpod_local.exceptions import JobNotFound
+from infra.runpod_local.models import EndpointBackend
+
+
+async def test_queued_job_past_its_ttl_times_out_and_then_is_gone() -> None:
+    backend = EndpointBackend()
+    job = await backend.submit({"input": {}, "policy": {"ttl": 100}})
+    await asyncio.sleep(0.15)
+    await backend.enforce()
+    assert job.status == "TIMED_OUT"
+    with pytest.raises(JobNotFound):
+        backend.get(job.id)
+
+
+async def test_a_late_result_for_a_cancelled_job_is_dropped() -> None:
+    backend = EndpointBackend()
+    job = await backend.submit({"input": {"x": 1}})
+    [taken] = await backend.take("w1", 1, timeout=0.1)
+    assert taken.id == job.id and backend.get(job.id).status == "IN_PROGRESS"
+    await backend.cancel(job.id)
+    await backend.done("w1", job.id, {"output": {"late": True}})
+    assert backend.get(job.id).status == "CANCELLED" and backend.get(job.id).output is None
+    assert backend.health()["jobs"]["completed"] == 0
+
+
+async def test_stop_signal_is_resent_until_the_worker_lets_go() -> None:
+    backend = EndpointBackend()
+    job = await backend.submit({"input": {}})
+    await backend.take("w1", 1, timeout=0.1)
+    await backend.cancel(job.id)
+    assert await backend.stop_signals("w1", timeout=0.1) == [job.id]
+    # Not re-sent within a second, then re-sent while the worker still reports the job...
+    assert await backend.stop_signals("w1", timeout=0.2) == []
+    await asyncio.sleep(1.0)
+    backend.ping("w1", [job.id])
+    assert await backend.stop_signals("w1", timeout=0.1) == [job.id]
+    # ...and dropped once its heartbeat no longer lists it.
+    backend.ping("w1", [])
+    await asyncio.sleep(1.0)
+    assert await backend.stop_signals("w1", timeout=0.1) == []
+
+
+async def test_take_long_polls_until_a_job_arrives() -> None:
+    backend = EndpointBackend()
+    waiting = asyncio.ensure_future(backend.take("w1", 2, timeout=5))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    job = await backend.submit({"input": {"n": 1}})
+    assert [taken.id for taken in await asyncio.wait_for(waiting, 1)] == [job.id]
+    assert backend.health()["workers"]["running"] == 1
