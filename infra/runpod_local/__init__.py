@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from infra.runpod_local.models import EndpointBackend
 from infra.runpod_local.pool import PoolConfig, WorkerPool
-from infra.runpod_local.server import EndpointConfig, create_app
+from infra.runpod_local.server import FAULTS, EndpointConfig, create_app
 
 __all__ = ["EndpointConfig", "LocalEndpoint", "PoolConfig"]
 
@@ -107,10 +108,14 @@ class LocalEndpoint:
         if self.pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
 
-    def call(self, coro: object) -> object:
-        """Run a coroutine on the endpoint's loop (tests use it to inspect or kill workers)."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+    def inject_fault(
+        self, *, seconds: float, status: int | None = None, delay_s: float = 0.0
+    ) -> None:
+        """Make the client API answer `status` (or answer late) for the next `seconds`."""
+        assert self._runner is not None
+        faults = self._runner.app[FAULTS]
+        faults.status, faults.delay_s = status, delay_s
+        faults.until = time.monotonic() + seconds
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:

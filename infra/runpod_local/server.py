@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,24 @@ class EndpointConfig:
     webhook_retries: int = 2  # RunPod retries a failed webhook twice, 10 s apart
     webhook_retry_delay_s: float = 10.0
     housekeeping_s: float = 0.2
+    # Client requests per second before 429 (RunPod rate-limits its API); 0 means no limit.
+    rate_limit_per_s: float = 0.0
 
 
+@dataclass
+class Faults:
+    """Make the client API misbehave for a while, as a real endpoint sometimes does: answer
+    `status` (e.g. 502), or answer after `delay_s`, until `until` (monotonic seconds)."""
+
+    status: int | None = None
+    delay_s: float = 0.0
+    until: float = 0.0
+
+    def active(self) -> bool:
+        return time.monotonic() < self.until
+
+
+FAULTS = web.AppKey("faults", Faults)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -57,7 +74,13 @@ def create_app(
     config: EndpointConfig,
     on_tick: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=RUNSYNC_LIMIT + 1024)
+    faults = Faults()
+    limiter = _RateLimiter(config.rate_limit_per_s)
+    app = web.Application(
+        middlewares=[_errors, _client_faults(faults, limiter)],
+        client_max_size=RUNSYNC_LIMIT + 1024,
+    )
+    app[FAULTS] = faults
     client = _Client(backend, config)
     worker = _WorkerFace(backend, config)
     base = "/v2/{endpoint_id}"
@@ -88,6 +111,46 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except LocalEndpointError as exc:
         return web.json_response({"error": exc.message}, status=exc.status)
+
+
+_WORKER_PATHS = ("/job-take", "/job-stop", "/job-done", "/job-stream", "/ping")
+
+
+def _client_faults(faults: Faults, limiter: _RateLimiter) -> Callable[..., Any]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if any(part in request.path for part in _WORKER_PATHS):
+            return await handler(request)
+        if not limiter.allow():
+            return web.json_response({"error": "Too Many Requests"}, status=429)
+        if faults.active():
+            if faults.delay_s:
+                await asyncio.sleep(faults.delay_s)
+            if faults.status is not None:
+                return web.json_response({"error": "injected fault"}, status=faults.status)
+        return await handler(request)
+
+    return middleware
+
+
+class _RateLimiter:
+    """A token bucket of one second's worth of requests."""
+
+    def __init__(self, per_second: float) -> None:
+        self.per_second = per_second
+        self.tokens = per_second
+        self.updated = time.monotonic()
+
+    def allow(self) -> bool:
+        if self.per_second <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.per_second, self.tokens + (now - self.updated) * self.per_second)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def _check_endpoint(request: web.Request, config: EndpointConfig) -> None:

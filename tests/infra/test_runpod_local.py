@@ -234,3 +234,28 @@ def test_scale_to_zero_after_idle_timeout_then_a_cold_start(
         assert first_latency >= 1.0
     finally:
         local.stop()
+
+
+def test_injected_faults_and_rate_limit_answer_like_a_struggling_endpoint(
+    endpoint: LocalEndpoint, tmp_path: Path
+) -> None:
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"}
+    health_url = f"{endpoint.client_base_url}/local/health"
+    endpoint.inject_fault(seconds=1.0, status=502)
+    assert requests.get(health_url, headers=headers, timeout=10).status_code == 502
+    time.sleep(1.1)
+    assert requests.get(health_url, headers=headers, timeout=10).status_code == 200
+
+    endpoint.inject_fault(seconds=5.0, delay_s=1.0)
+    with pytest.raises(requests.Timeout):
+        requests.get(health_url, headers=headers, timeout=0.5)
+    endpoint.inject_fault(seconds=0)
+
+    limited = LocalEndpoint(config=EndpointConfig(rate_limit_per_s=3)).start()
+    try:
+        url = f"{limited.client_base_url}/local/health"
+        auth = {"Authorization": f"Bearer {limited.api_key}"}
+        codes = [requests.get(url, headers=auth, timeout=10).status_code for _ in range(6)]
+        assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
+    finally:
+        limited.stop()
