@@ -100,6 +100,8 @@ class WorkerPool:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if not isinstance(output, int):
+            output.close()  # the child has its own descriptor
         self.processes[worker_id] = _Process(popen, time.monotonic())
         self.backend.worker(worker_id)  # known as initializing until its first job-take
         log.info("worker started", extra={"worker_id": worker_id, "pid": popen.pid})
