@@ -1,0 +1,1 @@
+"""hotbatch's control plane (the Lambda side). Imports stay light: this runs on cold starts."""

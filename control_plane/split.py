@@ -1,0 +1,272 @@
+"""Streaming split: validate every line of a batch input file and cut it into chunk objects.
+
+Memory stays flat whatever the file size: the input is read in 1 MiB pieces, one chunk is held
+at a time, and duplicate detection keeps a 96-bit hash per `custom_id` (about 70 bytes each in a
+set: ~70 MB for 1,000,000 ids) instead of the ids themselves. Lines are written to the chunks
+byte for byte as they came, so the split adds no re-serialisation.
+
+Idempotent by construction: chunk keys and contents depend only on the input file and the
+limits, so a retried split writes the same objects again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+READ_SIZE = 1024 * 1024
+MAX_REPORTED_ERRORS = 100
+
+
+class SplitLimits(BaseModel):
+    max_requests: int = Field(default=50_000, ge=1, description="requests per batch")
+    chunk_max_requests: int = Field(default=1_000, ge=1)
+    chunk_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+
+class SplitError(BaseModel):
+    """One entry of a batch's `errors.data`, as OpenAI reports validation failures."""
+
+    code: str
+    line: int | None
+    message: str
+    param: str | None = None
+
+
+class ChunkRef(BaseModel):
+    index: int
+    key: str
+    requests: int
+    bytes: int
+    first_line: int
+
+
+class SplitResult(BaseModel):
+    total_requests: int
+    chunks: list[ChunkRef]
+    errors: list[SplitError]
+    error_count: int
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+
+def chunk_key(batch_id: str, index: int) -> str:
+    return f"batches/{batch_id}/chunks/{index:05d}/input.jsonl"
+
+
+def read_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines split on `\\n` only (a trailing `\\r` is dropped), so line numbers match what an
+    editor shows; botocore's `iter_lines` also splits on a lone `\\r`."""
+    pending = b""
+    for piece in pieces:
+        pending += piece
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.removesuffix(b"\r")
+    if pending:
+        yield pending.removesuffix(b"\r")
+
+
+def split_lines(
+    lines: Iterable[bytes],
+    *,
+    batch_id: str,
+    endpoint: str,
+    limits: SplitLimits,
+    write_chunk: Callable[[ChunkRef, bytes], None],
+) -> SplitResult:
+    """Validate `lines`; hand each full chunk to `write_chunk` (none once an error is seen)."""
+    state = _State(batch_id, endpoint, limits, write_chunk)
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        state.add(number, raw)
+        if state.too_many:
+            break
+    return state.finish()
+
+
+def split_s3_object(
+    s3: Any, *, bucket: str, key: str, batch_id: str, endpoint: str, limits: SplitLimits
+) -> SplitResult:
+    """Stream `s3://bucket/key` and write chunk objects beside it under `batches/{batch_id}/`."""
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+
+    def write(chunk: ChunkRef, content: bytes) -> None:
+        s3.put_object(Bucket=bucket, Key=chunk.key, Body=content, ContentType="application/jsonl")
+
+    try:
+        return split_lines(
+            read_lines(body.iter_chunks(READ_SIZE)),
+            batch_id=batch_id,
+            endpoint=endpoint,
+            limits=limits,
+            write_chunk=write,
+        )
+    finally:
+        body.close()
+
+
+class _State:
+    def __init__(
+        self,
+        batch_id: str,
+        endpoint: str,
+        limits: SplitLimits,
+        write_chunk: Callable[[ChunkRef, bytes], None],
+    ) -> None:
+        self.batch_id, self.endpoint, self.limits = batch_id, endpoint, limits
+        self.write_chunk = write_chunk
+        self.seen: set[int] = set()
+        self.requests = 0
+        self.errors: list[SplitError] = []
+        self.error_count = 0
+        self.chunks: list[ChunkRef] = []
+        self.buffer: list[bytes] = []
+        self.buffer_bytes = 0
+        self.buffer_first_line = 0
+        self.too_many = False
+
+    def add(self, number: int, raw: bytes) -> None:
+        error = self._validate(number, raw)
+        if error is not None:
+            self._error(error)
+            return
+        self.requests += 1
+        if self.requests > self.limits.max_requests:
+            self.too_many = True
+            self._error(
+                SplitError(
+                    code="too_many_tasks",
+                    line=number,
+                    message=(
+                        f"The batch has more than {self.limits.max_requests} requests, "
+                        "the limit for one batch."
+                    ),
+                )
+            )
+            return
+        if self.error_count:
+            return  # the batch fails: validate the rest, but write nothing more
+        size = len(raw) + 1
+        if self.buffer and (
+            len(self.buffer) >= self.limits.chunk_max_requests
+            or self.buffer_bytes + size > self.limits.chunk_max_bytes
+        ):
+            self._flush()
+        if not self.buffer:
+            self.buffer_first_line = number
+        self.buffer.append(raw)
+        self.buffer_bytes += size
+
+    def finish(self) -> SplitResult:
+        if self.requests == 0 and not self.error_count:
+            self._error(
+                SplitError(code="empty_file", line=None, message="The file has no requests.")
+            )
+        if not self.error_count:
+            self._flush()
+        return SplitResult(
+            total_requests=min(self.requests, self.limits.max_requests),
+            chunks=self.chunks if not self.error_count else [],
+            errors=self.errors,
+            error_count=self.error_count,
+        )
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        content = b"\n".join(self.buffer) + b"\n"
+        index = len(self.chunks)
+        chunk = ChunkRef(
+            index=index,
+            key=chunk_key(self.batch_id, index),
+            requests=len(self.buffer),
+            bytes=len(content),
+            first_line=self.buffer_first_line,
+        )
+        self.write_chunk(chunk, content)
+        self.chunks.append(chunk)
+        self.buffer, self.buffer_bytes = [], 0
+
+    def _error(self, error: SplitError) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(error)
+
+    def _validate(self, number: int, raw: bytes) -> SplitError | None:
+        if len(raw) + 1 > self.limits.chunk_max_bytes:
+            return SplitError(
+                code="line_too_large",
+                line=number,
+                message=f"Line {number} is larger than {self.limits.chunk_max_bytes} bytes.",
+            )
+        try:
+            request = json.loads(raw)
+        except UnicodeDecodeError:
+            return SplitError(
+                code="invalid_json_line", line=number, message=f"Line {number} is not UTF-8."
+            )
+        except ValueError as exc:
+            return SplitError(
+                code="invalid_json_line",
+                line=number,
+                message=f"Line {number} is not valid JSON: {exc}.",
+            )
+        if not isinstance(request, dict):
+            return SplitError(
+                code="invalid_json_line",
+                line=number,
+                message=f"Line {number} is not a JSON object.",
+            )
+        return self._check_fields(number, request)
+
+    def _check_fields(self, number: int, request: dict[str, Any]) -> SplitError | None:
+        custom_id = request.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            return SplitError(
+                code="missing_custom_id",
+                line=number,
+                message=f"Line {number} needs a non-empty string custom_id.",
+                param="custom_id",
+            )
+        if request.get("method") != "POST":
+            return SplitError(
+                code="invalid_method",
+                line=number,
+                message=f"Line {number}: method must be POST.",
+                param="method",
+            )
+        if request.get("url") != self.endpoint:
+            return SplitError(
+                code="mismatched_url",
+                line=number,
+                message=(
+                    f"Line {number}: url {request.get('url')!r} does not match the batch "
+                    f"endpoint {self.endpoint!r}."
+                ),
+                param="url",
+            )
+        if not isinstance(request.get("body"), dict):
+            return SplitError(
+                code="invalid_body",
+                line=number,
+                message=f"Line {number}: body must be a JSON object.",
+                param="body",
+            )
+        digest = int.from_bytes(hashlib.blake2b(custom_id.encode(), digest_size=12).digest())
+        if digest in self.seen:
+            return SplitError(
+                code="duplicate_custom_id",
+                line=number,
+                message=f"Line {number}: custom_id {custom_id!r} appears on an earlier line.",
+                param="custom_id",
+            )
+        self.seen.add(digest)
+        return None
