@@ -11,14 +11,18 @@ limits, so a retried split writes the same objects again.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 READ_SIZE = 1024 * 1024
+UPLOAD_THREADS = 4
+UPLOADS_IN_FLIGHT = 8
 MAX_REPORTED_ERRORS = 100
 
 
@@ -95,22 +99,41 @@ def split_lines(
 def split_s3_object(
     s3: Any, *, bucket: str, key: str, batch_id: str, endpoint: str, limits: SplitLimits
 ) -> SplitResult:
-    """Stream `s3://bucket/key` and write chunk objects beside it under `batches/{batch_id}/`."""
+    """Stream `s3://bucket/key` and write chunk objects beside it under `batches/{batch_id}/`.
+
+    Chunk uploads run on a few threads while validation goes on (boto3 clients are thread-safe),
+    at most `UPLOADS_IN_FLIGHT` at a time so memory stays bounded.
+    """
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    pending: collections.deque[Future[Any]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="split-put") as pool:
 
-    def write(chunk: ChunkRef, content: bytes) -> None:
-        s3.put_object(Bucket=bucket, Key=chunk.key, Body=content, ContentType="application/jsonl")
+        def write(chunk: ChunkRef, content: bytes) -> None:
+            while len(pending) >= UPLOADS_IN_FLIGHT:
+                pending.popleft().result()
+            pending.append(
+                pool.submit(
+                    s3.put_object,
+                    Bucket=bucket,
+                    Key=chunk.key,
+                    Body=content,
+                    ContentType="application/jsonl",
+                )
+            )
 
-    try:
-        return split_lines(
-            read_lines(body.iter_chunks(READ_SIZE)),
-            batch_id=batch_id,
-            endpoint=endpoint,
-            limits=limits,
-            write_chunk=write,
-        )
-    finally:
-        body.close()
+        try:
+            result = split_lines(
+                read_lines(body.iter_chunks(READ_SIZE)),
+                batch_id=batch_id,
+                endpoint=endpoint,
+                limits=limits,
+                write_chunk=write,
+            )
+            for upload in pending:
+                upload.result()  # an upload that failed fails the split (and its retry redoes it)
+            return result
+        finally:
+            body.close()
 
 
 class _State:
