@@ -50,6 +50,7 @@ VLLM_SURFACE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("vllm.entrypoints.serve", "create_error_response", ("message",)),
     ("vllm.usage.usage_lib", "UsageContext", ()),
     ("vllm.version", "__version__", ()),
+    ("vllm.platforms", "current_platform", ()),
     ("starlette.datastructures", "State", ()),
     (
         "vllm.entrypoints.openai.chat_completion.serving",
@@ -178,7 +179,19 @@ def parse_serve_args(settings: WorkerSettings) -> Any:
     parser = make_arg_parser(FlexibleArgumentParser(prog="hotbatch-worker"))
     args = parser.parse_args(settings.serve_argv())
     validate_parsed_serve_args(args)
+    if settings.enable_chunked_prefill is None and _is_cpu_build():
+        # vLLM 0.32's CPU build rewinds a seeded request's generator after a partial prefill,
+        # which CPU generators refuse ("CPU Generator does not use offset"), and the whole
+        # engine dies. Without chunked prefill no prefill is partial. The GPU build is unaffected.
+        args.enable_chunked_prefill = False
+        log.info("chunked prefill off on the CPU build (seeded requests would kill the engine)")
     return args
+
+
+def _is_cpu_build() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 @contextlib.asynccontextmanager

@@ -39,6 +39,10 @@ class WorkerSettings(BaseSettings):
     max_num_seqs: int | None = Field(default=None, ge=1, description="MAX_NUM_SEQS")
     max_num_batched_tokens: int | None = Field(default=None, description="MAX_NUM_BATCHED_TOKENS")
     enforce_eager: bool = Field(default=False, description="ENFORCE_EAGER")
+    enable_chunked_prefill: bool | None = Field(
+        default=None,
+        description="ENABLE_CHUNKED_PREFILL: vLLM's default when unset (off on the CPU build).",
+    )
     trust_remote_code: bool = Field(default=False, description="TRUST_REMOTE_CODE")
     seed: int = Field(default=0, description="SEED")
     block_size: int | None = Field(default=None, description="BLOCK_SIZE")
@@ -122,6 +126,12 @@ class WorkerSettings(BaseSettings):
             if self.enable_prefix_caching
             else "--no-enable-prefix-caching"
         )
+        if self.enable_chunked_prefill is not None:
+            argv.append(
+                "--enable-chunked-prefill"
+                if self.enable_chunked_prefill
+                else "--no-enable-chunked-prefill"
+            )
         switches = {
             "--enforce-eager": self.enforce_eager,
             "--trust-remote-code": self.trust_remote_code,

@@ -63,6 +63,9 @@ def test_settings_parse_with_vllms_own_serve_parser(tiny_model: Path) -> None:
     assert args.model == str(tiny_model) and args.max_model_len == 256
     assert args.enable_prefix_caching is True and args.enforce_eager is True
     assert args.enable_prompt_tokens_details is True and args.max_num_seqs == 8
+    assert args.enable_chunked_prefill is False  # the CPU build's default here (see below)
+    explicit = settings.model_copy(update={"enable_chunked_prefill": True})
+    assert adapter.parse_serve_args(explicit).enable_chunked_prefill is True
 
 
 async def test_chat_chunk_end_to_end_parses_as_openai_objects(
@@ -271,3 +274,16 @@ async def test_health_reports_the_real_engine(engine_runtime: Runtime) -> None:
     assert report.engine.cold_start_s is not None and report.engine.cold_start_s > 0
     assert report.engine.kv_cache_usage_percent is not None
     assert report.system.process_rss_mb > 0 and report.system.threads > 1
+
+
+async def test_seeded_requests_split_across_prefill_steps_do_not_kill_the_engine(
+    engine_runtime: Runtime, blobs: BlobServer
+) -> None:
+    # vLLM 0.32's CPU build rewinds a per-request generator after a partial (chunked) prefill,
+    # which CPU generators refuse ("CPU Generator does not use offset"): the engine died. Many
+    # seeded requests with long prompts force prefills past one scheduler step.
+    prompt = "evaluate the candidate and answer in json " * 20
+    lines = [chat_line(f"s{i}", f"{i} {prompt}", seed=i, max_tokens=4) for i in range(48)]
+    summary = await engine_runtime.process(stage_chunk(blobs, lines, chunk_id="seeded"))
+    assert summary.counts.completed == 48
+    assert engine_runtime.health().status == "ok"

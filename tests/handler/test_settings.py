@@ -16,6 +16,7 @@ def test_defaults_enable_prefix_caching_and_prompt_token_details(
     assert "--enable-prefix-caching" in argv
     assert "--enable-prompt-tokens-details" in argv
     assert "--max-model-len" not in argv
+    assert not any("chunked-prefill" in flag for flag in argv)  # vLLM decides
 
 
 def test_worker_vllm_variables_map_to_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,6 +31,7 @@ def test_worker_vllm_variables_map_to_flags(monkeypatch: pytest.MonkeyPatch) -> 
         "DTYPE": "half",
         "MAX_NUM_SEQS": "128",
         "ENFORCE_EAGER": "1",
+        "ENABLE_CHUNKED_PREFILL": "true",
         "VLLM_EXTRA_ARGS": "--max-loras 2 --disable-log-requests",
     }
     for key, value in env.items():
@@ -45,6 +47,7 @@ def test_worker_vllm_variables_map_to_flags(monkeypatch: pytest.MonkeyPatch) -> 
     assert pairs["--dtype"] == "half"
     assert pairs["--max-num-seqs"] == "128"
     assert "--no-enable-prefix-caching" in argv and "--enforce-eager" in argv
+    assert "--enable-chunked-prefill" in argv
     assert argv[-3:] == ["--max-loras", "2", "--disable-log-requests"]
 
 
