@@ -45,8 +45,17 @@ def bench_raw(model: str, count: int, max_tokens: int) -> float:
     """(a) Seconds for `LLM.chat` over the requests (called in a child process)."""
     # The baseline is vLLM itself, so this benchmark (not product code) imports it directly.
     from vllm import LLM, SamplingParams
+    from vllm.platforms import current_platform
 
-    llm = LLM(model=model, served_model_name="tiny", max_model_len=MAX_MODEL_LEN, seed=0)
+    # The same engine configuration the worker uses: on the CPU build it turns chunked prefill
+    # off (handler/engine.py explains why).
+    llm = LLM(
+        model=model,
+        served_model_name="tiny",
+        max_model_len=MAX_MODEL_LEN,
+        seed=0,
+        enable_chunked_prefill=False if current_platform.is_cpu() else None,
+    )
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0.0)
     llm.chat(messages(-1, 16), params, use_tqdm=False)  # warm-up
     started = time.perf_counter()
