@@ -30,6 +30,7 @@ from handler.contract import (
     ProcessChunkInput,
     RequestFailure,
     WorkerIdentity,
+    error_body,
 )
 from handler.engine import EngineDead, Reply
 
@@ -167,9 +168,7 @@ def _salvage_custom_id(line: str) -> str | None:
 def _failure(
     custom_id: str, status: int, message: str, *, code: str, param: str | None
 ) -> _Outcome:
-    kind = "BadRequestError" if status < 500 else "InternalServerError"
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return _Outcome(custom_id, status, body, code)
+    return _Outcome(custom_id, status, error_body(message, status=status, param=param), code)
 
 
 async def _run_all(
@@ -259,8 +258,9 @@ def _add_usage(total: ChunkUsage, usage: dict[str, Any]) -> None:
 
 
 def _failure_summary(outcome: _Outcome) -> RequestFailure:
-    error = outcome.body.get("error") if isinstance(outcome.body.get("error"), dict) else {}
-    assert isinstance(error, dict)
+    error = outcome.body.get("error")
+    if not isinstance(error, dict):
+        error = {}
     code = outcome.code or _CODE_BY_STATUS.get(outcome.status_code, "engine_error")
     message = str(error.get("message") or f"HTTP {outcome.status_code}")
     return RequestFailure(

@@ -69,6 +69,13 @@ class BatchLineError(BaseModel):
     message: str
 
 
+def error_body(message: str, *, status: int, param: str | None) -> dict[str, Any]:
+    """An error body in vLLM's shape, for failures hotbatch detects itself, so every error line
+    reads the same whether vLLM or the worker refused the request."""
+    kind = "BadRequestError" if status < 500 else "InternalServerError"
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
 class BatchRequestOutput(BaseModel):
     """One line of an OpenAI batch output or error file."""
 

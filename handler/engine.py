@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from handler.contract import error_body
 from handler.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,10 @@ class Engine:
             # before they get here; close it rather than leak the engine request.
             await response.aclose()
             return Reply(
-                400, _error_body("Streaming is not supported in batch requests.", "stream")
+                400,
+                error_body(
+                    "Streaming is not supported in batch requests.", status=400, param="stream"
+                ),
             )
         return Reply(200, response.model_dump())
 
@@ -137,11 +141,6 @@ def _validation_param(exc: Exception) -> str | None:
             if not str(part).startswith(("function-", "union["))
         )
     return None
-
-
-def _error_body(message: str, param: str | None, *, code: int = 400) -> dict[str, Any]:
-    kind = "BadRequestError" if code == 400 else "InternalServerError"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def check_vllm_surface() -> str:

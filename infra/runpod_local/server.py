@@ -94,7 +94,7 @@ def create_app(
             web.get(f"{base}/health", client.health),
             web.post(f"{base}/purge-queue", client.purge_queue),
             web.get(f"{base}/job-take/{{worker_id}}", worker.take),
-            web.get(f"{base}/job-take-batch/{{worker_id}}", worker.take),
+            web.get(f"{base}/job-take-batch/{{worker_id}}", worker.take_batch),
             web.get(f"{base}/job-stop/{{worker_id}}", worker.stop),
             web.post(f"{base}/job-done/{{worker_id}}/{{job_id}}", worker.done),
             web.post(f"{base}/job-stream/{{worker_id}}/{{job_id}}", worker.stream),
@@ -223,14 +223,19 @@ class _WorkerFace:
         return request.match_info["worker_id"]
 
     async def take(self, request: web.Request) -> web.Response:
-        worker_id = self._auth(request)
-        batch = request.path.rsplit("/", 2)[-2] == "job-take-batch"
-        size = int(request.query.get("batch_size", "1")) if batch else 1
-        jobs = await self.backend.take(worker_id, size, self.config.take_poll_s)
+        """The legacy single job-take: one job object, or 204."""
+        jobs = await self.backend.take(self._auth(request), 1, self.config.take_poll_s)
         if not jobs:
             return web.Response(status=204)
-        items = [job.work_item() for job in jobs]
-        return web.json_response(items if batch else items[0])
+        return web.json_response(jobs[0].work_item())
+
+    async def take_batch(self, request: web.Request) -> web.Response:
+        """job-take-batch (SDK concurrency > 1): a list of up to `batch_size` jobs, or 204."""
+        size = int(request.query.get("batch_size", "1"))
+        jobs = await self.backend.take(self._auth(request), size, self.config.take_poll_s)
+        if not jobs:
+            return web.Response(status=204)
+        return web.json_response([job.work_item() for job in jobs])
 
     async def stop(self, request: web.Request) -> web.Response:
         worker_id = self._auth(request)

@@ -259,3 +259,25 @@ def test_injected_faults_and_rate_limit_answer_like_a_struggling_endpoint(
         assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
     finally:
         limited.stop()
+
+
+def test_batch_job_take_hands_out_a_list() -> None:
+    local = LocalEndpoint(config=EndpointConfig(take_poll_s=0.5)).start()
+    try:
+        auth = {"Authorization": f"Bearer {local.api_key}"}
+        for n in range(3):
+            requests.post(
+                f"{local.client_base_url}/local/run",
+                json={"input": {"n": n}},
+                headers=auth,
+                timeout=10,
+            )
+        take = local.worker_urls()["RUNPOD_WEBHOOK_GET_JOB"].replace("$ID", "w1")
+        batch = take.replace("/job-take/", "/job-take-batch/") + "&batch_size=2"
+        jobs = requests.get(batch, timeout=10).json()
+        assert [job["input"]["n"] for job in jobs] == [0, 1]
+        single = requests.get(take, timeout=10).json()
+        assert single["input"] == {"n": 2}
+        assert requests.get(take, timeout=10).status_code == 204
+    finally:
+        local.stop()
