@@ -1,0 +1,100 @@
+"""Control-plane settings, read once from the environment (prefix `HOTBATCH_`).
+
+`template.yaml` sets every variable a deployed function needs; `tests/test_template.py` checks
+that nothing here is read without being defined there (the local-only ones excepted).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ONE_GB = 1024**3
+
+# Read only by the local stack and tests; a deployed function never sets them.
+LOCAL_ONLY = frozenset({"aws_endpoint_url", "split_mode"})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HOTBATCH_", env_ignore_empty=True, extra="ignore", case_sensitive=False
+    )
+
+    # --- resources (template.yaml: Table, Bucket, SplitFunction) ---
+    table_name: str = Field(default="hotbatch", description="HOTBATCH_TABLE_NAME: the table.")
+    bucket_name: str = Field(
+        default="hotbatch", description="HOTBATCH_BUCKET_NAME: files and chunk objects."
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        description="HOTBATCH_AWS_ENDPOINT_URL: S3 and DynamoDB endpoint (moto locally).",
+    )
+    split_mode: Literal["inline", "lambda"] = Field(
+        default="inline",
+        description=(
+            "HOTBATCH_SPLIT_MODE: `lambda` invokes the split function asynchronously; `inline` "
+            "runs it in a background thread of the API process (local stack, tests)."
+        ),
+    )
+    split_function_name: str = Field(
+        default="", description="HOTBATCH_SPLIT_FUNCTION_NAME: the split function (lambda mode)."
+    )
+
+    # --- admission limits ---
+    max_requests_per_batch: int = Field(
+        default=50_000,
+        ge=1,
+        le=1_000_000,
+        description="HOTBATCH_MAX_REQUESTS_PER_BATCH: requests one batch may hold.",
+    )
+    max_file_bytes: int = Field(
+        default=ONE_GB, ge=1, le=ONE_GB, description="HOTBATCH_MAX_FILE_BYTES: largest file."
+    )
+    max_active_batches: int = Field(
+        default=100,
+        ge=1,
+        description="HOTBATCH_MAX_ACTIVE_BATCHES: unfinished batches per tenant.",
+    )
+    max_queued_requests: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="HOTBATCH_MAX_QUEUED_REQUESTS: requests in a tenant's unfinished batches.",
+    )
+
+    # --- split ---
+    chunk_max_requests: int = Field(
+        default=1_000, ge=1, description="HOTBATCH_CHUNK_MAX_REQUESTS: requests per chunk."
+    )
+    chunk_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="HOTBATCH_CHUNK_MAX_BYTES: bytes per chunk (and the longest line).",
+    )
+
+    # --- files ---
+    inline_content_max_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        ge=0,
+        description=(
+            "HOTBATCH_INLINE_CONTENT_MAX_BYTES: larger file contents are a redirect to a "
+            "presigned URL (Lambda responses stop at 6 MB)."
+        ),
+    )
+    upload_part_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        description="HOTBATCH_UPLOAD_PART_BYTES: part size of presigned multipart uploads.",
+    )
+    presign_expires_s: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="HOTBATCH_PRESIGN_EXPIRES_S: lifetime of presigned URLs.",
+    )
+    upload_expires_s: int = Field(
+        default=3600,
+        ge=60,
+        description="HOTBATCH_UPLOAD_EXPIRES_S: an upload not completed by then is dropped.",
+    )
