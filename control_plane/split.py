@@ -54,6 +54,7 @@ class SplitResult(BaseModel):
     chunks: list[ChunkRef]
     errors: list[SplitError]
     error_count: int
+    model: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -155,6 +156,7 @@ class _State:
         self.buffer_bytes = 0
         self.buffer_first_line = 0
         self.too_many = False
+        self.model: str | None = None
 
     def add(self, number: int, raw: bytes) -> None:
         error = self._validate(number, raw)
@@ -200,6 +202,7 @@ class _State:
             chunks=self.chunks if not self.error_count else [],
             errors=self.errors,
             error_count=self.error_count,
+            model=self.model,
         )
 
     def _flush(self) -> None:
@@ -292,4 +295,6 @@ class _State:
                 param="custom_id",
             )
         self.seen.add(digest)
+        if self.model is None and isinstance(request["body"].get("model"), str):
+            self.model = request["body"]["model"]  # OpenAI reports one model per batch
         return None

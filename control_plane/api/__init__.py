@@ -1,0 +1,27 @@
+"""The HTTP API: OpenAI's Files, Uploads and Batches endpoints (`create_app`)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from control_plane.api import errors
+from control_plane.api.routes import batches, files, uploads
+from control_plane.aws import Aws
+from control_plane.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, aws: Aws | None = None) -> FastAPI:
+    """The app for Lambda (through Mangum) and uvicorn alike; tests pass their own settings."""
+    aws = aws or Aws(settings or Settings())
+    app = FastAPI(
+        title="hotbatch",
+        summary="OpenAI-compatible Batch API",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.aws = aws
+    app.state.key_cache = {}
+    errors.install(app)
+    for module in (files, uploads, batches):
+        app.include_router(module.router, prefix="/v1")
+    return app

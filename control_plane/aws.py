@@ -1,0 +1,48 @@
+"""boto3 clients for the control plane, made once per process (Lambda reuses them warm)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from control_plane.settings import Settings
+from control_plane.store import Table
+
+
+@dataclass
+class Aws:
+    settings: Settings
+
+    def _client(self, service: str, **config: Any) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service,
+            endpoint_url=self.settings.aws_endpoint_url,
+            config=Config(retries={"mode": "standard", "max_attempts": 5}, **config),
+        )
+
+    @cached_property
+    def s3(self) -> Any:
+        # SigV4 (boto3 signs us-east-1 presigned URLs with SigV2 otherwise) and no optional
+        # checksums: presigned PUTs from workers and browsers must not need a CRC header.
+        return self._client(
+            "s3",
+            signature_version="s3v4",
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+
+    @cached_property
+    def dynamodb(self) -> Any:
+        return self._client("dynamodb")
+
+    @cached_property
+    def lambda_(self) -> Any:
+        return self._client("lambda")
+
+    @cached_property
+    def table(self) -> Table:
+        return Table(self.dynamodb, self.settings.table_name)

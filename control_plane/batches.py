@@ -1,0 +1,123 @@
+"""Batches: admission (limits, endpoint health), lookup, listing and cancel."""
+
+from __future__ import annotations
+
+from control_plane.aws import Aws
+from control_plane.errors import Conflict, InvalidRequest, LimitExceeded, StateConflict, Unavailable
+from control_plane.ids import new_id, now_s
+from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody
+from control_plane.store import Item
+from control_plane.store import batches as batch_store
+from control_plane.store import files as file_store
+from control_plane.store import health as health_store
+
+WINDOW_S = {"24h": 24 * 3600}
+CANCELLABLE = {"validating", "in_progress", "finalizing"}
+
+
+def limits(aws: Aws) -> batch_store.Limits:
+    return batch_store.Limits(
+        max_active_batches=aws.settings.max_active_batches,
+        max_queued_requests=aws.settings.max_queued_requests,
+    )
+
+
+def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
+    """Admit a batch in `validating`; the caller starts the split."""
+    file = file_store.get_file_item(aws.table, file_id=body.input_file_id, tenant_id=tenant_id)
+    if file["purpose"] != "batch":
+        raise InvalidRequest(
+            f"File {body.input_file_id} has purpose {file['purpose']!r}, not 'batch'.",
+            code="invalid_input_file",
+            param="input_file_id",
+        )
+    max_requests = aws.settings.max_requests_per_batch
+    lines = file.get("line_count")
+    if lines is not None and lines > max_requests:
+        raise LimitExceeded(
+            "max_requests_per_batch",
+            max_requests,
+            f"The file has {lines} requests, more than one batch may hold",
+            status_code=400,
+        )
+    reason = health_store.endpoint_down_reason(aws.table)
+    if reason is not None:
+        raise Unavailable(
+            f"New batches are not accepted while the GPU endpoint is unhealthy ({reason}); "
+            "retry later.",
+            code="endpoint_unavailable",
+        )
+    created = now_s()
+    batch = Batch(
+        id=new_id("batch"),
+        endpoint=body.endpoint,
+        input_file_id=body.input_file_id,
+        completion_window=body.completion_window,
+        status="validating",
+        created_at=created,
+        expires_at=created + WINDOW_S[body.completion_window],
+        metadata=body.metadata,
+        priority=body.priority,
+    )
+    extra: Item = {"chunks_in_flight": 0}
+    if body.output_expires_after:
+        extra["output_expires_after_s"] = body.output_expires_after.seconds
+    batch_store.create_batch(
+        aws.table,
+        tenant_id=tenant_id,
+        batch=batch,
+        queued=lines or 0,
+        limits=limits(aws),
+        extra=extra,
+    )
+    return batch
+
+
+def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
+    """validating | in_progress | finalizing → cancelling, then → cancelled at once when no
+    chunk is running; otherwise the tick finishes the cancel once RunPod confirms."""
+    item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
+    if item["status"] in ("cancelling", "cancelled"):
+        return batch_store.batch_from_item(item)  # cancel is idempotent, as OpenAI's is
+    if item["status"] in TERMINAL_STATUSES:
+        raise Conflict(
+            f"Batch {batch_id} is {item['status']} and can no longer be cancelled.",
+            code="batch_not_cancellable",
+        )
+    for _ in range(3):
+        try:
+            item = batch_store.transition(
+                aws.table, item, expect=CANCELLABLE, to="cancelling", at=now_s()
+            )
+            break
+        except StateConflict as exc:
+            item = exc.item or item
+            if item["status"] in ("cancelling", "cancelled"):
+                return batch_store.batch_from_item(item)
+            if item["status"] not in CANCELLABLE:
+                raise Conflict(
+                    f"Batch {batch_id} is {item['status']} and can no longer be cancelled.",
+                    code="batch_not_cancellable",
+                ) from exc
+    return batch_store.batch_from_item(finish_cancel_if_idle(aws, item))
+
+
+def finish_cancel_if_idle(aws: Aws, item: Item) -> Item:
+    """cancelling → cancelled when nothing runs: no chunk in flight and no split under way."""
+    if (
+        item["status"] != "cancelling"
+        or item.get("chunks_in_flight", 0)
+        or not item.get("in_progress_at")
+    ):
+        return item
+    try:
+        return batch_store.transition(
+            aws.table, item, expect={"cancelling"}, to="cancelled", at=now_s()
+        )
+    except StateConflict as exc:
+        return exc.item or item
+
+
+def get_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
+    item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
+    return batch_store.batch_from_item(item)

@@ -1,0 +1,124 @@
+"""Files: accept an upload into S3 with its metadata, serve its content, delete it."""
+
+from __future__ import annotations
+
+import codecs
+from typing import IO, Literal
+
+from control_plane.aws import Aws
+from control_plane.errors import InvalidRequest, LimitExceeded
+from control_plane.ids import new_id, now_s
+from control_plane.models import ExpiresAfter, FileObject
+from control_plane.store import Item
+from control_plane.store import files as file_store
+
+READ_SIZE = 1024 * 1024
+UPLOAD_PURPOSES = ("batch",)
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in UPLOAD_PURPOSES:
+        raise InvalidRequest(
+            f"Invalid purpose {purpose!r}: this service accepts files with purpose 'batch'.",
+            code="invalid_purpose",
+            param="purpose",
+        )
+
+
+def scan_upload(stream: IO[bytes], *, max_bytes: int) -> tuple[int, int]:
+    """Size and request-line count of an uploaded file, checked to be non-empty UTF-8 text.
+
+    Read in pieces, so a large local upload (spooled to disk by the server) is never held in
+    memory whole.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    size = lines = newlines = 0
+    line_has_text = False
+    while piece := stream.read(READ_SIZE):
+        try:
+            decoder.decode(piece)
+        except UnicodeDecodeError as exc:
+            line = newlines + piece[: exc.start].count(b"\n") + 1
+            raise InvalidRequest(
+                f"The file is not UTF-8 text: invalid byte at offset {size + exc.start} "
+                f"(line {line}).",
+                code="invalid_file_encoding",
+                param="file",
+            ) from exc
+        size += len(piece)
+        newlines += piece.count(b"\n")
+        if size > max_bytes:
+            raise LimitExceeded(
+                "max_file_bytes", max_bytes, "The file is too large", status_code=400
+            )
+        *complete, tail = piece.split(b"\n")
+        for part in complete:
+            lines += line_has_text or bool(part.strip())
+            line_has_text = False
+        line_has_text = line_has_text or bool(tail.strip())
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            "The file is not UTF-8 text: it ends inside a multi-byte character.",
+            code="invalid_file_encoding",
+            param="file",
+        ) from exc
+    lines += line_has_text
+    if size == 0 or lines == 0:
+        raise InvalidRequest("The file is empty.", code="empty_file", param="file")
+    return size, lines
+
+
+def create_file(
+    aws: Aws,
+    *,
+    tenant_id: str,
+    filename: str,
+    purpose: str,
+    stream: IO[bytes],
+    expires_after: ExpiresAfter | None,
+) -> FileObject:
+    check_purpose(purpose)
+    size, lines = scan_upload(stream, max_bytes=aws.settings.max_file_bytes)
+    stream.seek(0)
+    created = now_s()
+    file = FileObject(
+        id=new_id("file"),
+        bytes=size,
+        created_at=created,
+        expires_at=created + expires_after.seconds if expires_after else None,
+        filename=filename,
+        purpose=purpose,
+    )
+    aws.s3.upload_fileobj(
+        stream,
+        aws.settings.bucket_name,
+        file_store.s3_key(file.id),
+        ExtraArgs={"ContentType": "application/jsonl"},
+    )
+    file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=lines)
+    return file
+
+
+def file_content(aws: Aws, item: Item) -> tuple[Literal["inline", "redirect"], bytes | str]:
+    """The bytes when they fit a Lambda response, else a presigned URL to redirect to."""
+    if int(item["bytes"]) <= aws.settings.inline_content_max_bytes:
+        body = aws.s3.get_object(Bucket=aws.settings.bucket_name, Key=item["s3_key"])["Body"]
+        with body:
+            return "inline", body.read()
+    url = aws.s3.generate_presigned_url(
+        "get_object",
+        Params={
+            "Bucket": aws.settings.bucket_name,
+            "Key": item["s3_key"],
+            "ResponseContentDisposition": f'attachment; filename="{item["filename"]}"',
+        },
+        ExpiresIn=aws.settings.presign_expires_s,
+    )
+    return "redirect", str(url)
+
+
+def delete_file(aws: Aws, item: Item) -> None:
+    aws.s3.delete_object(Bucket=aws.settings.bucket_name, Key=item["s3_key"])
+    file_store.delete_file(aws.table, file_id=item["id"])

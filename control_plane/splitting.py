@@ -1,0 +1,140 @@
+"""The split job: validate a batch's input file and turn it into chunk objects and items.
+
+Runs asynchronously after `POST /v1/batches` (a Lambda async invocation in AWS, a background
+thread locally). Safe to run twice for one batch, which Lambda does when it retries an async
+invocation: chunk objects and items are keyed by batch and position and written whole, and
+only the run whose conditional `validating → in_progress` wins moves the batch on.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from control_plane.aws import Aws
+from control_plane.batches import finish_cancel_if_idle
+from control_plane.errors import LimitExceeded, NotFound, StateConflict
+from control_plane.ids import now_s
+from control_plane.split import SplitError, SplitLimits, SplitResult, split_s3_object
+from control_plane.store import Item
+from control_plane.store import batches as batch_store
+from control_plane.store import chunks as chunk_store
+from control_plane.store import files as file_store
+
+log = logging.getLogger("control_plane.split")
+
+
+def run_split(aws: Aws, batch_id: str) -> Item:
+    """Split `batch_id` if it is still validating; return the batch item as it ends up."""
+    item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=None)
+    if item["status"] == "cancelling" and not item.get("in_progress_at"):
+        return _cancel_before_start(aws, item)
+    if item["status"] != "validating":
+        log.info("split skipped", extra={"batch_id": batch_id, "status": item["status"]})
+        return item
+    try:
+        file = file_store.get_file_item(
+            aws.table, file_id=item["input_file_id"], tenant_id=item["tenant_id"]
+        )
+    except NotFound:
+        return _fail(aws, item, [_file_gone(item["input_file_id"])])
+    result = split_s3_object(
+        aws.s3,
+        bucket=aws.settings.bucket_name,
+        key=file["s3_key"],
+        batch_id=batch_id,
+        endpoint=item["endpoint"],
+        limits=SplitLimits(
+            max_requests=aws.settings.max_requests_per_batch,
+            chunk_max_requests=aws.settings.chunk_max_requests,
+            chunk_max_bytes=aws.settings.chunk_max_bytes,
+        ),
+    )
+    log.info(
+        "split done",
+        extra={
+            "batch_id": batch_id,
+            "requests": result.total_requests,
+            "chunks": len(result.chunks),
+            "errors": result.error_count,
+        },
+    )
+    if not result.ok:
+        return _fail(aws, item, result.errors)
+    return _start(aws, item, result)
+
+
+def _start(aws: Aws, item: Item, result: SplitResult) -> Item:
+    now = now_s()
+    chunk_store.put_chunks(
+        aws.table,
+        batch_id=item["id"],
+        priority=item.get("priority", "normal"),
+        chunks=result.chunks,
+        created_at=now,
+    )
+    sets: dict[str, object] = {
+        "n_total": result.total_requests,
+        "chunk_count": len(result.chunks),
+        "chunks_done": 0,
+    }
+    if result.model:
+        sets["model"] = result.model
+    try:
+        return batch_store.transition(
+            aws.table,
+            item,
+            expect={"validating"},
+            to="in_progress",
+            at=now,
+            sets=sets,
+            queued=result.total_requests,
+            limits=_limits(aws),
+        )
+    except LimitExceeded as exc:
+        error = SplitError(code="request_limit_exceeded", line=None, message=exc.message)
+        return _fail(aws, item, [error])
+    except StateConflict as exc:
+        current = exc.item or item
+        if current["status"] == "cancelling" and not current.get("in_progress_at"):
+            return _cancel_before_start(aws, current)
+        return current  # another run of this split won
+
+
+def _fail(aws: Aws, item: Item, errors: list[SplitError]) -> Item:
+    try:
+        return batch_store.transition(
+            aws.table,
+            item,
+            expect={"validating", "cancelling"},
+            to="failed",
+            at=now_s(),
+            sets={"errors": [e.model_dump() for e in errors]},
+        )
+    except StateConflict as exc:
+        return exc.item or item
+
+
+def _cancel_before_start(aws: Aws, item: Item) -> Item:
+    """Cancelled while validating: nothing was dispatched, so the cancel completes here."""
+    try:
+        return batch_store.transition(
+            aws.table, item, expect={"cancelling"}, to="cancelled", at=now_s()
+        )
+    except StateConflict as exc:
+        return finish_cancel_if_idle(aws, exc.item or item)
+
+
+def _limits(aws: Aws) -> batch_store.Limits:
+    return batch_store.Limits(
+        max_active_batches=aws.settings.max_active_batches,
+        max_queued_requests=aws.settings.max_queued_requests,
+    )
+
+
+def _file_gone(file_id: str) -> SplitError:
+    return SplitError(
+        code="invalid_input_file",
+        line=None,
+        message=f"The input file {file_id} was deleted before the batch was validated.",
+        param="input_file_id",
+    )

@@ -1,0 +1,211 @@
+"""A thin typed layer over one DynamoDB table through an injected boto3 client.
+
+Items cross this boundary as plain dicts of Python values (numbers come back as int). A lost
+condition becomes `StateConflict` carrying the item as the winner left it, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from control_plane.errors import StateConflict
+
+Item = dict[str, Any]
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+BATCH_WRITE_MAX = 25
+
+
+def to_attrs(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _serializer.serialize(value) for name, value in values.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def from_attrs(attrs: Mapping[str, Any]) -> Item:
+    return {name: _plain(_deserializer.deserialize(value)) for name, value in attrs.items()}
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+class Table:
+    def __init__(self, client: Any, name: str) -> None:
+        self.client, self.name = client, name
+
+    def get(self, key: Mapping[str, str], *, consistent: bool = True) -> Item | None:
+        reply = self.client.get_item(
+            TableName=self.name, Key=to_attrs(key), ConsistentRead=consistent
+        )
+        return from_attrs(reply["Item"]) if "Item" in reply else None
+
+    def put(
+        self,
+        item: Mapping[str, Any],
+        *,
+        condition: str | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"TableName": self.name, "Item": to_attrs(item)}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+            if values:
+                kwargs["ExpressionAttributeValues"] = to_attrs(values)
+        try:
+            self.client.put_item(**kwargs)
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise StateConflict(_old_item(exc)) from exc
+            raise
+
+    def update(
+        self,
+        key: Mapping[str, str],
+        expression: str,
+        *,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> Item:
+        """Apply `expression` under `condition`; return the item as it is afterwards."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "Key": to_attrs(key),
+            "UpdateExpression": expression,
+            "ReturnValues": "ALL_NEW",
+        }
+        if condition:
+            kwargs["ConditionExpression"] = condition
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        if names:
+            kwargs["ExpressionAttributeNames"] = dict(names)
+        if values:
+            kwargs["ExpressionAttributeValues"] = to_attrs(values)
+        try:
+            reply = self.client.update_item(**kwargs)
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise StateConflict(_old_item(exc)) from exc
+            raise
+        return from_attrs(reply["Attributes"])
+
+    def delete(self, key: Mapping[str, str], *, condition: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"TableName": self.name, "Key": to_attrs(key)}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        try:
+            self.client.delete_item(**kwargs)
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise StateConflict(None) from exc
+            raise
+
+    def transact(self, operations: list[dict[str, Any]]) -> None:
+        """All or nothing. A failed condition in any part raises `TransactionConflict` with
+        the index of each part that failed."""
+        try:
+            self.client.transact_write_items(TransactItems=operations)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons", [])
+            failed = [
+                index
+                for index, reason in enumerate(reasons)
+                if reason.get("Code") == "ConditionalCheckFailed"
+            ]
+            if not failed:
+                raise
+            raise TransactionConflict(failed) from exc
+
+    def put_many(self, items: Iterable[Mapping[str, Any]]) -> int:
+        """Unconditional puts, 25 per call, unprocessed ones retried. Returns items written."""
+        written = 0
+        batch: list[dict[str, Any]] = []
+        for item in items:
+            batch.append({"PutRequest": {"Item": to_attrs(item)}})
+            if len(batch) == BATCH_WRITE_MAX:
+                written += self._write_batch(batch)
+                batch = []
+        if batch:
+            written += self._write_batch(batch)
+        return written
+
+    def _write_batch(self, requests: list[dict[str, Any]]) -> int:
+        pending = {self.name: requests}
+        while pending:
+            reply = self.client.batch_write_item(RequestItems=pending)
+            pending = reply.get("UnprocessedItems") or {}
+        return len(requests)
+
+    def query_page(
+        self,
+        *,
+        index: str | None,
+        key_name: str,
+        key_value: str,
+        limit: int,
+        newest_first: bool = True,
+        start_key: Mapping[str, str] | None = None,
+        sort_condition: tuple[str, str, str] | None = None,
+    ) -> tuple[list[Item], bool]:
+        """One page of a partition (up to `limit` items) and whether more follow."""
+        names = {"#k": key_name}
+        values: dict[str, Any] = {":k": key_value}
+        expression = "#k = :k"
+        if sort_condition:
+            sort_name, operator, sort_value = sort_condition
+            names["#s"] = sort_name
+            values[":s"] = sort_value
+            if operator == "begins_with":
+                expression += " AND begins_with(#s, :s)"
+            else:
+                expression += f" AND #s {operator} :s"
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_attrs(values),
+            "ScanIndexForward": not newest_first,
+            "Limit": limit + 1,  # one more tells whether another page exists
+        }
+        if index:
+            kwargs["IndexName"] = index
+        if start_key:
+            kwargs["ExclusiveStartKey"] = to_attrs(start_key)
+        items: list[Item] = []
+        while True:
+            reply = self.client.query(**kwargs)
+            items.extend(from_attrs(item) for item in reply.get("Items", []))
+            last = reply.get("LastEvaluatedKey")
+            if len(items) > limit or not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        return items[:limit], len(items) > limit
+
+
+class TransactionConflict(Exception):
+    def __init__(self, failed_parts: list[int]):
+        super().__init__(f"transaction condition failed in parts {failed_parts}")
+        self.failed_parts = failed_parts
+
+
+def _old_item(exc: ClientError) -> Item | None:
+    old = exc.response.get("Item")
+    return from_attrs(old) if old else None

@@ -1,0 +1,159 @@
+"""Uploads larger than a Lambda request: S3 multipart upload through presigned part URLs.
+
+OpenAI's Upload object, with a hotbatch extra `part_urls`: the client PUTs each part straight
+to S3, then `complete` lists the parts in S3 (no ETags to carry back), checks the size and
+yields a normal `file-…`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from control_plane.aws import Aws
+from control_plane.errors import Conflict, InvalidRequest, LimitExceeded, StateConflict
+from control_plane.files import check_purpose
+from control_plane.ids import new_id, now_s
+from control_plane.models import CreateUploadBody, FileObject, Upload, UploadPartUrl
+from control_plane.store import Item
+from control_plane.store import files as file_store
+from control_plane.store import uploads as upload_store
+
+S3_MAX_PARTS = 10_000
+TTL_GRACE_S = 24 * 3600
+
+
+def create_upload(aws: Aws, *, tenant_id: str, body: CreateUploadBody) -> Upload:
+    settings = aws.settings
+    check_purpose(body.purpose)
+    if body.bytes > settings.max_file_bytes:
+        raise LimitExceeded(
+            "max_file_bytes", settings.max_file_bytes, "The upload is too large", status_code=400
+        )
+    created = now_s()
+    upload = Upload(
+        id=new_id("upload"),
+        bytes=body.bytes,
+        created_at=created,
+        expires_at=created + settings.upload_expires_s,
+        filename=body.filename,
+        purpose=body.purpose,
+        status="pending",
+    )
+    # The file id is fixed now so the object lands where the file will live.
+    key = file_store.s3_key(new_id("file"))
+    s3_upload_id = aws.s3.create_multipart_upload(
+        Bucket=settings.bucket_name, Key=key, ContentType=body.mime_type
+    )["UploadId"]
+    part_bytes = max(settings.upload_part_bytes, math.ceil(body.bytes / S3_MAX_PARTS))
+    parts = math.ceil(body.bytes / part_bytes)
+    upload.part_urls = [
+        UploadPartUrl(
+            part_number=number,
+            bytes=min(part_bytes, body.bytes - (number - 1) * part_bytes),
+            url=aws.s3.generate_presigned_url(
+                "upload_part",
+                Params={
+                    "Bucket": settings.bucket_name,
+                    "Key": key,
+                    "UploadId": s3_upload_id,
+                    "PartNumber": number,
+                },
+                ExpiresIn=settings.upload_expires_s,
+            ),
+        )
+        for number in range(1, parts + 1)
+    ]
+    upload_store.put_upload(
+        aws.table,
+        tenant_id=tenant_id,
+        upload=upload,
+        s3_key=key,
+        s3_upload_id=s3_upload_id,
+        ttl=upload.expires_at + TTL_GRACE_S,
+    )
+    return upload
+
+
+def complete_upload(aws: Aws, *, tenant_id: str, upload_id: str) -> Upload:
+    item = upload_store.get_upload_item(aws.table, upload_id=upload_id, tenant_id=tenant_id)
+    _check_pending(item)
+    settings = aws.settings
+    parts = _list_parts(aws, item["s3_key"], item["s3_upload_id"])
+    uploaded = sum(part["Size"] for part in parts)
+    if uploaded != item["bytes"]:
+        raise InvalidRequest(
+            f"The upload declared {item['bytes']} bytes but its parts hold {uploaded}; PUT every "
+            "part before completing.",
+            code="upload_incomplete",
+        )
+    aws.s3.complete_multipart_upload(
+        Bucket=settings.bucket_name,
+        Key=item["s3_key"],
+        UploadId=item["s3_upload_id"],
+        MultipartUpload={
+            "Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
+        },
+    )
+    file = FileObject(
+        id=item["s3_key"].removeprefix("files/"),
+        bytes=uploaded,
+        created_at=now_s(),
+        filename=item["filename"],
+        purpose=item["purpose"],
+    )
+    try:
+        done = upload_store.finish_upload(aws.table, item, status="completed", file_id=file.id)
+    except StateConflict as exc:
+        raise Conflict(
+            f"Upload {upload_id} is no longer pending.", code="upload_not_pending"
+        ) from exc
+    # The split counts the lines of an uploaded-by-parts file (nothing reads it whole here).
+    file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=None)
+    result = upload_store.upload_from_item(done)
+    result.file = file
+    return result
+
+
+def cancel_upload(aws: Aws, *, tenant_id: str, upload_id: str) -> Upload:
+    item = upload_store.get_upload_item(aws.table, upload_id=upload_id, tenant_id=tenant_id)
+    _check_pending(item)
+    aws.s3.abort_multipart_upload(
+        Bucket=aws.settings.bucket_name, Key=item["s3_key"], UploadId=item["s3_upload_id"]
+    )
+    try:
+        done = upload_store.finish_upload(aws.table, item, status="cancelled", file_id=None)
+    except StateConflict as exc:
+        raise Conflict(
+            f"Upload {upload_id} is no longer pending.", code="upload_not_pending"
+        ) from exc
+    return upload_store.upload_from_item(done)
+
+
+def _check_pending(item: Item) -> None:
+    if item["status"] != "pending":
+        raise Conflict(
+            f"Upload {item['id']} is {item['status']}, not pending.", code="upload_not_pending"
+        )
+    if item["upload_expires_at"] < now_s():
+        raise Conflict(f"Upload {item['id']} has expired.", code="upload_expired")
+
+
+def _list_parts(aws: Aws, key: str, s3_upload_id: str) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    marker = 0
+    while True:
+        reply = aws.s3.list_parts(
+            Bucket=aws.settings.bucket_name,
+            Key=key,
+            UploadId=s3_upload_id,
+            PartNumberMarker=marker,
+        )
+        parts.extend(reply.get("Parts", []))
+        if not reply.get("IsTruncated"):
+            return parts
+        marker = reply["NextPartNumberMarker"]
+
+
+def _not_pending(upload_id: str) -> Conflict:
+    return Conflict(f"Upload {upload_id} is no longer pending.", code="upload_not_pending")

@@ -1,0 +1,73 @@
+"""moto-backed fixtures: the table and bucket built from template.yaml, the app, tenant keys."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from moto import mock_aws
+
+from control_plane.api import create_app
+from control_plane.aws import Aws
+from control_plane.settings import Settings
+from control_plane.store import apikeys
+from infra.aws_resources import create_resources
+
+CHAT = "/v1/chat/completions"
+TABLE, BUCKET = "hotbatch-test", "hotbatch-test"
+
+
+@pytest.fixture()
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in list(os.environ):
+        if name.startswith("HOTBATCH_"):
+            monkeypatch.delenv(name)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    return Settings(table_name=TABLE, bucket_name=BUCKET, split_mode="inline", **overrides)
+
+
+@pytest.fixture()
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture()
+def aws(aws_credentials: None, settings: Settings) -> Iterator[Aws]:
+    with mock_aws():
+        handle = Aws(settings)
+        create_resources(
+            dynamodb=handle.dynamodb, s3=handle.s3, table_name=TABLE, bucket_name=BUCKET
+        )
+        yield handle
+
+
+@pytest.fixture()
+def client(aws: Aws) -> Iterator[TestClient]:
+    with TestClient(create_app(aws=aws), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture()
+def key_a(aws: Aws) -> str:
+    return apikeys.create_key(aws.table, tenant_id="tenant-a", name="a")
+
+
+@pytest.fixture()
+def key_b(aws: Aws) -> str:
+    return apikeys.create_key(aws.table, tenant_id="tenant-b", name="b")
