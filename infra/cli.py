@@ -2,7 +2,9 @@
 
 hotbatch run-chunk FILE.jsonl   run one chunk through the real worker code and vLLM locally
 hotbatch tiny-model DIR         write the tiny random-weight test model
-hotbatch local up               the local stack (RunPod endpoint + workers) until Ctrl-C
+hotbatch local up               the local stack (moto, control plane, RunPod endpoint + workers)
+hotbatch keys create --tenant T create an API key (printed once) in HOTBATCH_TABLE_NAME
+hotbatch keys revoke KEY        revoke one
 """
 
 from __future__ import annotations
@@ -44,7 +46,19 @@ def main(argv: list[str] | None = None) -> int:
 
     local_stack.add_arguments(local_commands.add_parser("up", help="start it in the foreground"))
 
+    keys = commands.add_parser(
+        "keys", help="API keys in the table named by HOTBATCH_TABLE_NAME (AWS credentials)"
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (shown once)")
+    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    create.add_argument("--name", default="", help="a label to recognise the key by")
+    revoke = key_commands.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key")
+
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return manage_keys(args)
     if args.command == "tiny-model":
         from infra.tiny_model import generate
 
@@ -113,6 +127,21 @@ def run_chunk(args: argparse.Namespace) -> int:
     }
     (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     _emit(result)
+    return 0
+
+
+def manage_keys(args: argparse.Namespace) -> int:
+    from control_plane.aws import Aws
+    from control_plane.settings import Settings
+    from control_plane.store import apikeys
+
+    aws = Aws(Settings())
+    if args.keys_command == "revoke":
+        revoked = apikeys.revoke_key(aws.table, args.key)
+        _emit({"revoked": revoked})
+        return 0 if revoked else 1
+    key = apikeys.create_key(aws.table, tenant_id=args.tenant, name=args.name)
+    _emit({"tenant": args.tenant, "api_key": key, "table": aws.settings.table_name})
     return 0
 
 

@@ -4,6 +4,7 @@ then SIGTERM leaves no process behind."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -11,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import psutil
 import pytest
 import runpod
+from openai import OpenAI
+
+from tests.control_plane.requests import CHAT, jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,6 +45,12 @@ def test_local_up_prints_exports_then_ready_and_stops_cleanly(
             "1",
             "--runpod-port",
             str(free_port()),
+            "--port",
+            str(free_port()),
+            "--aws-port",
+            str(free_port()),
+            "--api-key",
+            "hb-script-key",
             "--workdir",
             str(tmp_path / "stack"),
         ],
@@ -58,10 +69,31 @@ def test_local_up_prints_exports_then_ready_and_stops_cleanly(
                 break
             if line.startswith("export "):
                 key, _, value = line.removeprefix("export ").strip().partition("=")
-                exports[key] = value
+                exports[key] = shlex.split(value)[0]
             assert time.monotonic() < deadline
         assert set(exports) >= {"RUNPOD_ENDPOINT_BASE_URL", "RUNPOD_ENDPOINT_ID", "RUNPOD_API_KEY"}
         assert exports["RUNPOD_ENDPOINT_BASE_URL"].endswith("/v2")
+        assert exports["HOTBATCH_API_KEY"] == exports["OPENAI_API_KEY"] == "hb-script-key"
+
+        # The control plane answers the openai SDK with the exported URL and key, and its
+        # table and bucket live in the exported moto endpoint.
+        client = OpenAI(base_url=exports["HOTBATCH_API_URL"], api_key=exports["HOTBATCH_API_KEY"])
+        file = client.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
+        batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+        deadline_split = time.monotonic() + 30
+        while client.batches.retrieve(batch.id).status == "validating":
+            assert time.monotonic() < deadline_split
+            time.sleep(0.1)
+        assert client.batches.retrieve(batch.id).request_counts.total == 3  # type: ignore[union-attr]
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=exports["AWS_ENDPOINT_URL"],
+            aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"],
+            region_name=exports["AWS_DEFAULT_REGION"],
+        )
+        stored = s3.list_objects_v2(Bucket=exports["HOTBATCH_BUCKET_NAME"], Prefix="files/")
+        assert [o["Key"] for o in stored["Contents"]] == [f"files/{file.id}"]
 
         monkeypatch.setattr(runpod, "endpoint_url_base", exports["RUNPOD_ENDPOINT_BASE_URL"])
         endpoint = runpod.Endpoint(exports["RUNPOD_ENDPOINT_ID"], api_key=exports["RUNPOD_API_KEY"])
