@@ -3,7 +3,8 @@
 Memory stays flat whatever the file size: the input is read in 1 MiB pieces, one chunk is held
 at a time, and duplicate detection keeps a 96-bit hash per `custom_id` (about 70 bytes each in a
 set: ~70 MB for 1,000,000 ids) instead of the ids themselves. Lines are written to the chunks
-byte for byte as they came, so the split adds no re-serialisation.
+byte for byte as they came, so the split adds no re-serialisation. orjson parses them: several
+times faster than `json`; it rejects NaN and Infinity, which are not JSON either.
 
 Idempotent by construction: chunk keys and contents depend only on the input file and the
 limits, so a retried split writes the same objects again.
@@ -13,11 +14,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, Field
 
 READ_SIZE = 1024 * 1024
@@ -234,16 +235,11 @@ class _State:
                 message=f"Line {number} is larger than {self.limits.chunk_max_bytes} bytes.",
             )
         try:
-            request = json.loads(raw)
-        except UnicodeDecodeError:
+            request = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            reason = "is not UTF-8" if "UTF-8" in str(exc) else f"is not valid JSON: {exc}"
             return SplitError(
-                code="invalid_json_line", line=number, message=f"Line {number} is not UTF-8."
-            )
-        except ValueError as exc:
-            return SplitError(
-                code="invalid_json_line",
-                line=number,
-                message=f"Line {number} is not valid JSON: {exc}.",
+                code="invalid_json_line", line=number, message=f"Line {number} {reason}."
             )
         if not isinstance(request, dict):
             return SplitError(
