@@ -13,8 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ONE_GB = 1024**3
 
-# Read only by the local stack and tests; a deployed function never sets them.
-LOCAL_ONLY = frozenset({"aws_endpoint_url", "split_mode"})
+# Read only by the local stack and tests; no deployed function sets it (boto3 finds AWS itself).
+LOCAL_ONLY = frozenset({"aws_endpoint_url"})
 
 
 class Settings(BaseSettings):

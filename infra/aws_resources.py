@@ -115,6 +115,8 @@ def _create_bucket(s3: Any, name: str, props: dict[str, Any]) -> None:
         s3.put_public_access_block(
             Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"]
         )
+    if "OwnershipControls" in props:
+        s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls=props["OwnershipControls"])
     rules = props.get("LifecycleConfiguration", {}).get("Rules", [])
     if rules:
         s3.put_bucket_lifecycle_configuration(

@@ -1,0 +1,557 @@
+"""template.yaml: lint-clean, transforms offline into the expected resources and permissions,
+sets every setting the code reads, and is what the local stack builds from.
+
+Nothing here reaches AWS: cfn-lint and aws-sam-translator run in process, and the local stack is
+moto. What only a real deployment can check is listed in docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cfnlint.api import lint, lint_file
+from moto import mock_aws
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+from control_plane.settings import LOCAL_ONLY, Settings
+from infra.aws_resources import TEMPLATE, create_resources, load_template, resources_of_type
+
+REPO = Path(__file__).resolve().parent.parent
+REGION = "us-east-1"
+FUNCTIONS = ("ApiFunction", "SplitFunction", "TickFunction")
+SECRET_PARAMETERS = ("RunPodApiKeySecretArn", "WebhookSecretArn")
+
+# Settings a function cannot or need not carry, and why. Every other setting must reach every
+# function, so a new one cannot be forgotten on one of them.
+NOT_SET_ON: dict[str, dict[str, str]] = {
+    "split_mode": {
+        "SplitFunction": "it is the split",
+        "TickFunction": "it never starts a split",
+    },
+    "split_function_name": {
+        "SplitFunction": "it would reference itself",
+        "TickFunction": "it never starts a split",
+    },
+    "public_url": {
+        "ApiFunction": "HttpApi depends on ApiFunction: referencing it is a cycle",
+        "SplitFunction": "ApiFunction depends on SplitFunction: referencing HttpApi is a cycle",
+    },
+}
+
+# Values for the parameters without a default, as `sam deploy --guided` would get them.
+EXAMPLE_PARAMETERS = {
+    "RunPodEndpointId": "abc123xyz",
+    "RunPodApiKeySecretArn": (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:hotbatch/runpod-api-key-AbCdEf"
+    ),
+    "WebhookSecretArn": (
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:hotbatch/webhook-secret-GhIjKl"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template()
+
+
+# --- 1. cfn-lint ---------------------------------------------------------------------------
+
+
+def _lint_problems(matches: list[Any]) -> list[str]:
+    """Errors and warnings; informational matches (I…) are advice, not problems."""
+    return [
+        f"{m.rule.id} line {m.linenumber}: {m.message}" for m in matches if m.rule.id[0] in "EW"
+    ]
+
+
+def test_template_is_cfn_lint_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    assert _lint_problems(lint_file(TEMPLATE)) == []
+
+
+def test_cfn_lint_reports_a_broken_copy_of_the_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards the test above against a linter that silently checks nothing. cfn-lint 1.x checks
+    SAM templates against SAM's schema without translating them, so it misses references inside
+    environment variables and policy templates, and cycles: the transform tests below cover
+    those."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    broken = TEMPLATE.read_text().replace("LogGroup: !Ref ApiLogGroup", "LogGroup: !Ref Nope", 1)
+    assert any("'Nope'" in problem for problem in _lint_problems(lint(broken)))
+
+
+# --- 2. the SAM transform, offline ---------------------------------------------------------
+
+
+class _NoManagedPolicies:
+    """The translator asks IAM for managed policy ARNs only when a template names one."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+def _transform(text: str) -> dict[str, Any]:
+    sam = yaml_parse(text)
+    for resource in sam["Resources"].values():
+        properties = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if key in properties:  # what `sam package` does after uploading the code
+                properties[key] = "s3://hotbatch-artifacts/code.zip"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_DEFAULT_REGION", REGION)
+        output: dict[str, Any] = transform(sam, {"AWS::Region": REGION}, _NoManagedPolicies())
+    return output
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict[str, Any]:
+    return _transform(TEMPLATE.read_text())
+
+
+def _of_type(output: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: res for name, res in output["Resources"].items() if res["Type"] == kind}
+
+
+def _statements(output: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    role = output["Resources"][f"{function}Role"]["Properties"]
+    return [
+        statement
+        for policy in role.get("Policies", [])
+        for statement in policy["PolicyDocument"]["Statement"]
+    ]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _resources_for(output: dict[str, Any], function: str, action: str) -> list[Any]:
+    return [
+        resource
+        for statement in _statements(output, function)
+        if action in _as_list(statement["Action"])
+        for resource in _as_list(statement["Resource"])
+    ]
+
+
+def _references(value: Any) -> set[str]:
+    """Every logical id, parameter or pseudo parameter a value points at (Ref, Fn::GetAtt and
+    Fn::Sub, whose list form binds its own local names)."""
+    if isinstance(value, list):
+        return set().union(*(_references(item) for item in value)) if value else set()
+    if not isinstance(value, dict):
+        return set()
+    found: set[str] = set()
+    for key, item in value.items():
+        if key == "Ref":
+            found.add(item)
+        elif key == "Fn::GetAtt":
+            found.add(item[0] if isinstance(item, list) else item.split(".", 1)[0])
+        elif key == "Fn::Sub":
+            text, local = (item, {}) if isinstance(item, str) else (item[0], item[1])
+            named = {m.split(".", 1)[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+            found |= (named - set(local)) | _references(local)
+        elif key == "Fn::If":
+            found |= _references(item[1:])  # item[0] names a condition
+        else:
+            found |= _references(item)
+    return found
+
+
+def _refs(value: Any) -> set[str]:
+    """`_references` without the pseudo parameters (AWS::Region, AWS::Partition…)."""
+    return {name for name in _references(value) if not name.startswith("AWS::")}
+
+
+def _dependencies(output: dict[str, Any]) -> dict[str, set[str]]:
+    resources = output["Resources"]
+    graph: dict[str, set[str]] = {}
+    for name, resource in resources.items():
+        depends_on = resource.get("DependsOn", [])
+        named = set(_as_list(depends_on)) | _references(resource.get("Properties", {}))
+        graph[name] = named & set(resources)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One dependency cycle, or None."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return path[path.index(node) :] + [node]
+        if node in done:
+            return None
+        for target in sorted(graph[node]):
+            found = visit(target, [*path, node])
+            if found:
+                return found
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        found = visit(node, [])
+        if found:
+            return found
+    return None
+
+
+def test_every_reference_names_a_parameter_or_resource(transformed: dict[str, Any]) -> None:
+    known = set(transformed["Parameters"]) | set(transformed["Resources"])
+    for section in ("Resources", "Outputs"):
+        for name, item in transformed[section].items():
+            unknown = {r for r in _refs(item) if r not in known}
+            assert not unknown, f"{section}.{name} references {unknown}"
+
+
+def test_resources_have_no_circular_dependency(transformed: dict[str, Any]) -> None:
+    assert _cycle(_dependencies(transformed)) is None
+
+
+def test_the_cycle_check_finds_the_api_referencing_its_own_url() -> None:
+    """Guards the test above: the cycle NOT_SET_ON avoids, which cfn-lint does not report."""
+    text = TEMPLATE.read_text()
+    anchor = "          HOTBATCH_SPLIT_FUNCTION_NAME: !Ref SplitFunction\n"
+    assert anchor in text
+    cyclic = text.replace(anchor, anchor + '          HOTBATCH_PUBLIC_URL: !Sub "${HttpApi}"\n')
+    cycle = _cycle(_dependencies(_transform(cyclic)))
+    assert cycle is not None and {"ApiFunction", "HttpApi"} <= set(cycle)
+
+
+def test_transform_makes_three_python_functions_on_one_architecture(
+    transformed: dict[str, Any],
+) -> None:
+    functions = _of_type(transformed, "AWS::Lambda::Function")
+    assert set(functions) == set(FUNCTIONS)
+    expected = {
+        "ApiFunction": ("control_plane.lambda_api.handler", 30),
+        "SplitFunction": ("control_plane.lambda_split.handler", 900),
+        "TickFunction": ("control_plane.lambda_tick.handler", 300),
+    }
+    (layer,) = _of_type(transformed, "AWS::Lambda::LayerVersion").values()
+    for name, (handler, timeout) in expected.items():
+        props = functions[name]["Properties"]
+        assert (props["Handler"], props["Timeout"]) == (handler, timeout)
+        assert props["Runtime"] == "python3.11"
+        assert props["Architectures"] == layer["Properties"]["CompatibleArchitectures"]
+        assert len(props["Layers"]) == 1
+    # The split must hold a 1M-id duplicate set and a chunk, and gets a full vCPU.
+    assert functions["SplitFunction"]["Properties"]["MemorySize"] >= 1769
+
+
+def test_api_function_may_invoke_only_the_split(transformed: dict[str, Any]) -> None:
+    invokable = _resources_for(transformed, "ApiFunction", "lambda:InvokeFunction")
+    assert _refs(invokable) == {"SplitFunction"}
+    for other in ("SplitFunction", "TickFunction"):
+        assert _resources_for(transformed, other, "lambda:InvokeFunction") == []
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_every_function_reaches_exactly_the_table_and_the_bucket(
+    transformed: dict[str, Any], function: str
+) -> None:
+    assert _refs(_resources_for(transformed, function, "dynamodb:UpdateItem")) == {"Table"}
+    assert _refs(_resources_for(transformed, function, "dynamodb:Query")) == {"Table"}
+    # Catches `S3CrudPolicy: {Bucket: ...}` (the key is BucketName), which cfn-lint accepts.
+    assert _refs(_resources_for(transformed, function, "s3:PutObject")) == {"Bucket"}
+    assert _refs(_resources_for(transformed, function, "s3:GetObject")) == {"Bucket"}
+
+
+@pytest.mark.parametrize(
+    ("function", "multipart", "secrets"),
+    [
+        ("ApiFunction", True, set(SECRET_PARAMETERS)),
+        ("SplitFunction", False, set()),
+        ("TickFunction", True, set(SECRET_PARAMETERS)),
+    ],
+)
+def test_multipart_and_secret_permissions_are_per_function(
+    transformed: dict[str, Any], function: str, multipart: bool, secrets: set[str]
+) -> None:
+    for action in ("s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"):
+        granted = _resources_for(transformed, function, action)
+        assert _refs(granted) == ({"Bucket"} if multipart else set())
+    secret_resources = _resources_for(transformed, function, "secretsmanager:GetSecretValue")
+    assert _refs(secret_resources) == secrets
+    assert len(secret_resources) == len(secrets)  # one exact ARN each, no wildcard next to them
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_no_inline_statement_grants_a_wildcard(transformed: dict[str, Any], function: str) -> None:
+    for statement in _statements(transformed, function):
+        assert "*" not in _as_list(statement["Resource"]), statement
+        assert not any(action.endswith(":*") for action in _as_list(statement["Action"]))
+
+
+def test_http_api_sends_root_and_every_path_to_the_api_function(
+    transformed: dict[str, Any],
+) -> None:
+    (api,) = _of_type(transformed, "AWS::ApiGatewayV2::Api").values()
+    paths = api["Properties"]["Body"]["paths"]
+    assert set(paths) == {"/", "/{proxy+}"}
+    for path in paths.values():
+        integration = path["x-amazon-apigateway-any-method"]["x-amazon-apigateway-integration"]
+        assert _refs(integration["uri"]) == {"ApiFunction"}
+        assert integration["payloadFormatVersion"] == "2.0"
+    permissions = _of_type(transformed, "AWS::Lambda::Permission").values()
+    assert {p["Properties"]["FunctionName"]["Ref"] for p in permissions} == {"ApiFunction"}
+
+
+def test_tick_runs_on_an_enabled_scheduler_rate(transformed: dict[str, Any]) -> None:
+    (schedule,) = _of_type(transformed, "AWS::Scheduler::Schedule").values()
+    props = schedule["Properties"]
+    assert props["State"] == "ENABLED"
+    assert props["Target"]["Arn"] == {"Fn::GetAtt": ["TickFunction", "Arn"]}
+    assert "Name" not in props  # a fixed name would collide between two stacks in one account
+    condition, every_minute, otherwise = props["ScheduleExpression"]["Fn::If"]
+    assert condition == "TickEveryMinute" and every_minute == "rate(1 minute)"
+    assert otherwise == {"Fn::Sub": "rate(${TickRateMinutes} minutes)"}
+
+
+def test_split_is_retried_and_a_lost_tick_is_not(transformed: dict[str, Any]) -> None:
+    configs = {
+        res["Properties"]["FunctionName"]["Ref"]: res["Properties"]
+        for res in _of_type(transformed, "AWS::Lambda::EventInvokeConfig").values()
+    }
+    assert configs["SplitFunction"]["MaximumRetryAttempts"] == 2
+    assert configs["TickFunction"]["MaximumRetryAttempts"] == 0
+
+
+def test_outputs_name_what_a_deployer_needs(transformed: dict[str, Any]) -> None:
+    outputs = transformed["Outputs"]
+    assert set(outputs) >= {"ApiUrl", "TableName", "BucketName", "SplitFunctionName"}
+    assert "TickFunctionName" in outputs
+    assert _refs(outputs["ApiUrl"]["Value"]) == {"HttpApi"}
+
+
+def test_secrets_are_passed_by_arn_and_never_resolved_into_the_template(
+    template: dict[str, Any],
+) -> None:
+    parameters = template["Parameters"]
+    assert not [name for name, p in parameters.items() if p.get("NoEcho")]
+    assert "resolve:secretsmanager" not in TEMPLATE.read_text()
+    for name in SECRET_PARAMETERS:
+        pattern = parameters[name]["AllowedPattern"]
+        assert re.fullmatch(pattern, EXAMPLE_PARAMETERS[name])
+        assert not re.fullmatch(pattern, "rpa_not-an-arn-but-a-key-value")
+        assert "Default" not in parameters[name]
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["HOTBATCH_RUNPOD_API_KEY_SECRET"] == {"Ref": "RunPodApiKeySecretArn"}
+    assert env["HOTBATCH_WEBHOOK_SECRET"] == {"Ref": "WebhookSecretArn"}
+
+
+# --- 3. drift between the template, the settings and the code ------------------------------
+
+
+def _environment(template: dict[str, Any], function: str) -> dict[str, Any]:
+    """What the function sees: Globals' variables, then its own on top (SAM merges them)."""
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    own = template["Resources"][function]["Properties"].get("Environment", {}).get("Variables", {})
+    return {**shared, **own}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_every_setting_is_set_on_every_function(template: dict[str, Any], function: str) -> None:
+    # Read at test time: settings added later are checked without touching this file.
+    fields = set(Settings.model_fields) - LOCAL_ONLY
+    exempt = {field for field, where in NOT_SET_ON.items() if function in where}
+    env = _environment(template, function)
+    missing = sorted(
+        f"HOTBATCH_{field.upper()}"
+        for field in fields - exempt
+        if f"HOTBATCH_{field.upper()}" not in env
+    )
+    assert missing == [], f"{function} lacks {missing} (template.yaml, Globals or the function)"
+
+
+def test_exempted_settings_are_really_absent_where_exempted(template: dict[str, Any]) -> None:
+    for field, where in NOT_SET_ON.items():
+        for function in where:
+            assert function in FUNCTIONS
+            assert f"HOTBATCH_{field.upper()}" not in _environment(template, function)
+
+
+def _parameter_variants(parameters: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """Defaults; every Number at its MinValue, then its MaxValue; every AllowedValue alone."""
+    defaults = {
+        name: str(p.get("Default", EXAMPLE_PARAMETERS.get(name, "")))
+        for name, p in parameters.items()
+    }
+    yield "defaults", defaults
+    for bound in ("MinValue", "MaxValue"):
+        yield bound, {name: str(p.get(bound, defaults[name])) for name, p in parameters.items()}
+    for name, p in parameters.items():
+        for allowed in p.get("AllowedValues", []):
+            yield f"{name}={allowed}", {**defaults, name: str(allowed)}
+
+
+def _resolve(value: Any, parameters: dict[str, str]) -> str:
+    """An environment value as the deployed function would see it (resources by a stand-in)."""
+    if isinstance(value, dict) and "Ref" in value:
+        return parameters.get(value["Ref"], f"hotbatch-{value['Ref']}")
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        return re.sub(
+            r"\$\{([^}]+)\}", lambda m: parameters.get(m[1], f"sub-{m[1]}"), value["Fn::Sub"]
+        )
+    assert not isinstance(value, dict | list), f"unexpected intrinsic {value}"
+    return str(value)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_parameter_defaults_and_bounds_are_valid_settings(
+    template: dict[str, Any], function: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if name.upper().startswith("HOTBATCH_")]:
+        monkeypatch.delenv(name)
+    checked = 0
+    for variant, parameters in _parameter_variants(template["Parameters"]):
+        env = {k: _resolve(v, parameters) for k, v in _environment(template, function).items()}
+        with monkeypatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            settings = Settings()  # raises on a value outside a field's bounds or choices
+        assert settings.max_requests_per_batch == int(env["HOTBATCH_MAX_REQUESTS_PER_BATCH"]), (
+            variant
+        )
+        checked += 1
+    assert checked > 3
+
+
+def _handlers(template: dict[str, Any]) -> list[str]:
+    functions = resources_of_type(template, "AWS::Serverless::Function").values()
+    return sorted(function["Properties"]["Handler"] for function in functions)
+
+
+# control_plane.lambda_tick arrives with the scheduler issue: until its file exists the tick's
+# handler is skipped, never the API's or the split's.
+NOT_WRITTEN_YET = {"control_plane.lambda_tick"}
+
+
+@pytest.mark.parametrize("handler", _handlers(load_template()))
+def test_every_handler_names_a_module_level_handler(handler: str) -> None:
+    module, _, attribute = handler.rpartition(".")
+    spec = importlib.util.find_spec(module)
+    if spec is None and module in NOT_WRITTEN_YET:
+        pytest.skip(f"{module} is not written yet")
+    assert spec is not None and spec.origin, f"{module} (template.yaml Handler) does not exist"
+    tree = ast.parse(Path(spec.origin).read_text())
+    names = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name)
+    } | {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert attribute in names, f"{module} defines no top-level `{attribute}`"
+
+
+def _requirement(line: str) -> str:
+    return re.sub(r"\s+", "", line.split("#", 1)[0]).lower()
+
+
+def test_lambda_layer_requirements_are_the_control_plane_dependencies(
+    template: dict[str, Any],
+) -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    expected = {
+        _requirement(r)
+        for r in pyproject["dependencies"] + pyproject["optional-dependencies"]["control-plane"]
+    }
+    (layer,) = resources_of_type(template, "AWS::Serverless::LayerVersion").values()
+    requirements = REPO / layer["Properties"]["ContentUri"] / "requirements.txt"
+    listed = {_requirement(line) for line in requirements.read_text().splitlines()} - {""}
+    assert listed == expected
+    assert (
+        layer["Metadata"]["BuildArchitecture"] in template["Globals"]["Function"]["Architectures"]
+    )
+
+
+# --- 4. the local stack is built from the template ------------------------------------------
+
+
+@pytest.fixture()
+def local_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name=REGION)
+        s3 = boto3.client("s3", region_name=REGION)
+        create_resources(dynamodb=dynamodb, s3=s3, table_name="hotbatch-t", bucket_name="hb-t")
+        yield dynamodb, s3
+
+
+def _properties(template: dict[str, Any], kind: str) -> dict[str, Any]:
+    (resource,) = resources_of_type(template, kind).values()
+    properties: dict[str, Any] = copy.deepcopy(resource["Properties"])
+    return properties
+
+
+def test_local_table_has_the_template_keys_indexes_and_ttl(
+    template: dict[str, Any], local_stack: tuple[Any, Any]
+) -> None:
+    dynamodb, _ = local_stack
+    expected = _properties(template, "AWS::DynamoDB::Table")
+    table = dynamodb.describe_table(TableName="hotbatch-t")["Table"]
+
+    assert table["KeySchema"] == expected["KeySchema"]
+
+    def by_name(items: list[dict[str, Any]]) -> dict[str, str]:
+        return {item["AttributeName"]: item["AttributeType"] for item in items}
+
+    assert by_name(table["AttributeDefinitions"]) == by_name(expected["AttributeDefinitions"])
+    assert {
+        index["IndexName"]: (index["KeySchema"], index["Projection"])
+        for index in table["GlobalSecondaryIndexes"]
+    } == {
+        index["IndexName"]: (index["KeySchema"], index["Projection"])
+        for index in expected["GlobalSecondaryIndexes"]
+    }
+    assert table["BillingModeSummary"]["BillingMode"] == expected["BillingMode"]
+    ttl = dynamodb.describe_time_to_live(TableName="hotbatch-t")["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == expected["TimeToLiveSpecification"]["AttributeName"]
+    assert ttl["TimeToLiveStatus"] == "ENABLED"
+
+
+def test_local_bucket_has_the_template_encryption_access_block_and_lifecycle(
+    template: dict[str, Any], local_stack: tuple[Any, Any]
+) -> None:
+    _, s3 = local_stack
+    expected = _properties(template, "AWS::S3::Bucket")
+
+    encryption = s3.get_bucket_encryption(Bucket="hb-t")["ServerSideEncryptionConfiguration"]
+    assert [rule["ApplyServerSideEncryptionByDefault"] for rule in encryption["Rules"]] == [
+        rule["ServerSideEncryptionByDefault"]
+        for rule in expected["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    ]
+    block = s3.get_public_access_block(Bucket="hb-t")["PublicAccessBlockConfiguration"]
+    assert block == expected["PublicAccessBlockConfiguration"]
+    ownership = s3.get_bucket_ownership_controls(Bucket="hb-t")["OwnershipControls"]
+    assert ownership == expected["OwnershipControls"]
+
+    retention = template["Parameters"]["ChunkRetentionDays"]["Default"]
+    rules = {
+        rule["ID"]: rule for rule in s3.get_bucket_lifecycle_configuration(Bucket="hb-t")["Rules"]
+    }
+    assert set(rules) == {rule["Id"] for rule in expected["LifecycleConfiguration"]["Rules"]}
+    for want in expected["LifecycleConfiguration"]["Rules"]:
+        got = rules[want["Id"]]
+        assert got["Status"] == want["Status"]
+        assert got["Filter"].get("Prefix", "") == want.get("Prefix", "")
+        if "ExpirationInDays" in want:
+            assert want["ExpirationInDays"] == {"Ref": "ChunkRetentionDays"}
+            assert got["Expiration"] == {"Days": retention}
+        else:
+            assert "Expiration" not in got
+        assert got.get("AbortIncompleteMultipartUpload") == want.get(
+            "AbortIncompleteMultipartUpload"
+        )
