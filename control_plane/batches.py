@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from control_plane.aws import Aws
-from control_plane.errors import Conflict, InvalidRequest, LimitExceeded, StateConflict, Unavailable
+from control_plane.errors import (
+    Conflict,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    StateConflict,
+    Unavailable,
+)
 from control_plane.ids import new_id, now_s
 from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody
 from control_plane.store import Item
@@ -24,7 +31,10 @@ def limits(aws: Aws) -> batch_store.Limits:
 
 def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
     """Admit a batch in `validating`; the caller starts the split."""
-    file = file_store.get_file_item(aws.table, file_id=body.input_file_id, tenant_id=tenant_id)
+    try:
+        file = file_store.get_file_item(aws.table, file_id=body.input_file_id, tenant_id=tenant_id)
+    except NotFound as exc:  # name the request's field, not the store's
+        raise NotFound("file", body.input_file_id, param="input_file_id") from exc
     if file["purpose"] != "batch":
         raise InvalidRequest(
             f"File {body.input_file_id} has purpose {file['purpose']!r}, not 'batch'.",

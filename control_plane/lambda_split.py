@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from control_plane.aws import Aws
@@ -13,4 +14,11 @@ _aws = Aws(Settings())
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     item = run_split(_aws, str(event["batch_id"]))
+    if item["status"] == "in_progress" and _aws.settings.tick_function_name:
+        # Kick the tick so the first chunks leave now rather than at the next scheduled tick.
+        _aws.lambda_.invoke(
+            FunctionName=_aws.settings.tick_function_name,
+            InvocationType="Event",
+            Payload=json.dumps({"kick": item["id"]}).encode(),
+        )
     return {"batch_id": item["id"], "status": item["status"]}

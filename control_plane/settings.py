@@ -13,8 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ONE_GB = 1024**3
 
-# Read only by the local stack and tests; no deployed function sets it (boto3 finds AWS itself).
-LOCAL_ONLY = frozenset({"aws_endpoint_url"})
+# Read only by the local stack and tests; no deployed function sets them (boto3 finds AWS
+# itself, RunPod's API is at its default address, secrets come from Secrets Manager).
+LOCAL_ONLY = frozenset(
+    {"aws_endpoint_url", "runpod_base_url", "runpod_api_key", "webhook_secret_value"}
+)
 
 
 class Settings(BaseSettings):
@@ -40,6 +43,51 @@ class Settings(BaseSettings):
     )
     split_function_name: str = Field(
         default="", description="HOTBATCH_SPLIT_FUNCTION_NAME: the split function (lambda mode)."
+    )
+
+    # --- RunPod and the tick ---
+    runpod_endpoint_id: str = Field(
+        default="local", description="HOTBATCH_RUNPOD_ENDPOINT_ID: the serverless endpoint."
+    )
+    runpod_base_url: str = Field(
+        default="https://api.runpod.ai/v2",
+        description="HOTBATCH_RUNPOD_BASE_URL: RunPod's client API (the local endpoint's locally).",
+    )
+    runpod_api_key_secret: str = Field(
+        default="",
+        description="HOTBATCH_RUNPOD_API_KEY_SECRET: Secrets Manager ARN of the RunPod API key.",
+    )
+    runpod_api_key: str = Field(
+        default="", description="HOTBATCH_RUNPOD_API_KEY: the key itself (local stack only)."
+    )
+    webhook_secret: str = Field(
+        default="",
+        description="HOTBATCH_WEBHOOK_SECRET: Secrets Manager ARN of the webhook signing secret.",
+    )
+    webhook_secret_value: str = Field(
+        default="", description="HOTBATCH_WEBHOOK_SECRET_VALUE: the secret itself (local only)."
+    )
+    public_url: str = Field(
+        default="",
+        description="HOTBATCH_PUBLIC_URL: the API's base URL, for RunPod webhooks (none: poll).",
+    )
+    tick_function_name: str = Field(
+        default="",
+        description="HOTBATCH_TICK_FUNCTION_NAME: the tick, kicked after a split (lambda mode).",
+    )
+    dispatch_profile: Literal["conservative", "medium", "aggressive"] = Field(
+        default="medium",
+        description="HOTBATCH_DISPATCH_PROFILE: in-flight window, retries, timeouts, breaker.",
+    )
+    keep_hot_schedule: str = Field(
+        default="pending",
+        description=(
+            "HOTBATCH_KEEP_HOT_SCHEDULE: `always`, `pending` (while work waits), `never`, or UTC "
+            "windows such as `Mon-Fri 08:00-20:00, Sat 10:00-14:00`."
+        ),
+    )
+    keep_hot_workers: int = Field(
+        default=1, ge=0, description="HOTBATCH_KEEP_HOT_WORKERS: workers kept warm in schedule."
     )
 
     # --- admission limits ---

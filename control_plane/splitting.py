@@ -75,7 +75,10 @@ def _start(aws: Aws, item: Item, result: SplitResult) -> Item:
     sets: dict[str, object] = {
         "n_total": result.total_requests,
         "chunk_count": len(result.chunks),
-        "chunks_done": 0,
+        # Chunks not yet in a final state; bisect and redrive add to it, results take away.
+        "chunks_open": len(result.chunks),
+        # The next free chunk number (bisect and redrive make new chunks).
+        "chunk_seq": len(result.chunks),
     }
     if result.model:
         sets["model"] = result.model

@@ -91,6 +91,13 @@ class LocalApi:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def reserve_port(self) -> int:
+        """Pick the port now (when it is 0), so the URL is known before the app exists."""
+        if self.port == 0:
+            with _bound_socket(self.host, 0) as probe:
+                self.port = probe.getsockname()[1]
+        return self.port
+
     def start(self, timeout: float = 30.0) -> LocalApi:
         import uvicorn
 

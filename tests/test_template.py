@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib
 import importlib.util
+import json
 import os
 import re
 import tomllib
@@ -250,11 +252,16 @@ def test_transform_makes_three_python_functions_on_one_architecture(
     assert functions["SplitFunction"]["Properties"]["MemorySize"] >= 1769
 
 
-def test_api_function_may_invoke_only_the_split(transformed: dict[str, Any]) -> None:
+def test_api_invokes_only_the_split_and_the_split_only_the_tick(
+    transformed: dict[str, Any],
+) -> None:
     invokable = _resources_for(transformed, "ApiFunction", "lambda:InvokeFunction")
     assert _refs(invokable) == {"SplitFunction"}
-    for other in ("SplitFunction", "TickFunction"):
-        assert _resources_for(transformed, other, "lambda:InvokeFunction") == []
+    kicked = _resources_for(transformed, "SplitFunction", "lambda:InvokeFunction")
+    assert "${AWS::StackName}-tick" in json.dumps(kicked) and len(kicked) == 1
+    assert _resources_for(transformed, "TickFunction", "lambda:InvokeFunction") == []
+    tick = transformed["Resources"]["TickFunction"]["Properties"]
+    assert tick["FunctionName"] == {"Fn::Sub": "${AWS::StackName}-tick"}
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from control_plane.api import errors
-from control_plane.api.routes import batches, files, uploads
+from control_plane.api.routes import batches, files, internal, uploads
 from control_plane.aws import Aws
 from control_plane.settings import Settings
 
@@ -24,4 +24,5 @@ def create_app(settings: Settings | None = None, *, aws: Aws | None = None) -> F
     errors.install(app)
     for module in (files, uploads, batches):
         app.include_router(module.router, prefix="/v1")
+    app.include_router(internal.router)
     return app

@@ -62,6 +62,10 @@ def create_batch(
     }
     if batch.metadata is not None:
         item["metadata"] = batch.metadata
+    if queued > limits.max_queued_requests:
+        # The tenant condition below passes while the tenant item has no counter yet (its
+        # first batch), so a batch larger than the whole allowance is refused here.
+        raise _which_limit(table, tenant_id, queued, limits)
     operations = [
         {
             "Put": {

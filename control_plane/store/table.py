@@ -22,8 +22,19 @@ _deserializer = TypeDeserializer()
 BATCH_WRITE_MAX = 25
 
 
+def _storable(value: Any) -> Any:
+    """DynamoDB numbers are decimals: floats (timings) go through their shortest repr."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {key: _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
+
+
 def to_attrs(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: _serializer.serialize(value) for name, value in values.items()}
+    return {name: _serializer.serialize(_storable(value)) for name, value in values.items()}
 
 
 def _plain(value: Any) -> Any:

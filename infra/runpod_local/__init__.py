@@ -62,11 +62,16 @@ class LocalEndpoint:
             "RUNPOD_AI_API_KEY": self.config.worker_token,
         }
 
-    def start(self) -> LocalEndpoint:
+    def reserve_port(self) -> int:
+        """Pick the port now (when it is 0), so the URLs are known before the start."""
         if self.port == 0:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
                 self.port = probe.getsockname()[1]
+        return self.port
+
+    def start(self) -> LocalEndpoint:
+        self.reserve_port()
         ready = threading.Event()
         failure: list[BaseException] = []
 

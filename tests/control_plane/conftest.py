@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,8 +39,10 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture()
-def settings() -> Settings:
-    return make_settings()
+def settings(aws_credentials: None, request: pytest.FixtureRequest) -> Settings:
+    """Default test settings; a test changes some with
+    `@pytest.mark.parametrize("settings", [{"field": value}], indirect=True)`."""
+    return make_settings(**getattr(request, "param", {}))
 
 
 @pytest.fixture()
@@ -71,3 +73,49 @@ def key_a(aws: Aws) -> str:
 @pytest.fixture()
 def key_b(aws: Aws) -> str:
     return apikeys.create_key(aws.table, tenant_id="tenant-b", name="b")
+
+
+class Reply(Protocol):
+    """What the tests read of a TestClient reply (httpx's or httpx2's `Response`, whichever
+    starlette uses)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    def json(self, **kwargs: Any) -> Any: ...
+
+
+def upload(
+    client: TestClient,
+    key: str,
+    content: bytes,
+    *,
+    filename: str = "input.jsonl",
+    purpose: str = "batch",
+    **fields: str,
+) -> Reply:
+    return client.post(
+        "/v1/files",
+        headers=auth(key),
+        files={"file": (filename, content, "application/jsonl")},
+        data={"purpose": purpose, **fields},
+    )
+
+
+def upload_id(client: TestClient, key: str, content: bytes) -> str:
+    reply = upload(client, key, content)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["id"])
+
+
+def create_batch(client: TestClient, key: str, file_id: str, **body: Any) -> Reply:
+    return client.post(
+        "/v1/batches",
+        headers=auth(key),
+        json={"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h", **body},
+    )

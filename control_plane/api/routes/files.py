@@ -6,9 +6,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
 
 from control_plane import files as file_service
 from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.errors import InvalidRequest
 from control_plane.models import CursorPage, ExpiresAfter, FileDeleted, FileObject
 from control_plane.store import files as file_store
 
@@ -24,7 +26,14 @@ def create_file(
     anchor: Annotated[Literal["created_at"] | None, Form(alias="expires_after[anchor]")] = None,
     seconds: Annotated[int | None, Form(alias="expires_after[seconds]")] = None,
 ) -> FileObject:
-    expires = ExpiresAfter(anchor=anchor, seconds=seconds) if anchor and seconds else None
+    try:
+        expires = ExpiresAfter(anchor=anchor, seconds=seconds) if anchor and seconds else None
+    except ValidationError as exc:  # a form field out of range: the client's 400, not a 500
+        raise InvalidRequest(
+            f"Invalid value for 'expires_after[seconds]': {exc.errors()[0]['msg']}",
+            code="invalid_value",
+            param="expires_after[seconds]",
+        ) from exc
     return file_service.create_file(
         aws,
         tenant_id=tenant,

@@ -1,0 +1,1 @@
+"""The tick: dispatch chunks to RunPod, record results and dead letters, finalize, keep hot."""

@@ -1,0 +1,63 @@
+"""What one tick works with: AWS, the RunPod client, the profile, the clock, the webhook."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from control_plane.aws import Aws
+from control_plane.runpod import RunPodClient
+from control_plane.scheduler.policy import PROFILES, Profile
+from control_plane.settings import Settings
+
+# SigV4 presigned URLs live at most 7 days.
+MAX_PRESIGN_S = 7 * 24 * 3600
+
+
+@dataclass
+class TickContext:
+    aws: Aws
+    runpod: RunPodClient
+    now: int
+    webhook_secret: str = ""
+    profile: Profile = field(default_factory=lambda: PROFILES["medium"])
+
+    @property
+    def settings(self) -> Settings:
+        return self.aws.settings
+
+    @property
+    def webhooks(self) -> bool:
+        return bool(self.settings.public_url and self.webhook_secret)
+
+    def lease_s(self) -> int:
+        return self.profile.queue_grace_s + self.profile.execution_timeout_s
+
+    def presign(self, method: str, key: str) -> str:
+        operation = {"GET": "get_object", "PUT": "put_object"}[method]
+        expires = min(MAX_PRESIGN_S, self.lease_s() + 600)
+        url = self.aws.s3.generate_presigned_url(
+            operation,
+            Params={"Bucket": self.settings.bucket_name, "Key": key},
+            ExpiresIn=expires,
+        )
+        return str(url)
+
+    def webhook_url(self, batch_id: str, chunk_id: str, attempt: int) -> str | None:
+        if not self.webhooks:
+            return None
+        query = {
+            "batch_id": batch_id,
+            "chunk_id": chunk_id,
+            "attempt": str(attempt),
+            "sig": webhook_signature(self.webhook_secret, batch_id, chunk_id, attempt),
+        }
+        return f"{self.settings.public_url.rstrip('/')}/internal/runpod/webhook?{urlencode(query)}"
+
+
+def webhook_signature(secret: str, batch_id: str, chunk_id: str, attempt: int) -> str:
+    """RunPod cannot add headers to a webhook, so the URL carries an HMAC of what it names."""
+    message = f"{batch_id}:{chunk_id}:{attempt}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()

@@ -1,0 +1,109 @@
+"""Send pending chunks to RunPod, highest priority first, within the in-flight window."""
+
+from __future__ import annotations
+
+import logging
+
+from control_plane.runpod import EndpointError
+from control_plane.scheduler import policy
+from control_plane.scheduler.context import TickContext
+from control_plane.scheduler.outputs import error_key, output_key
+from control_plane.scheduler.policy import SchedulerState
+from control_plane.store import Item, TransactionConflict
+from control_plane.store import chunks as chunk_store
+from control_plane.store.table import Table
+from handler.contract import ProcessChunkInput
+
+log = logging.getLogger("control_plane.dispatch")
+
+
+def in_flight(table: Table, limit: int = 10_000) -> list[Item]:
+    return chunk_store.queued(table, queue=chunk_store.DISPATCHED_QUEUE, limit=limit)
+
+
+def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> SchedulerState:
+    """Fill the window: claim each chunk (a conditional transaction, so two ticks never send
+    one chunk twice), presign its URLs and queue it on RunPod. An endpoint failure stops this
+    tick's dispatching and gives the chunk back without spending one of its attempts."""
+    state, allowed = policy.admit(state, ctx.profile, now=ctx.now)
+    room = allowed - running if state.breaker == "closed" else allowed
+    if room <= 0:
+        return state
+    table = ctx.aws.table
+    batches: dict[str, Item | None] = {}
+    for chunk in chunk_store.queued(table, queue=chunk_store.PENDING_QUEUE, limit=room * 4 + 16):
+        if room <= 0:
+            break
+        if int(chunk.get("not_before", 0)) > ctx.now:
+            continue
+        batch = _batch(table, batches, chunk["batch_id"])
+        if batch is None or batch["status"] != "in_progress":
+            continue  # cancelled, expired or failed: the finalizer settles its chunks
+        try:
+            claimed = chunk_store.claim(
+                table, chunk, lease_until=ctx.now + ctx.lease_s(), now=ctx.now
+            )
+        except TransactionConflict:
+            continue  # another tick took it, or the batch just stopped
+        try:
+            job_id = ctx.runpod.run(
+                _job_input(ctx, claimed, batch).model_dump(),
+                webhook=ctx.webhook_url(
+                    claimed["batch_id"], claimed["chunk_id"], claimed["attempts"]
+                ),
+                execution_timeout_s=ctx.profile.execution_timeout_s,
+                ttl_s=ctx.lease_s() + 3600,
+                low_priority=batch.get("priority") == "backfill",
+            )
+        except EndpointError as exc:
+            log.warning(
+                "dispatch failed",
+                extra={
+                    "batch_id": claimed["batch_id"],
+                    "chunk_id": claimed["chunk_id"],
+                    "error": str(exc),
+                },
+            )
+            chunk_store.release(
+                table,
+                claimed,
+                not_before=ctx.now,
+                reason=f"dispatch failed: {exc}",
+                priority_rank=chunk_store.PRIORITY_RANK[batch.get("priority", "normal")],
+                refund_attempt=True,
+            )
+            return policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
+        chunk_store.set_job(table, claimed, job_id)
+        state = policy.on_endpoint_success(state)
+        room -= 1
+        log.info(
+            "chunk dispatched",
+            extra={
+                "batch_id": claimed["batch_id"],
+                "chunk_id": claimed["chunk_id"],
+                "attempt": claimed["attempts"],
+                "job_id": job_id,
+                "requests": claimed["requests"],
+            },
+        )
+    return state
+
+
+def _batch(table: Table, cache: dict[str, Item | None], batch_id: str) -> Item | None:
+    if batch_id not in cache:
+        cache[batch_id] = table.get({"pk": f"BATCH#{batch_id}", "sk": "META"})
+    return cache[batch_id]
+
+
+def _job_input(ctx: TickContext, chunk: Item, batch: Item) -> ProcessChunkInput:
+    batch_id, chunk_id, attempt = chunk["batch_id"], chunk["chunk_id"], int(chunk["attempts"])
+    return ProcessChunkInput(
+        action="process_chunk",
+        batch_id=batch_id,
+        chunk_id=chunk_id,
+        attempt=attempt,
+        endpoint=batch["endpoint"],
+        input_url=ctx.presign("GET", chunk["input_key"]),
+        output_url=ctx.presign("PUT", output_key(batch_id, chunk_id, attempt)),
+        error_url=ctx.presign("PUT", error_key(batch_id, chunk_id, attempt)),
+    )

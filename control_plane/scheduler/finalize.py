@@ -1,0 +1,200 @@
+"""Finish batches: merge results when every chunk is done, settle cancels, expire late batches,
+and restart a split that never finished.
+
+Each step is re-entrant: a tick killed halfway leaves the batch in `finalizing` / `cancelling`
+(or `in_progress` with `stop_dispatch` set for an expiry) and the next tick redoes the step;
+merged files get ids derived from the batch id, so a redo writes the same files once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import orjson
+
+from control_plane.errors import StateConflict
+from control_plane.models import FileObject
+from control_plane.runpod import EndpointError, JobGone
+from control_plane.scheduler import merge
+from control_plane.scheduler.context import TickContext
+from control_plane.scheduler.outputs import chunk_prefix, error_line
+from control_plane.splitting import run_split
+from control_plane.store import Item, TransactionConflict
+from control_plane.store import batches as batch_store
+from control_plane.store import chunks as chunk_store
+from control_plane.store import files as file_store
+
+log = logging.getLogger("control_plane.finalize")
+
+# A split runs at most 15 minutes (its Lambda timeout); one still validating after this died.
+SPLIT_STALE_S = 20 * 60
+LEAF_RESULT_STATES = frozenset({"done", "dead", "expired"})
+
+
+def active_batches(ctx: TickContext) -> list[Item]:
+    return chunk_store.queued(ctx.aws.table, queue=batch_store.ACTIVE, limit=100_000)
+
+
+def settle(ctx: TickContext, batch: Item) -> Item:
+    """Move one unfinished batch on as far as it can go this tick."""
+    status = batch["status"]
+    if status == "validating" and ctx.now - int(batch["created_at"]) > SPLIT_STALE_S:
+        log.warning("restarting a stale split", extra={"batch_id": batch["id"]})
+        return run_split(ctx.aws, batch["id"])
+    if status == "in_progress":
+        if ctx.now >= int(batch["window_expires_at"]) or batch.get("stop_dispatch"):
+            return expire(ctx, batch)
+        if "chunks_open" in batch and int(batch["chunks_open"]) <= 0:
+            batch = _transition(ctx, batch, {"in_progress"}, "finalizing")
+    if batch["status"] == "finalizing":
+        return _close(ctx, batch, expect={"finalizing"}, to="completed")
+    if batch["status"] == "cancelling":
+        return cancel(ctx, batch)
+    return batch
+
+
+def cancel(ctx: TickContext, batch: Item) -> Item:
+    """Cancel the RunPod jobs of running chunks, drop pending ones, keep what finished."""
+    for chunk in chunk_store.all_chunks(ctx.aws.table, batch_id=batch["id"]):
+        _stop_chunk(ctx, chunk, to="cancelled")
+    return _close(ctx, batch, expect={"cancelling"}, to="cancelled")
+
+
+def expire(ctx: TickContext, batch: Item) -> Item:
+    """Past the completion window: stop dispatching, write every unfinished request to the
+    error file with code `batch_expired`, keep what finished."""
+    if not batch.get("stop_dispatch"):
+        batch = ctx.aws.table.update(
+            {"pk": f"BATCH#{batch['id']}", "sk": "META"},
+            "SET stop_dispatch = :yes",
+            values={":yes": True},
+        )
+    for chunk in chunk_store.all_chunks(ctx.aws.table, batch_id=batch["id"]):
+        _stop_chunk(ctx, chunk, to="expired")
+    return _close(ctx, batch, expect={"in_progress"}, to="expired")
+
+
+def _stop_chunk(ctx: TickContext, chunk: Item, *, to: str) -> None:
+    state = chunk["state"]
+    if state not in ("pending", "dispatched"):
+        return
+    if state == "dispatched" and chunk.get("job_id"):
+        try:
+            ctx.runpod.cancel(chunk["job_id"])
+        except (EndpointError, JobGone) as exc:
+            # The job may have finished or gone; its late result fails the chunk's condition.
+            log.info("cancel of a job failed", extra={"job_id": chunk["job_id"], "error": str(exc)})
+    sets: dict[str, object] = {"finished_at": ctx.now}
+    deltas = {"chunks_open": -1}
+    if state == "dispatched":
+        deltas["chunks_in_flight"] = -1
+    if to == "expired":
+        key = _write_expired_lines(ctx, chunk)
+        sets.update(error_key=key, failed=int(chunk["requests"]), completed=0)
+        deltas["n_failed"] = int(chunk["requests"])
+    try:
+        chunk_store.finish(
+            ctx.aws.table, chunk, state=to, expect_state=state, sets=sets, batch_deltas=deltas
+        )
+    except TransactionConflict:
+        log.info("chunk moved while stopping", extra={"chunk_id": chunk["chunk_id"]})
+
+
+def _write_expired_lines(ctx: TickContext, chunk: Item) -> str:
+    s3, bucket = ctx.aws.s3, ctx.settings.bucket_name
+    body = s3.get_object(Bucket=bucket, Key=chunk["input_key"])["Body"]
+    with body:
+        data = body.read()
+    message = "This request was not completed within the batch's completion window."
+    lines = [
+        error_line(
+            str(orjson.loads(raw)["custom_id"]), status=408, code="batch_expired", message=message
+        )
+        for raw in data.split(b"\n")
+        if raw.strip()
+    ]
+    key = f"{chunk_prefix(chunk['batch_id'], chunk['chunk_id'])}/errors-expired.jsonl"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"".join(lines))
+    return key
+
+
+def _close(ctx: TickContext, batch: Item, *, expect: set[str], to: str) -> Item:
+    """Merge the finished chunks' results into the batch's output and error files and end it,
+    once no chunk is in flight."""
+    batch = ctx.aws.table.get({"pk": f"BATCH#{batch['id']}", "sk": "META"}) or batch
+    if batch["status"] not in expect or int(batch.get("chunks_in_flight", 0)) > 0:
+        return batch
+    chunks = chunk_store.all_chunks(ctx.aws.table, batch_id=batch["id"])
+    if to == "completed" and any(c["state"] in ("pending", "dispatched") for c in chunks):
+        return batch  # a redrive added work after the last count
+    leaves = [c for c in chunks if c["state"] in LEAF_RESULT_STATES]
+    sets: dict[str, object] = {}
+    output = _merged_file(
+        ctx, batch, "output", [c["output_key"] for c in leaves if c.get("output_key")]
+    )
+    if output:
+        sets["output_file_id"] = output
+    errors = _merged_file(
+        ctx, batch, "error", [c["error_key"] for c in leaves if c.get("error_key")]
+    )
+    if errors:
+        sets["error_file_id"] = errors
+    done = _transition(ctx, batch, expect, to, sets=sets)
+    log.info(
+        "batch closed",
+        extra={
+            "batch_id": batch["id"],
+            "status": done["status"],
+            "completed": done.get("n_completed", 0),
+            "failed": done.get("n_failed", 0),
+        },
+    )
+    return done
+
+
+def _merged_file(ctx: TickContext, batch: Item, kind: str, keys: list[str]) -> str | None:
+    s3, bucket = ctx.aws.s3, ctx.settings.bucket_name
+    file_id = merged_file_id(batch["id"], kind)
+    existing = ctx.aws.table.get({"pk": f"FILE#{file_id}", "sk": "META"})
+    if existing is not None:
+        return file_id  # an earlier run of this step got this far
+    size = merge.concatenate(s3, bucket, merge.sizes(s3, bucket, keys), file_store.s3_key(file_id))
+    if not size:
+        return None
+    expires_after = batch.get("output_expires_after_s")
+    file = FileObject(
+        id=file_id,
+        bytes=size,
+        created_at=ctx.now,
+        expires_at=ctx.now + int(expires_after) if expires_after else None,
+        filename=f"{batch['id']}_{kind}.jsonl",
+        purpose="batch_output",
+    )
+    try:
+        file_store.put_file(ctx.aws.table, tenant_id=batch["tenant_id"], file=file, line_count=None)
+    except StateConflict:
+        pass  # written by a concurrent run of this step: same id, same content
+    return file_id
+
+
+def merged_file_id(batch_id: str, kind: str) -> str:
+    """Stable per batch and kind, and time-ordered like every other id (the batch's stamp)."""
+    stamp = batch_id.removeprefix("batch_")[:12]
+    return f"file-{stamp}{hashlib.sha256(f'{batch_id}:{kind}'.encode()).hexdigest()[:12]}"
+
+
+def _transition(
+    ctx: TickContext,
+    batch: Item,
+    expect: set[str],
+    to: str,
+    *,
+    sets: dict[str, object] | None = None,
+) -> Item:
+    try:
+        return batch_store.transition(
+            ctx.aws.table, batch, expect=expect, to=to, at=ctx.now, sets=sets
+        )
+    except StateConflict as exc:
+        return exc.item or batch

@@ -1,0 +1,175 @@
+"""Dispatch policy: the GPU profiles, the adaptive in-flight window and the circuit breaker.
+
+The state lives in one item (`SCHED` / `STATE`) that every tick reads once and writes once,
+conditioned on the version it read: two ticks at once cannot both move it, and the loser's
+changes are simply recomputed by the next tick.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from control_plane.errors import StateConflict
+from control_plane.store import Table
+from control_plane.store import health as health_store
+
+STATE_KEY = {"pk": "SCHED", "sk": "STATE"}
+Breaker = Literal["closed", "open", "half_open"]
+
+
+class Profile(BaseModel):
+    window_start: int
+    window_min: int
+    window_max: int
+    max_attempts: int  # dispatches of a chunk before it is bisected
+    backoff_base_s: int
+    backoff_max_s: int
+    execution_timeout_s: int  # RunPod's executionTimeout for one chunk
+    queue_grace_s: int  # how long a job may wait in RunPod's queue before its lease ends
+    slow_chunk_s: int  # a chunk slower than this shrinks the window
+    breaker_failures: int  # consecutive endpoint failures that open the breaker
+    breaker_cooldown_s: int  # open this long before a probe
+
+
+PROFILES: dict[str, Profile] = {
+    # One GPU or a new model: small window, patient timeouts, an early breaker.
+    "conservative": Profile(
+        window_start=1,
+        window_min=1,
+        window_max=4,
+        max_attempts=3,
+        backoff_base_s=30,
+        backoff_max_s=600,
+        execution_timeout_s=3600,
+        queue_grace_s=1800,
+        slow_chunk_s=1800,
+        breaker_failures=3,
+        breaker_cooldown_s=300,
+    ),
+    "medium": Profile(
+        window_start=4,
+        window_min=1,
+        window_max=32,
+        max_attempts=3,
+        backoff_base_s=15,
+        backoff_max_s=300,
+        execution_timeout_s=1800,
+        queue_grace_s=900,
+        slow_chunk_s=900,
+        breaker_failures=5,
+        breaker_cooldown_s=120,
+    ),
+    # Many workers and a proven model: a wide window that opens fast.
+    "aggressive": Profile(
+        window_start=16,
+        window_min=2,
+        window_max=256,
+        max_attempts=2,
+        backoff_base_s=5,
+        backoff_max_s=120,
+        execution_timeout_s=900,
+        queue_grace_s=600,
+        slow_chunk_s=600,
+        breaker_failures=10,
+        breaker_cooldown_s=60,
+    ),
+}
+
+
+class SchedulerState(BaseModel):
+    window: int
+    breaker: Breaker = "closed"
+    failures: int = 0  # consecutive endpoint failures
+    opened_at: int = 0
+    version: int = 0
+
+
+def backoff_s(profile: Profile, attempt: int) -> int:
+    return int(min(profile.backoff_max_s, profile.backoff_base_s * 2 ** max(0, attempt - 1)))
+
+
+def load(table: Table, profile: Profile) -> SchedulerState:
+    item = table.get(STATE_KEY)
+    if item is None:
+        return SchedulerState(window=profile.window_start)
+    return SchedulerState.model_validate(item)
+
+
+def save(table: Table, before: SchedulerState, after: SchedulerState, *, now: int) -> bool:
+    """Write `after` if nobody moved the state since `before` was read; False if someone did.
+    The breaker's state is mirrored to the item that admission reads (503 while open)."""
+    if after.model_dump(exclude={"version"}) == before.model_dump(exclude={"version"}):
+        return True
+    item: dict[str, Any] = {
+        **STATE_KEY,
+        **after.model_dump(),
+        "version": before.version + 1,
+        "updated_at": now,
+    }
+    try:
+        table.put(
+            item,
+            condition="attribute_not_exists(pk) OR version = :seen",
+            values={":seen": before.version},
+        )
+    except StateConflict:
+        return False
+    if after.breaker != before.breaker:
+        reason = (
+            f"{after.failures} consecutive endpoint failures" if after.breaker == "open" else ""
+        )
+        health_store.set_endpoint_state(table, state=after.breaker, reason=reason)
+    return True
+
+
+def on_success(state: SchedulerState, profile: Profile, *, seconds: float) -> SchedulerState:
+    """Additive increase for a chunk that finished in good time; a slow one halves the window."""
+    if seconds > profile.slow_chunk_s:
+        return on_slow(state, profile)
+    return state.model_copy(
+        update={
+            "window": min(profile.window_max, state.window + 1),
+            "failures": 0,
+            "breaker": "closed",
+        }
+    )
+
+
+def on_slow(state: SchedulerState, profile: Profile) -> SchedulerState:
+    return state.model_copy(update={"window": max(profile.window_min, state.window // 2)})
+
+
+def on_chunk_failure(state: SchedulerState, profile: Profile) -> SchedulerState:
+    """A chunk that failed or timed out on a worker: multiplicative decrease."""
+    return on_slow(state, profile)
+
+
+def on_endpoint_failure(state: SchedulerState, profile: Profile, *, now: int) -> SchedulerState:
+    """The endpoint itself failed (5xx, 429, timeout): count it; open the breaker at the limit
+    (or at once when a half-open probe fails)."""
+    failures = state.failures + 1
+    update: dict[str, Any] = {
+        "failures": failures,
+        "window": max(profile.window_min, state.window // 2),
+    }
+    if state.breaker == "half_open" or failures >= profile.breaker_failures:
+        update.update(breaker="open", opened_at=now)
+    return state.model_copy(update=update)
+
+
+def on_endpoint_success(state: SchedulerState) -> SchedulerState:
+    return state.model_copy(update={"failures": 0, "breaker": "closed"})
+
+
+def admit(state: SchedulerState, profile: Profile, *, now: int) -> tuple[SchedulerState, int]:
+    """How many new chunks this tick may send: none while open, one probe once the cooldown
+    has passed (half-open), the window otherwise (the caller subtracts what is in flight)."""
+    if state.breaker == "open":
+        if now - state.opened_at < profile.breaker_cooldown_s:
+            return state, 0
+        return state.model_copy(update={"breaker": "half_open"}), 1
+    if state.breaker == "half_open":
+        return state, 1
+    return state, state.window

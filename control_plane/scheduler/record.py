@@ -1,0 +1,229 @@
+"""Record what a RunPod job did with a chunk: counters, dead letters, retries, bisection.
+
+The same function serves the webhook and the tick's polling; every outcome is one conditional
+transaction on the chunk at the attempt it was dispatched with, so a result that arrives twice
+(webhook and poll, or RunPod's webhook retry) counts once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import orjson
+from pydantic import ValidationError
+
+from control_plane.scheduler import policy
+from control_plane.scheduler.context import TickContext
+from control_plane.scheduler.outputs import chunk_prefix, error_line
+from control_plane.split import ChunkRef, chunk_key
+from control_plane.store import Item, TransactionConflict, deadletters
+from control_plane.store import chunks as chunk_store
+from handler.contract import ChunkSummary
+
+log = logging.getLogger("control_plane.record")
+
+Outcome = Literal["done", "retry", "split", "dead", "running", "stale"]
+TERMINAL_JOB = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
+
+
+def record_job(
+    ctx: TickContext, chunk: Item, job: dict[str, Any], state: policy.SchedulerState
+) -> tuple[Outcome, policy.SchedulerState]:
+    """Apply one RunPod job object (from `/status` or a webhook) to its chunk."""
+    status = job.get("status")
+    if status not in TERMINAL_JOB:
+        return "running", state
+    if chunk.get("state") != "dispatched":
+        return "stale", state
+    if status == "COMPLETED":
+        try:
+            summary = ChunkSummary.model_validate(job.get("output"))
+        except ValidationError:
+            return fail_chunk(
+                ctx, chunk, f"unreadable job output: {str(job.get('output'))[:300]}", state
+            )
+        if summary.attempt != chunk["attempts"] or summary.chunk_id != chunk["chunk_id"]:
+            return "stale", state
+        outcome = complete_chunk(ctx, chunk, summary)
+        seconds = float(job.get("executionTime", 0)) / 1000 or summary.timings.total_s
+        return outcome, policy.on_success(state, ctx.profile, seconds=seconds)
+    reason = f"{status}: {str(job.get('error') or '')[:500]}"
+    return fail_chunk(ctx, chunk, reason, state)
+
+
+def complete_chunk(ctx: TickContext, chunk: Item, summary: ChunkSummary) -> Outcome:
+    table = ctx.aws.table
+    batch_id, chunk_id, attempt = chunk["batch_id"], chunk["chunk_id"], int(chunk["attempts"])
+    # Dead letters first: puts are idempotent, so a crash before the transaction below only
+    # means the next delivery writes them again.
+    table.put_many(
+        deadletters.dead_letter_item(
+            batch_id,
+            custom_id=failure.custom_id,
+            chunk_id=chunk_id,
+            status_code=failure.status_code,
+            code=failure.code,
+            type=failure.type,
+            message=failure.message,
+            attempts=attempt,
+            created_at=ctx.now,
+        )
+        for failure in summary.failures
+    )
+    prefix = chunk_prefix(batch_id, chunk_id)
+    try:
+        chunk_store.finish(
+            table,
+            chunk,
+            state="done",
+            expect_state="dispatched",
+            sets={
+                "output_key": f"{prefix}/output-{attempt}.jsonl",
+                "error_key": f"{prefix}/errors-{attempt}.jsonl",
+                "completed": summary.counts.completed,
+                "failed": summary.counts.failed,
+                "finished_at": ctx.now,
+                "worker_id": summary.worker.worker_id,
+                "engine_s": summary.timings.engine_s,
+            },
+            batch_deltas={
+                "n_completed": summary.counts.completed,
+                "n_failed": summary.counts.failed,
+                "tok_input": summary.usage.prompt_tokens,
+                "tok_output": summary.usage.completion_tokens,
+                "tok_cached": summary.usage.cached_tokens,
+                "chunks_open": -1,
+                "chunks_in_flight": -1,
+            },
+        )
+    except TransactionConflict:
+        return "stale"
+    log.info(
+        "chunk done",
+        extra={
+            "batch_id": batch_id,
+            "chunk_id": chunk_id,
+            "attempt": attempt,
+            "completed": summary.counts.completed,
+            "failed": summary.counts.failed,
+            "engine_s": summary.timings.engine_s,
+        },
+    )
+    return "done"
+
+
+def fail_chunk(
+    ctx: TickContext, chunk: Item, reason: str, state: policy.SchedulerState
+) -> tuple[Outcome, policy.SchedulerState]:
+    """A chunk attempt failed on a worker (crash, timeout, lost lease): retry with backoff up
+    to the profile's attempts (once for halves of a bisected chunk), then bisect; a single
+    request that still fails is a dead letter."""
+    state = policy.on_chunk_failure(state, ctx.profile)
+    attempts = int(chunk["attempts"])
+    limit = 1 if chunk.get("parent") else ctx.profile.max_attempts
+    ids = {"batch_id": chunk["batch_id"], "chunk_id": chunk["chunk_id"], "attempt": attempts}
+    log.warning("chunk failed", extra={**ids, "reason": reason})
+    try:
+        if attempts < limit:
+            chunk_store.release(
+                ctx.aws.table,
+                chunk,
+                not_before=ctx.now + policy.backoff_s(ctx.profile, attempts),
+                reason=reason,
+                priority_rank=chunk_store.PRIORITY_RANK[chunk.get("priority", "normal")],
+            )
+            return "retry", state
+        if int(chunk["requests"]) > 1:
+            _bisect(ctx, chunk, reason)
+            return "split", state
+        _dead(ctx, chunk, reason)
+        return "dead", state
+    except TransactionConflict:
+        return "stale", state
+
+
+def _bisect(ctx: TickContext, chunk: Item, reason: str) -> None:
+    """Cut the chunk in two new chunks and retire it, in one transaction."""
+    aws, table = ctx.aws, ctx.aws.table
+    batch_id = chunk["batch_id"]
+    body = aws.s3.get_object(Bucket=aws.settings.bucket_name, Key=chunk["input_key"])["Body"]
+    lines = [line for line in body.read().split(b"\n") if line.strip()]
+    half = len(lines) // 2
+    seq = table.update(
+        {"pk": f"BATCH#{batch_id}", "sk": "META"},
+        "ADD chunk_seq :two",
+        values={":two": 2},
+    )["chunk_seq"]
+    children = []
+    for offset, part in ((0, lines[:half]), (1, lines[half:])):
+        index = int(seq) - 2 + offset
+        key = chunk_key(batch_id, index)
+        content = b"\n".join(part) + b"\n"
+        aws.s3.put_object(Bucket=aws.settings.bucket_name, Key=key, Body=content)
+        item = chunk_store.chunk_item(
+            batch_id,
+            chunk.get("priority", "normal"),
+            ChunkRef(
+                index=index,
+                key=key,
+                requests=len(part),
+                bytes=len(content),
+                first_line=int(chunk["first_line"]) + offset * half,
+            ),
+            created_at=ctx.now,
+        )
+        item["parent"] = chunk["chunk_id"]
+        children.append(item)
+    chunk_store.finish(
+        table,
+        chunk,
+        state="split",
+        expect_state="dispatched",
+        sets={"children": [c["chunk_id"] for c in children], "last_error": reason[:1000]},
+        batch_deltas={"chunks_open": 1, "chunks_in_flight": -1},
+        extra=[chunk_store.new_chunk_put(table, child) for child in children],
+    )
+    log.warning(
+        "chunk bisected",
+        extra={"batch_id": batch_id, "chunk_id": chunk["chunk_id"], "children": len(children)},
+    )
+
+
+def _dead(ctx: TickContext, chunk: Item, reason: str) -> None:
+    """The last request of a bisection still fails: a dead letter and an error line."""
+    aws, table = ctx.aws, ctx.aws.table
+    batch_id, chunk_id = chunk["batch_id"], chunk["chunk_id"]
+    body = aws.s3.get_object(Bucket=aws.settings.bucket_name, Key=chunk["input_key"])["Body"]
+    request = orjson.loads(body.read().strip().split(b"\n")[0])
+    custom_id = str(request.get("custom_id"))
+    message = f"The request failed on a worker {chunk['attempts']} time(s): {reason}"
+    key = f"{chunk_prefix(batch_id, chunk_id)}/errors-dead.jsonl"
+    aws.s3.put_object(
+        Bucket=aws.settings.bucket_name,
+        Key=key,
+        Body=error_line(custom_id, status=500, code="worker_failure", message=message),
+    )
+    letter = deadletters.dead_letter_item(
+        batch_id,
+        custom_id=custom_id,
+        chunk_id=chunk_id,
+        status_code=500,
+        code="worker_failure",
+        type="server_error",
+        message=message,
+        attempts=int(chunk["attempts"]),
+        created_at=ctx.now,
+    )
+    chunk_store.finish(
+        table,
+        chunk,
+        state="dead",
+        expect_state="dispatched",
+        sets={"error_key": key, "failed": 1, "completed": 0, "finished_at": ctx.now},
+        batch_deltas={"n_failed": 1, "chunks_open": -1, "chunks_in_flight": -1},
+        extra=[deadletters.put_put(table, letter)],
+    )
+    log.error(
+        "dead letter", extra={"batch_id": batch_id, "chunk_id": chunk_id, "custom_id": custom_id}
+    )

@@ -1,0 +1,109 @@
+"""One tick: collect results, settle batches, dispatch, keep workers hot.
+
+Run every minute by EventBridge Scheduler in AWS and every second or so by the local stack.
+Two ticks at once are safe (every move is a conditional write); a tick killed anywhere leaves
+state the next one finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from control_plane import secrets
+from control_plane.aws import Aws
+from control_plane.runpod import EndpointError, JobGone, RunPodClient
+from control_plane.scheduler import dispatch, finalize, policy, record
+from control_plane.scheduler.context import TickContext
+from control_plane.store import Item, TransactionConflict, keys
+
+log = logging.getLogger("control_plane.tick")
+
+
+def make_context(aws: Aws, *, now: int | None = None) -> TickContext:
+    settings = aws.settings
+    return TickContext(
+        aws=aws,
+        runpod=RunPodClient(
+            base_url=settings.runpod_base_url,
+            endpoint_id=settings.runpod_endpoint_id,
+            api_key=secrets.runpod_api_key(settings),
+        ),
+        now=int(time.time()) if now is None else now,
+        webhook_secret=secrets.webhook_secret(settings) if settings.public_url else "",
+        profile=policy.PROFILES[settings.dispatch_profile],
+    )
+
+
+def run_tick(ctx: TickContext) -> dict[str, Any]:
+    table = ctx.aws.table
+    before = policy.load(table, ctx.profile)
+    state = before
+    outcomes: dict[str, int] = {}
+    for chunk in dispatch.in_flight(table):
+        outcome, state = poll_chunk(ctx, chunk, state)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    settled = [finalize.settle(ctx, batch) for batch in finalize.active_batches(ctx)]
+    running = len(dispatch.in_flight(table))
+    state = dispatch.dispatch(ctx, state, running=running)
+    policy.save(table, before, state, now=ctx.now)
+    report = {
+        "outcomes": outcomes,
+        "batches": {b["id"]: b["status"] for b in settled},
+        "in_flight_before_dispatch": running,
+        "window": state.window,
+        "breaker": state.breaker,
+    }
+    log.info("tick", extra=report)
+    return report
+
+
+def poll_chunk(
+    ctx: TickContext, chunk: Item, state: policy.SchedulerState
+) -> tuple[record.Outcome, policy.SchedulerState]:
+    """Ask RunPod about a dispatched chunk: every tick without webhooks, and only once its
+    lease has run out with them (the webhook is the fast path, polling the safety net)."""
+    lease_over = ctx.now >= int(chunk.get("lease_until", 0))
+    if ctx.webhooks and not lease_over:
+        return "running", state
+    job_id = chunk.get("job_id")
+    if not job_id:
+        if ctx.now - int(chunk.get("dispatched_at", 0)) < 60:
+            return "running", state  # the dispatching tick is between claim and /run
+        # That tick died before recording the job id; the attempt counts, its keys are spent.
+        return record.fail_chunk(ctx, chunk, "dispatch did not finish", state)
+    try:
+        job = ctx.runpod.status(job_id)
+    except JobGone:
+        return record.fail_chunk(ctx, chunk, f"RunPod no longer knows job {job_id}", state)
+    except EndpointError as exc:
+        log.warning("status poll failed", extra={"job_id": job_id, "error": str(exc)})
+        return "running", policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
+    outcome, state = record.record_job(ctx, chunk, job, state)
+    if outcome == "running" and lease_over:
+        try:
+            ctx.runpod.cancel(job_id)
+        except (EndpointError, JobGone):
+            pass  # it is being failed either way; a late result no longer matches
+        return record.fail_chunk(
+            ctx, chunk, f"lease expired with the job {job.get('status')}", state
+        )
+    return outcome, state
+
+
+def record_webhook(
+    aws: Aws, *, batch_id: str, chunk_id: str, attempt: int, job: dict[str, Any]
+) -> record.Outcome:
+    """A RunPod webhook (signature already checked): record it like a poll would."""
+    ctx = make_context(aws)
+    chunk = aws.table.get(keys.chunk(batch_id, int(chunk_id)))
+    if chunk is None or int(chunk.get("attempts", 0)) != attempt:
+        return "stale"
+    before = policy.load(aws.table, ctx.profile)
+    try:
+        outcome, state = record.record_job(ctx, chunk, job, before)
+    except TransactionConflict:
+        return "stale"
+    policy.save(aws.table, before, state, now=ctx.now)
+    return outcome

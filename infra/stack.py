@@ -1,0 +1,156 @@
+"""The whole local stack as one object: moto's server, the control plane under uvicorn, the
+local RunPod endpoint with its workers, and the tick on a background thread.
+
+`hotbatch local up` runs it in the foreground; the end-to-end tests start one per module.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from control_plane.api import create_app
+from control_plane.aws import Aws
+from control_plane.scheduler.tick import make_context, run_tick
+from control_plane.settings import Settings
+from control_plane.store import apikeys
+from infra.local_control_plane import LOCAL_CREDENTIALS, LocalApi, LocalAws
+from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
+
+log = logging.getLogger("handler.local")
+
+
+@dataclass
+class StackConfig:
+    api_port: int = 0
+    aws_port: int = 0
+    runpod_port: int = 0
+    api_key: str | None = None
+    tenant: str = "local"
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    runpod_api_key: str = "local-runpod-key"
+    # Seconds between background ticks; None: the caller ticks (`LocalStack.tick`).
+    tick_interval_s: float | None = 1.0
+    webhooks: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LocalStack:
+    config: StackConfig
+    local_aws: LocalAws | None = None
+    api: LocalApi | None = None
+    endpoint: LocalEndpoint | None = None
+    aws: Aws | None = None
+    api_key: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _ticker: threading.Thread | None = None
+    _tick_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> LocalStack:
+        config = self.config
+        self.local_aws = LocalAws(port=config.aws_port).start()
+        self.endpoint = LocalEndpoint(
+            config=EndpointConfig(api_key=config.runpod_api_key),
+            pool_config=config.pool,
+            port=config.runpod_port,
+        )
+        self.api = LocalApi(app=None, port=config.api_port)
+        self.api.reserve_port()
+        self.endpoint.reserve_port()
+        settings = Settings(
+            table_name=self.local_aws.table_name,
+            bucket_name=self.local_aws.bucket_name,
+            aws_endpoint_url=self.local_aws.url,
+            split_mode="inline",
+            runpod_base_url=self.endpoint.client_base_url,
+            runpod_endpoint_id=self.endpoint.config.endpoint_id,
+            runpod_api_key=config.runpod_api_key,
+            public_url=self.api.url if config.webhooks else "",
+            webhook_secret_value=secrets.token_hex(16) if config.webhooks else "",
+            **config.settings,
+        )
+        self.aws = Aws(settings)
+        self.api_key = apikeys.create_key(
+            self.aws.table, tenant_id=config.tenant, key=config.api_key
+        )
+        self.api.app = create_app(aws=self.aws)
+        self.api.start()
+        self.endpoint.start()
+        if config.tick_interval_s is not None:
+            self._ticker = threading.Thread(target=self._tick_loop, name="tick", daemon=True)
+            self._ticker.start()
+        return self
+
+    def tick(self) -> dict[str, Any]:
+        """One tick now (serialised with the background ticker, as the tests expect)."""
+        assert self.aws is not None
+        with self._tick_lock:
+            return run_tick(make_context(self.aws))
+
+    def _tick_loop(self) -> None:
+        interval = self.config.tick_interval_s or 1.0
+        while not self._stop.wait(interval):
+            try:
+                self.tick()
+            except Exception:
+                # The next tick retries whatever failed; a crash must not stop the loop.
+                log.exception("tick failed")
+
+    def exports(self) -> dict[str, str]:
+        assert self.api and self.endpoint and self.local_aws
+        return {
+            "HOTBATCH_API_URL": f"{self.api.url}/v1",
+            "HOTBATCH_API_KEY": self.api_key,
+            # The openai SDK reads these two, so `OpenAI()` talks to the local stack as it is.
+            "OPENAI_BASE_URL": f"{self.api.url}/v1",
+            "OPENAI_API_KEY": self.api_key,
+            "RUNPOD_ENDPOINT_BASE_URL": self.endpoint.client_base_url,
+            "RUNPOD_ENDPOINT_ID": self.endpoint.config.endpoint_id,
+            "RUNPOD_API_KEY": self.endpoint.api_key,
+            "AWS_ENDPOINT_URL": self.local_aws.url,
+            "HOTBATCH_AWS_ENDPOINT_URL": self.local_aws.url,
+            "HOTBATCH_TABLE_NAME": self.local_aws.table_name,
+            "HOTBATCH_BUCKET_NAME": self.local_aws.bucket_name,
+            **LOCAL_CREDENTIALS,
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=30)
+        if self.endpoint is not None:
+            self.endpoint.stop()
+        if self.api is not None:
+            self.api.stop()
+        if self.local_aws is not None:
+            self.local_aws.stop()
+
+
+def worker_pool(
+    *,
+    workers: int,
+    max_workers: int | None = None,
+    idle_timeout_s: float = 5.0,
+    cold_start_delay_s: float = 0.0,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    workdir: Path | None = None,
+) -> PoolConfig:
+    pool = PoolConfig(
+        min_workers=workers,
+        max_workers=max(workers, max_workers or workers, 1),
+        idle_timeout_s=idle_timeout_s,
+        cold_start_delay_s=cold_start_delay_s,
+        env=env or {},
+    )
+    if command is not None:
+        pool.command = command
+    if workdir is not None:
+        pool.log_dir = (workdir / "logs").resolve()
+        pool.work_dir = (workdir / "workers").resolve()
+    return pool

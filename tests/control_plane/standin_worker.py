@@ -1,0 +1,49 @@
+"""The real runpod SDK worker loop and the real handler around the stand-in engine, so the
+scheduler's fast tests run whole chunks in seconds (the engine tier runs vLLM itself).
+
+STANDIN_DELAY_S: seconds per request. STANDIN_EXIT_ON: a worker that meets a request body
+containing this text dies on the spot (exit code 137), as an OOM-killed worker would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import runpod
+
+from handler import logs
+from handler.engine import Reply
+from handler.main import handler, install
+from handler.runtime import start_runtime
+from handler.settings import WorkerSettings
+from tests.handler.standin import EchoEngine
+
+
+class ExitingEngine(EchoEngine):
+    async def run(self, endpoint: str, body: dict[str, Any]) -> Reply:
+        marker = os.environ.get("STANDIN_EXIT_ON")
+        if marker and marker in str(body):
+            os._exit(137)
+        return await super().run(endpoint, body)
+
+
+@contextlib.asynccontextmanager
+async def engine(settings: WorkerSettings) -> AsyncIterator[ExitingEngine]:
+    yield ExitingEngine(delay_s=float(os.environ.get("STANDIN_DELAY_S", "0.01")))
+
+
+def main() -> None:
+    logs.configure()
+    runtime = start_runtime(WorkerSettings(), engine_factory=engine)
+    install(runtime)
+    try:
+        runpod.serverless.start({"handler": handler})
+    finally:
+        runtime.stop()
+
+
+if __name__ == "__main__":
+    main()
