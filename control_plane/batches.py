@@ -84,8 +84,9 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
 
 
 def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
-    """validating | in_progress | finalizing → cancelling, then → cancelled at once when no
-    chunk is running; otherwise the tick finishes the cancel once RunPod confirms."""
+    """validating | in_progress | finalizing → cancelling. The split (still validating) or the
+    tick (RunPod jobs cancelled, pending chunks dropped, finished output merged) then moves it
+    to cancelled."""
     item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
     if item["status"] in ("cancelling", "cancelled"):
         return batch_store.batch_from_item(item)  # cancel is idempotent, as OpenAI's is
@@ -109,23 +110,7 @@ def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
                     f"Batch {batch_id} is {item['status']} and can no longer be cancelled.",
                     code="batch_not_cancellable",
                 ) from exc
-    return batch_store.batch_from_item(finish_cancel_if_idle(aws, item))
-
-
-def finish_cancel_if_idle(aws: Aws, item: Item) -> Item:
-    """cancelling → cancelled when nothing runs: no chunk in flight and no split under way."""
-    if (
-        item["status"] != "cancelling"
-        or item.get("chunks_in_flight", 0)
-        or not item.get("in_progress_at")
-    ):
-        return item
-    try:
-        return batch_store.transition(
-            aws.table, item, expect={"cancelling"}, to="cancelled", at=now_s()
-        )
-    except StateConflict as exc:
-        return exc.item or item
+    return batch_store.batch_from_item(item)
 
 
 def get_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from control_plane.aws import Aws
-from control_plane.batches import finish_cancel_if_idle
 from control_plane.errors import LimitExceeded, NotFound, StateConflict
 from control_plane.ids import now_s
 from control_plane.split import SplitError, SplitLimits, SplitResult, split_s3_object
@@ -124,7 +123,7 @@ def _cancel_before_start(aws: Aws, item: Item) -> Item:
             aws.table, item, expect={"cancelling"}, to="cancelled", at=now_s()
         )
     except StateConflict as exc:
-        return finish_cancel_if_idle(aws, exc.item or item)
+        return exc.item or item
 
 
 def _limits(aws: Aws) -> batch_store.Limits:

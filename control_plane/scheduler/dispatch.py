@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from control_plane.models import TERMINAL_STATUSES
 from control_plane.runpod import EndpointError
 from control_plane.scheduler import policy
 from control_plane.scheduler.context import TickContext
@@ -37,8 +38,11 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
         if int(chunk.get("not_before", 0)) > ctx.now:
             continue
         batch = _batch(table, batches, chunk["batch_id"])
-        if batch is None or batch["status"] != "in_progress":
-            continue  # cancelled, expired or failed: the finalizer settles its chunks
+        if batch is None or batch["status"] in TERMINAL_STATUSES:
+            _drop(table, chunk)  # left over by a batch that ended: keep the queue clear
+            continue
+        if batch["status"] != "in_progress":
+            continue  # cancelling or finalizing: the finalizer settles its chunks
         try:
             claimed = chunk_store.claim(
                 table, chunk, lease_until=ctx.now + ctx.lease_s(), now=ctx.now
@@ -87,6 +91,20 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
             },
         )
     return state
+
+
+def _drop(table: Table, chunk: Item) -> None:
+    try:
+        chunk_store.finish(
+            table,
+            chunk,
+            state="cancelled",
+            expect_state="pending",
+            sets={},
+            batch_deltas={"chunks_open": -1},
+        )
+    except TransactionConflict:
+        pass  # someone else moved it
 
 
 def _batch(table: Table, cache: dict[str, Item | None], batch_id: str) -> Item | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
@@ -119,3 +120,14 @@ def create_batch(client: TestClient, key: str, file_id: str, **body: Any) -> Rep
         headers=auth(key),
         json={"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h", **body},
     )
+
+
+def tick(aws: Aws) -> dict[str, Any]:
+    """One tick against a RunPod endpoint that does not answer (nothing in these tests is
+    dispatched on purpose: cancels and finalizes of chunks that never ran need no RunPod)."""
+    from control_plane.runpod import RunPodClient
+    from control_plane.scheduler.context import TickContext
+    from control_plane.scheduler.tick import run_tick
+
+    unreachable = RunPodClient(base_url="http://127.0.0.1:9/v2", endpoint_id="none", api_key="x")
+    return run_tick(TickContext(aws=aws, runpod=unreachable, now=int(time.time())))

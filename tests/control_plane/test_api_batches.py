@@ -19,7 +19,7 @@ from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import files as file_store
 from control_plane.store import health, keys
-from tests.control_plane.conftest import BUCKET, CHAT, auth, create_batch, upload_id
+from tests.control_plane.conftest import BUCKET, CHAT, auth, create_batch, tick, upload_id
 from tests.control_plane.requests import jsonl, request_line
 
 
@@ -365,8 +365,11 @@ def test_a_cancelled_batch_gives_its_slot_back(client: TestClient, key_a: str, a
     assert create_batch(client, key_a, file_id).status_code == 429
 
     cancel = client.post(f"/v1/batches/{first['id']}/cancel", headers=auth(key_a))
+    assert cancel.json()["status"] == "cancelling"
+    assert stats(aws) == (1, 2)  # held until the tick has settled the cancel
+    tick(aws)
 
-    assert cancel.json()["status"] == "cancelled"
+    assert retrieve(client, key_a, first["id"])["status"] == "cancelled"
     assert stats(aws) == (0, 0)
     assert create_batch(client, key_a, file_id).status_code == 200
 
@@ -390,20 +393,23 @@ def test_new_batches_wait_while_the_endpoint_is_known_down(
 # --- cancel ---
 
 
-def test_cancel_of_an_idle_in_progress_batch_ends_it_at_once(
+def test_cancel_of_an_idle_in_progress_batch_ends_at_the_next_tick(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
     batch_id = new_batch(client, key_a, jsonl(3))["id"]
     assert stats(aws) == (1, 3)
 
     reply = client.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a))
+    assert reply.status_code == 200 and reply.json()["status"] == "cancelling"
+    tick(aws)
 
-    assert reply.status_code == 200
-    batch = reply.json()
+    batch = retrieve(client, key_a, batch_id)
     assert batch["status"] == "cancelled"
     assert batch["cancelling_at"] is not None and batch["cancelled_at"] is not None
     assert batch["cancelled_at"] >= batch["cancelling_at"]
-    assert retrieve(client, key_a, batch_id) == batch
+    assert all(
+        c["state"] == "cancelled" for c in chunk_store.list_chunks(aws.table, batch_id=batch_id)
+    )
     assert stats(aws) == (0, 0)
 
 
@@ -415,6 +421,9 @@ def test_cancel_twice_answers_the_same_cancelled_batch(
     second = client.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a))
     assert first.status_code == second.status_code == 200
     assert first.json() == second.json()
+    tick(aws)
+    third = client.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a))
+    assert third.status_code == 200 and third.json()["status"] == "cancelled"
     assert stats(aws) == (0, 0)
 
 

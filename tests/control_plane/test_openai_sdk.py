@@ -17,6 +17,7 @@ from control_plane.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from infra.local_control_plane import LocalApi, LocalAws
+from tests.control_plane.conftest import tick
 from tests.control_plane.requests import CHAT, jsonl, request_line
 
 INLINE_MAX = 4096
@@ -119,7 +120,8 @@ def test_list_paginates_newest_first_and_cancel(stack: Stack) -> None:
     assert every == created[::-1]
 
     cancelled = client.batches.cancel(created[0])
-    assert cancelled.status in ("cancelling", "cancelled")
+    assert cancelled.status == "cancelling" and cancelled.cancelling_at is not None
+    tick(stack.aws)
     assert wait_status(client, created[0], "cancelled") == "cancelled"
     assert client.batches.cancel(created[0]).status == "cancelled"  # idempotent
 
