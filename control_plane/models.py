@@ -195,6 +195,28 @@ class CompleteUploadBody(BaseModel):
     md5: str | None = None
 
 
+class DeadLetter(BaseModel):
+    """hotbatch extra: one request that failed for good, kept until it is redriven."""
+
+    object: Literal["batch.dead_letter"] = "batch.dead_letter"
+    custom_id: str
+    chunk_id: str
+    status_code: int
+    code: str | None = None
+    type: str | None = None
+    message: str
+    attempts: int
+    created_at: int
+
+
+class RetryBody(BaseModel):
+    """hotbatch extra: which dead letters to redrive (all of them when omitted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    custom_ids: list[str] | None = Field(default=None, min_length=1, max_length=50_000)
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

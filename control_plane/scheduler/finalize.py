@@ -129,17 +129,11 @@ def _close(ctx: TickContext, batch: Item, *, expect: set[str], to: str) -> Item:
     if to == "completed" and any(c["state"] in ("pending", "dispatched") for c in chunks):
         return batch  # a redrive added work after the last count
     leaves = [c for c in chunks if c["state"] in LEAF_RESULT_STATES]
+    # Set both, None included: after a redrive the previous generation's files must not stay.
     sets: dict[str, object] = {}
-    output = _merged_file(
-        ctx, batch, "output", [c["output_key"] for c in leaves if c.get("output_key")]
-    )
-    if output:
-        sets["output_file_id"] = output
-    errors = _merged_file(
-        ctx, batch, "error", [c["error_key"] for c in leaves if c.get("error_key")]
-    )
-    if errors:
-        sets["error_file_id"] = errors
+    for kind, attribute in (("output", "output_key"), ("error", "error_key")):
+        keys = [c[attribute] for c in leaves if c.get(attribute)]
+        sets[f"{kind}_file_id"] = _merged_file(ctx, batch, kind, keys)
     done = _transition(ctx, batch, expect, to, sets=sets)
     log.info(
         "batch closed",
@@ -155,7 +149,7 @@ def _close(ctx: TickContext, batch: Item, *, expect: set[str], to: str) -> Item:
 
 def _merged_file(ctx: TickContext, batch: Item, kind: str, keys: list[str]) -> str | None:
     s3, bucket = ctx.aws.s3, ctx.settings.bucket_name
-    file_id = merged_file_id(batch["id"], kind)
+    file_id = merged_file_id(batch["id"], kind, generation=int(batch.get("redrives", 0)))
     existing = ctx.aws.table.get({"pk": f"FILE#{file_id}", "sk": "META"})
     if existing is not None:
         return file_id  # an earlier run of this step got this far
@@ -178,10 +172,12 @@ def _merged_file(ctx: TickContext, batch: Item, kind: str, keys: list[str]) -> s
     return file_id
 
 
-def merged_file_id(batch_id: str, kind: str) -> str:
-    """Stable per batch and kind, and time-ordered like every other id (the batch's stamp)."""
+def merged_file_id(batch_id: str, kind: str, *, generation: int = 0) -> str:
+    """Stable per batch, kind and redrive generation, and time-ordered like every other id
+    (the batch's stamp)."""
     stamp = batch_id.removeprefix("batch_")[:12]
-    return f"file-{stamp}{hashlib.sha256(f'{batch_id}:{kind}'.encode()).hexdigest()[:12]}"
+    digest = hashlib.sha256(f"{batch_id}:{kind}:{generation}".encode()).hexdigest()[:12]
+    return f"file-{stamp}{digest}"
 
 
 def _transition(

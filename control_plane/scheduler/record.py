@@ -222,7 +222,7 @@ def _dead(ctx: TickContext, chunk: Item, reason: str) -> None:
         expect_state="dispatched",
         sets={"error_key": key, "failed": 1, "completed": 0, "finished_at": ctx.now},
         batch_deltas={"n_failed": 1, "chunks_open": -1, "chunks_in_flight": -1},
-        extra=[deadletters.put_put(table, letter)],
+        extra=[deadletters.as_put(table, letter)],
     )
     log.error(
         "dead letter", extra={"batch_id": batch_id, "chunk_id": chunk_id, "custom_id": custom_id}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.models import CursorPage
 from control_plane.store import keys
 from control_plane.store.table import Item, Table, to_attrs
 
@@ -35,7 +34,7 @@ def dead_letter_item(
     }
 
 
-def put_put(table: Table, item: Item) -> dict[str, Any]:
+def as_put(table: Table, item: Item) -> dict[str, Any]:
     """A transaction part that writes a dead letter."""
     return {"Put": {"TableName": table.name, "Item": to_attrs(item)}}
 
@@ -52,14 +51,4 @@ def list_dead_letters(
         newest_first=False,
         start_key=start,
         sort_condition=("sk", "begins_with", "DEAD#"),
-    )
-
-
-def page(items: list[Item], has_more: bool, model: Any) -> CursorPage[Any]:
-    data = [model.model_validate(item) for item in items]
-    return CursorPage[Any](
-        data=data,
-        first_id=items[0]["custom_id"] if items else None,
-        last_id=items[-1]["custom_id"] if items else None,
-        has_more=has_more,
     )

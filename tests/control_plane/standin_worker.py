@@ -3,6 +3,8 @@ scheduler's fast tests run whole chunks in seconds (the engine tier runs vLLM it
 
 STANDIN_DELAY_S: seconds per request. STANDIN_EXIT_ON: a worker that meets a request body
 containing this text dies on the spot (exit code 137), as an OOM-killed worker would.
+STANDIN_FAIL_WHILE: a path; while it exists, requests whose body contains "FLAKY" fail with a
+500 (a transient upstream error), so a test can make them succeed on redrive.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class ExitingEngine(EchoEngine):
         marker = os.environ.get("STANDIN_EXIT_ON")
         if marker and marker in str(body):
             os._exit(137)
+        flaky_while = os.environ.get("STANDIN_FAIL_WHILE")
+        if flaky_while and "FLAKY" in str(body) and os.path.exists(flaky_while):
+            error = {"message": "upstream hiccup", "type": "InternalServerError", "code": 500}
+            return Reply(500, {"error": {**error, "param": None}})
         return await super().run(endpoint, body)
 
 

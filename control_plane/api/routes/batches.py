@@ -8,9 +8,11 @@ from fastapi import APIRouter, BackgroundTasks, Query
 
 from control_plane import batches as batch_service
 from control_plane.api.deps import AwsDep, TenantDep
-from control_plane.models import Batch, CreateBatchBody, CursorPage
+from control_plane.models import Batch, CreateBatchBody, CursorPage, DeadLetter, RetryBody
+from control_plane.redrive import redrive
 from control_plane.split_launch import start_split
 from control_plane.store import batches as batch_store
+from control_plane.store import deadletters
 
 router = APIRouter(tags=["batches"])
 
@@ -42,3 +44,35 @@ def retrieve_batch(aws: AwsDep, tenant: TenantDep, batch_id: str) -> Batch:
 @router.post("/batches/{batch_id}/cancel")
 def cancel_batch(aws: AwsDep, tenant: TenantDep, batch_id: str) -> Batch:
     return batch_service.cancel_batch(aws, tenant_id=tenant, batch_id=batch_id)
+
+
+@router.get("/batches/{batch_id}/dead_letters")
+def list_dead_letters(
+    aws: AwsDep,
+    tenant: TenantDep,
+    batch_id: str,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> CursorPage[DeadLetter]:
+    """hotbatch extra: the requests that failed for good, by custom_id (cursor: `after`)."""
+    batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant)
+    items, has_more = deadletters.list_dead_letters(
+        aws.table, batch_id=batch_id, limit=limit, after=after
+    )
+    data = [DeadLetter.model_validate(item) for item in items]
+    return CursorPage[DeadLetter](
+        data=data,
+        first_id=data[0].custom_id if data else None,
+        last_id=data[-1].custom_id if data else None,
+        has_more=has_more,
+    )
+
+
+@router.post("/batches/{batch_id}/retry")
+def retry_dead_letters(
+    aws: AwsDep, tenant: TenantDep, batch_id: str, body: RetryBody | None = None
+) -> Batch:
+    """hotbatch extra: redrive the dead letters (all, or `custom_ids`) of a completed batch."""
+    return redrive(
+        aws, tenant_id=tenant, batch_id=batch_id, custom_ids=body.custom_ids if body else None
+    )
