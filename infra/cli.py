@@ -3,6 +3,7 @@
 hotbatch run-chunk FILE.jsonl   run one chunk through the real worker code and vLLM locally
 hotbatch tiny-model DIR         write the tiny random-weight test model
 hotbatch local up               the local stack (moto, control plane, RunPod endpoint + workers)
+hotbatch local run FILE.jsonl   the local stack, one batch through it end to end, then stop
 hotbatch keys create --tenant T create an API key (printed once) in HOTBATCH_TABLE_NAME
 hotbatch keys revoke KEY        revoke one
 """
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     from infra import local_stack
 
     local_stack.add_arguments(local_commands.add_parser("up", help="start it in the foreground"))
+    local_stack.add_run_arguments(
+        local_commands.add_parser(
+            "run", help="start it, run one batch file through the openai SDK, save the results"
+        )
+    )
 
     keys = commands.add_parser(
         "keys", help="API keys in the table named by HOTBATCH_TABLE_NAME (AWS credentials)"
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from handler import logs
 
         logs.configure()
+        if args.local_command == "run":
+            return local_stack.run(args)
         return local_stack.up(args)
     return run_chunk(args)
 

@@ -3,6 +3,7 @@ bucket, and the FastAPI app under uvicorn in a thread, for the local stack and t
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -51,6 +52,8 @@ class LocalAws:
         from moto.server import ThreadedMotoServer
 
         use_local_credentials()
+        # moto's server logs every request through werkzeug: thousands of lines per batch.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         if self.port == 0:
             with _bound_socket(self.host, 0) as probe:
                 self.port = probe.getsockname()[1]
