@@ -3,5 +3,7 @@
 from mangum import Mangum
 
 from control_plane.api import create_app
+from control_plane.observability import configure_lambda, lambda_entry
 
-handler = Mangum(create_app(), lifespan="off")
+configure_lambda()
+handler = lambda_entry(Mangum(create_app(), lifespan="off"))

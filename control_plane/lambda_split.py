@@ -6,14 +6,19 @@ import json
 from typing import Any
 
 from control_plane.aws import Aws
+from control_plane.observability import configure_lambda, count, lambda_entry
 from control_plane.settings import Settings
 from control_plane.splitting import run_split
 
 _aws = Aws(Settings())
+configure_lambda()
 
 
+@lambda_entry
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     item = run_split(_aws, str(event["batch_id"]))
+    count("BatchesSplit" if item["status"] == "in_progress" else "BatchesRejected")
+    count("RequestsAccepted", int(item.get("n_total", 0)))
     if item["status"] == "in_progress" and _aws.settings.tick_function_name:
         # Kick the tick so the first chunks leave now rather than at the next scheduled tick.
         _aws.lambda_.invoke(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from control_plane.models import TERMINAL_STATUSES
+from control_plane.observability import count
 from control_plane.runpod import EndpointError
 from control_plane.scheduler import policy
 from control_plane.scheduler.context import TickContext
@@ -78,6 +79,7 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
             )
             return policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
         chunk_store.set_job(table, claimed, job_id)
+        count("ChunksDispatched")
         state = policy.on_endpoint_success(state)
         room -= 1
         log.info(

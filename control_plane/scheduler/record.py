@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
+from control_plane.observability import count, seconds
 from control_plane.scheduler import policy
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.outputs import chunk_prefix, error_line
@@ -66,7 +67,7 @@ def complete_chunk(ctx: TickContext, chunk: Item, summary: ChunkSummary) -> Outc
             code=failure.code,
             type=failure.type,
             message=failure.message,
-            attempts=attempt,
+            attempts=chunk_store.tries(chunk),
             created_at=ctx.now,
         )
         for failure in summary.failures
@@ -99,6 +100,14 @@ def complete_chunk(ctx: TickContext, chunk: Item, summary: ChunkSummary) -> Outc
         )
     except TransactionConflict:
         return "stale"
+    count("RequestsCompleted", summary.counts.completed)
+    count("RequestsFailed", summary.counts.failed)
+    count("DeadLetters", len(summary.failures))
+    count("InputTokens", summary.usage.prompt_tokens)
+    count("OutputTokens", summary.usage.completion_tokens)
+    count("CachedTokens", summary.usage.cached_tokens)
+    seconds("ChunkEngineSeconds", summary.timings.engine_s)
+    seconds("ChunkLatencySeconds", ctx.now - int(chunk.get("dispatched_at", ctx.now)))
     log.info(
         "chunk done",
         extra={
@@ -120,10 +129,15 @@ def fail_chunk(
     to the profile's attempts (once for halves of a bisected chunk), then bisect; a single
     request that still fails is a dead letter."""
     state = policy.on_chunk_failure(state, ctx.profile)
-    attempts = int(chunk["attempts"])
+    attempts = chunk_store.tries(chunk)
     limit = 1 if chunk.get("parent") else ctx.profile.max_attempts
-    ids = {"batch_id": chunk["batch_id"], "chunk_id": chunk["chunk_id"], "attempt": attempts}
+    ids = {
+        "batch_id": chunk["batch_id"],
+        "chunk_id": chunk["chunk_id"],
+        "attempt": chunk["attempts"],
+    }
     log.warning("chunk failed", extra={**ids, "reason": reason})
+    count("ChunkFailures")
     try:
         if attempts < limit:
             chunk_store.release(
@@ -197,7 +211,7 @@ def _dead(ctx: TickContext, chunk: Item, reason: str) -> None:
     body = aws.s3.get_object(Bucket=aws.settings.bucket_name, Key=chunk["input_key"])["Body"]
     request = orjson.loads(body.read().strip().split(b"\n")[0])
     custom_id = str(request.get("custom_id"))
-    message = f"The request failed on a worker {chunk['attempts']} time(s): {reason}"
+    message = f"The request failed on a worker {chunk_store.tries(chunk)} time(s): {reason}"
     key = f"{chunk_prefix(batch_id, chunk_id)}/errors-dead.jsonl"
     aws.s3.put_object(
         Bucket=aws.settings.bucket_name,
@@ -212,7 +226,7 @@ def _dead(ctx: TickContext, chunk: Item, reason: str) -> None:
         code="worker_failure",
         type="server_error",
         message=message,
-        attempts=int(chunk["attempts"]),
+        attempts=chunk_store.tries(chunk),
         created_at=ctx.now,
     )
     chunk_store.finish(
@@ -224,6 +238,8 @@ def _dead(ctx: TickContext, chunk: Item, reason: str) -> None:
         batch_deltas={"n_failed": 1, "chunks_open": -1, "chunks_in_flight": -1},
         extra=[deadletters.as_put(table, letter)],
     )
+    count("DeadLetters")
+    count("RequestsFailed")
     log.error(
         "dead letter", extra={"batch_id": batch_id, "chunk_id": chunk_id, "custom_id": custom_id}
     )
