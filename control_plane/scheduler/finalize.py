@@ -19,6 +19,7 @@ from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler import merge
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.outputs import chunk_prefix, error_line
+from control_plane.split_launch import start_split
 from control_plane.splitting import run_split
 from control_plane.store import Item, TransactionConflict
 from control_plane.store import batches as batch_store
@@ -39,9 +40,8 @@ def active_batches(ctx: TickContext) -> list[Item]:
 def settle(ctx: TickContext, batch: Item) -> Item:
     """Move one unfinished batch on as far as it can go this tick."""
     status = batch["status"]
-    if status == "validating" and ctx.now - int(batch["created_at"]) > SPLIT_STALE_S:
-        log.warning("restarting a stale split", extra={"batch_id": batch["id"]})
-        return run_split(ctx.aws, batch["id"])
+    if status == "validating" and _split_stale(ctx, batch):
+        return _restart_split(ctx, batch)
     if status == "in_progress":
         if ctx.now >= int(batch["window_expires_at"]) or batch.get("stop_dispatch"):
             return expire(ctx, batch)
@@ -52,6 +52,35 @@ def settle(ctx: TickContext, batch: Item) -> Item:
     if batch["status"] == "cancelling":
         return cancel(ctx, batch)
     return batch
+
+
+def _split_stale(ctx: TickContext, batch: Item) -> bool:
+    since = max(int(batch["created_at"]), int(batch.get("split_restarted_at", 0)))
+    return ctx.now - since > SPLIT_STALE_S
+
+
+def _restart_split(ctx: TickContext, batch: Item) -> Item:
+    """A split that died (its Lambda retries spent, or a local process gone): start it again,
+    at most once per SPLIT_STALE_S. In AWS it runs in the split function, not in the tick."""
+    log.warning("restarting a stale split", extra={"batch_id": batch["id"]})
+    try:
+        batch = ctx.aws.table.update(
+            {"pk": f"BATCH#{batch['id']}", "sk": "META"},
+            "SET split_restarted_at = :now",
+            condition="#status = :validating",
+            names={"#status": "status"},
+            values={":now": ctx.now, ":validating": "validating"},
+        )
+    except StateConflict as exc:
+        return exc.item or batch
+    if ctx.settings.split_mode == "lambda":
+        start_split(ctx.aws, batch["id"], background=_unused)
+        return batch
+    return run_split(ctx.aws, batch["id"])
+
+
+def _unused(*_: object) -> None:
+    raise AssertionError("lambda mode never runs the split in the background")
 
 
 def cancel(ctx: TickContext, batch: Item) -> Item:
