@@ -6,6 +6,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,3 +110,17 @@ def test_the_split_function_splits_logs_json_and_flushes_metrics(
     formatted = json.loads(powertools_handler.format(record))
     assert formatted["batch_id"] == batch.id and formatted["requests"] == 7
     assert formatted["function_name"] == "hotbatch-test" and formatted["service"] == "hotbatch"
+
+
+def test_the_lambda_entry_points_import_nothing_heavy() -> None:
+    """Cold starts: no vLLM, torch, runpod SDK, openai SDK or moto on the Lambda path."""
+    heavy = {"vllm", "torch", "transformers", "runpod", "openai", "moto", "handler.engine"}
+    code = (
+        "import sys, json; import control_plane.lambda_api, control_plane.lambda_split, "
+        "control_plane.lambda_tick; print(json.dumps(sorted(sys.modules)))"
+    )
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert not {m for m in loaded if m in heavy or m.split(".")[0] in heavy - {"handler.engine"}}
