@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from control_plane.scheduler.schedule import parse_schedule
 
 ONE_GB = 1024**3
 
@@ -146,3 +148,10 @@ class Settings(BaseSettings):
         ge=60,
         description="HOTBATCH_UPLOAD_EXPIRES_S: an upload not completed by then is dropped.",
     )
+
+    @field_validator("keep_hot_schedule")
+    @classmethod
+    def _schedule_parses(cls, value: str) -> str:
+        # A typo here would otherwise surface as workers silently never (or always) kept warm.
+        parse_schedule(value)
+        return value.strip()

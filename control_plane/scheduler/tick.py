@@ -14,7 +14,7 @@ from typing import Any
 from control_plane import secrets
 from control_plane.aws import Aws
 from control_plane.runpod import EndpointError, JobGone, RunPodClient
-from control_plane.scheduler import dispatch, finalize, policy, record
+from control_plane.scheduler import dispatch, finalize, keephot, policy, record
 from control_plane.scheduler.context import TickContext
 from control_plane.store import Item, TransactionConflict, keys
 
@@ -47,6 +47,7 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
     settled = [finalize.settle(ctx, batch) for batch in finalize.active_batches(ctx)]
     running = len(dispatch.in_flight(table))
     state = dispatch.dispatch(ctx, state, running=running)
+    keep_hot = keephot.keep_hot(ctx, state)
     policy.save(table, before, state, now=ctx.now)
     report = {
         "outcomes": outcomes,
@@ -54,6 +55,7 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
         "in_flight_before_dispatch": running,
         "window": state.window,
         "breaker": state.breaker,
+        "keep_hot": keep_hot,
     }
     log.info("tick", extra=report)
     return report
@@ -80,6 +82,7 @@ def poll_chunk(
     except EndpointError as exc:
         log.warning("status poll failed", extra={"job_id": job_id, "error": str(exc)})
         return "running", policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
+    state = policy.on_endpoint_answer(state)
     outcome, state = record.record_job(ctx, chunk, job, state)
     if outcome == "running" and lease_over:
         try:

@@ -38,8 +38,22 @@ def dead_letter(batch_id: str, custom_id: str) -> dict[str, str]:
     return {"pk": f"BATCH#{batch_id}", "sk": f"DEAD#{custom_id}"}
 
 
+HEALTH = "HEALTH"
+SAMPLE_PREFIX = "SAMPLE#"
+
+
 def endpoint_health() -> dict[str, str]:
-    return {"pk": "HEALTH", "sk": "ENDPOINT"}
+    return {"pk": HEALTH, "sk": "ENDPOINT"}
+
+
+def keep_hot_pings() -> dict[str, str]:
+    return {"pk": HEALTH, "sk": "PINGS"}
+
+
+def health_sample(at: int, suffix: str = "") -> dict[str, str]:
+    """Zero-padded seconds, so a range of `sk` is a range of time; the suffix keeps both
+    samples of two ticks in one second (a kick after a split beside the scheduled tick)."""
+    return {"pk": HEALTH, "sk": f"{SAMPLE_PREFIX}{at:010d}{'#' + suffix if suffix else ''}"}
 
 
 def tenant_listing(tenant_id: str, kind: str) -> str:

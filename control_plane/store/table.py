@@ -210,6 +210,28 @@ class Table:
             kwargs["ExclusiveStartKey"] = last
         return items[:limit], len(items) > limit
 
+    def count(self, *, index: str | None, key_name: str, key_value: str, cap: int) -> int:
+        """Items in a partition (`Select=COUNT`: none crosses the wire), stopping once `cap` is
+        reached, so a huge queue costs a bounded read."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "#k = :k",
+            "ExpressionAttributeNames": {"#k": key_name},
+            "ExpressionAttributeValues": to_attrs({":k": key_value}),
+            "Select": "COUNT",
+        }
+        if index:
+            kwargs["IndexName"] = index
+        total = 0
+        while total < cap:
+            reply = self.client.query(**kwargs)
+            total += int(reply.get("Count", 0))
+            last = reply.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        return min(total, cap)
+
 
 class TransactionConflict(Exception):
     def __init__(self, failed_parts: list[int]):

@@ -1,0 +1,315 @@
+"""Health: the sample the tick stores each minute, and `GET /v1/health` judged from an hour of them.
+
+Components, each `healthy` / `degraded` / `down`, the overall status being the worst:
+- gpu: mean GPU utilisation of the worker readings taken while work waited (an idle GPU with
+  nothing to do is not a fault);
+- workers: the share of warm workers sitting idle while work waited;
+- queue: how long the oldest pending chunk (backfill aside) has waited;
+- endpoint: the dispatch circuit breaker (closed, half open, open).
+"""
+
+from __future__ import annotations
+
+from statistics import fmean
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from control_plane.scheduler import policy
+from control_plane.store import Table
+from control_plane.store import keephot as keephot_store
+
+Status = Literal["healthy", "degraded", "down"]
+Metric = float | int | str | None
+HOUR_S = 3600
+SAMPLE_TTL_S = 2 * 24 * 3600
+# An hour of samples at the local stack's 1 s tick; AWS's 60 s tick stores 60.
+MAX_SAMPLES = 3600
+
+# Thresholds. GPU: share of time a kernel ran (NVML). Workers: idle share of warm workers
+# while chunks waited. Queue: a 200-chunk batch in a window of a few workers keeps its last
+# chunk pending for an hour or more by design, so only long waits count.
+GPU_HEALTHY_PERCENT, GPU_DEGRADED_PERCENT = 75.0, 50.0
+IDLE_HEALTHY_SHARE, IDLE_DEGRADED_SHARE = 0.25, 0.50
+QUEUE_HEALTHY_S, QUEUE_DEGRADED_S = 30 * 60, 2 * 3600
+_RANK: dict[Status, int] = {"healthy": 0, "degraded": 1, "down": 2}
+
+
+# --- the sample item (pk HEALTH, sk SAMPLE#{at}) ---------------------------------------------
+
+
+class GpuReading(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = ""
+    utilization_percent: float | None = None
+    memory_percent: float | None = None
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    temperature_c: float | None = None
+    power_w: float | None = None
+
+
+class WorkerReading(BaseModel):
+    """What keeps its value from a worker's `{"action": "health"}` answer (handler/health.py's
+    HealthReport, flattened; every field optional so an older worker image still parses)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    worker_id: str = ""
+    status: str = ""
+    uptime_s: float | None = None
+    gpus: list[GpuReading] = Field(default_factory=list)
+    gpu_error: str | None = None
+    kv_cache_usage_percent: float | None = None
+    running: int | None = None
+    waiting: int | None = None
+    prefix_cache_hit_rate: float | None = None
+    preemptions: int | None = None
+    ram_percent: float | None = None
+    process_rss_mb: float | None = None
+    jobs_in_progress: int | None = None
+    chunks_done: int | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def from_report(cls, output: Any, *, worker_id: str | None = None) -> WorkerReading | None:
+        if not isinstance(output, dict) or output.get("status") is None:
+            return None
+        flat: dict[str, Any] = {}
+        for part in ("system", "engine"):
+            nested = output.get(part)
+            if isinstance(nested, dict):
+                flat.update(nested)
+        flat.update(output)
+        if worker_id and not flat.get("worker_id"):
+            flat["worker_id"] = worker_id
+        return cls.model_validate(flat)
+
+    def mean_gpu_utilization(self) -> float | None:
+        values = [g.utilization_percent for g in self.gpus if g.utilization_percent is not None]
+        return fmean(values) if values else None
+
+
+class WorkerCounts(BaseModel):
+    """RunPod `/health` → `workers`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    idle: int = 0
+    initializing: int = 0
+    ready: int = 0
+    running: int = 0
+    throttled: int = 0
+    unhealthy: int = 0
+
+    @property
+    def warm(self) -> int:
+        return self.idle + self.running
+
+
+class JobCounts(BaseModel):
+    """RunPod `/health` → `jobs` (camelCase there)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    completed: int = 0
+    failed: int = 0
+    in_progress: int = Field(default=0, alias="inProgress")
+    in_queue: int = Field(default=0, alias="inQueue")
+    retried: int = 0
+
+
+class HealthSample(BaseModel):
+    at: int
+    expires_at: int  # the table's TTL attribute
+    schedule: str
+    in_schedule: bool
+    keep_hot_workers: int
+    work_waiting: bool
+    pending_chunks: int
+    in_flight_chunks: int
+    oldest_pending_age_s: int | None = None  # high and normal priority
+    oldest_backfill_age_s: int | None = None
+    workers: WorkerCounts | None = None  # None: RunPod's /health was not read this tick
+    jobs: JobCounts | None = None
+    runpod_error: str | None = None
+    readings: list[WorkerReading] = Field(default_factory=list)  # harvested this tick
+    pings_sent: int = 0
+    pings_outstanding: int = 0
+    breaker: str = "closed"
+    window: int = 0
+    failures: int = 0
+
+
+# --- the response of GET /v1/health ----------------------------------------------------------
+
+
+class Component(BaseModel):
+    status: Status
+    note: str | None = None
+    metrics: dict[str, Metric] = Field(default_factory=dict)
+
+
+class Components(BaseModel):
+    gpu: Component
+    workers: Component
+    queue: Component
+    endpoint: Component
+
+
+class HealthResponse(BaseModel):
+    object: Literal["health"] = "health"
+    status: Status
+    checked_at: int
+    window_s: int = HOUR_S
+    samples: int
+    components: Components
+
+
+def gpu_status(utilization_percent: float) -> Status:
+    if utilization_percent >= GPU_HEALTHY_PERCENT:
+        return "healthy"
+    return "degraded" if utilization_percent >= GPU_DEGRADED_PERCENT else "down"
+
+
+def workers_status(idle_share: float) -> Status:
+    if idle_share <= IDLE_HEALTHY_SHARE:
+        return "healthy"
+    return "degraded" if idle_share <= IDLE_DEGRADED_SHARE else "down"
+
+
+def queue_status(oldest_age_s: float | None) -> Status:
+    if oldest_age_s is None or oldest_age_s < QUEUE_HEALTHY_S:
+        return "healthy"
+    return "degraded" if oldest_age_s < QUEUE_DEGRADED_S else "down"
+
+
+def endpoint_status(breaker: str) -> Status:
+    if breaker == "closed":
+        return "healthy"
+    return "degraded" if breaker == "half_open" else "down"
+
+
+def worst(statuses: list[Status]) -> Status:
+    return max(statuses, key=_RANK.__getitem__, default="healthy")
+
+
+def report(table: Table, *, profile: policy.Profile, now: int) -> HealthResponse:
+    """The last hour's samples, judged; the breaker as the scheduler holds it right now."""
+    items = keephot_store.samples_since(table, since=now - HOUR_S, limit=MAX_SAMPLES)
+    samples = [HealthSample.model_validate(item) for item in items]
+    return build_report(samples, breaker=policy.load(table, profile).breaker, now=now)
+
+
+def build_report(samples: list[HealthSample], *, breaker: str, now: int) -> HealthResponse:
+    """Judge the last hour's samples (any order); `breaker` is the live circuit state."""
+    samples = sorted(samples, key=lambda s: s.at)
+    components = Components(
+        gpu=_gpu(samples),
+        workers=_workers(samples),
+        queue=_queue(samples),
+        endpoint=_endpoint(samples, breaker),
+    )
+    if not samples:
+        stale = "no health sample in the last hour: is the tick running?"
+        for component in (components.gpu, components.workers, components.queue):
+            component.status, component.note = "degraded", stale
+    parts: list[Status] = [
+        components.gpu.status,
+        components.workers.status,
+        components.queue.status,
+        components.endpoint.status,
+    ]
+    return HealthResponse(
+        status=worst(parts), checked_at=now, samples=len(samples), components=components
+    )
+
+
+def _gpu(samples: list[HealthSample]) -> Component:
+    waiting = [s for s in samples if s.work_waiting]
+    values = [
+        value
+        for s in waiting
+        for reading in s.readings
+        if (value := reading.mean_gpu_utilization()) is not None
+    ]
+    latest = next((r for s in reversed(samples) for r in s.readings), None)
+    metrics: dict[str, Metric] = {
+        "readings_while_waiting": len(values),
+        "latest_utilization_percent": latest.mean_gpu_utilization() if latest else None,
+        "latest_memory_percent": _mean([g.memory_percent for g in latest.gpus]) if latest else None,
+        "latest_kv_cache_usage_percent": latest.kv_cache_usage_percent if latest else None,
+        "latest_reading_worker": latest.worker_id if latest else None,
+    }
+    if not waiting:
+        note = "nothing waited: GPUs idle by design"
+        return Component(status="healthy", note=note, metrics=metrics)
+    if not values:
+        note = "no GPU reading was taken while work waited"
+        if latest is not None and latest.gpu_error:
+            note += f" (workers report: {latest.gpu_error})"
+        return Component(status="healthy", note=note, metrics=metrics)
+    mean = round(fmean(values), 1)
+    metrics["mean_utilization_percent"] = mean
+    return Component(status=gpu_status(mean), metrics=metrics)
+
+
+def _workers(samples: list[HealthSample]) -> Component:
+    counted = [s for s in samples if s.workers is not None]
+    waiting = [s for s in counted if s.work_waiting and s.workers and s.workers.warm]
+    latest = counted[-1].workers if counted else None
+    metrics: dict[str, Metric] = {
+        "warm_mean": _mean([s.workers.warm for s in counted if s.workers]),
+        "warm_latest": latest.warm if latest else None,
+        "initializing_latest": latest.initializing if latest else None,
+        "unhealthy_latest": latest.unhealthy if latest else None,
+        "keep_hot_target": samples[-1].keep_hot_workers if samples else None,
+    }
+    if not waiting:
+        note = "nothing waited on a warm worker: idle is expected"
+        return Component(status="healthy", note=note, metrics=metrics)
+    share = fmean(s.workers.idle / s.workers.warm for s in waiting if s.workers)
+    metrics["idle_share_while_waiting"] = round(share, 3)
+    status = workers_status(share)
+    if latest is not None and latest.unhealthy and status == "healthy":
+        note = "RunPod reports unhealthy workers"
+        return Component(status="degraded", note=note, metrics=metrics)
+    return Component(status=status, metrics=metrics)
+
+
+def _queue(samples: list[HealthSample]) -> Component:
+    latest = samples[-1] if samples else None
+    ages = [s.oldest_pending_age_s for s in samples if s.oldest_pending_age_s is not None]
+    metrics: dict[str, Metric] = {
+        "oldest_pending_age_s": latest.oldest_pending_age_s if latest else None,
+        "oldest_backfill_age_s": latest.oldest_backfill_age_s if latest else None,
+        "max_pending_age_s": max(ages, default=None),
+        "pending_chunks": latest.pending_chunks if latest else None,
+        "in_flight_chunks": latest.in_flight_chunks if latest else None,
+        "pending_chunks_max": max((s.pending_chunks for s in samples), default=None),
+    }
+    return Component(
+        status=queue_status(latest.oldest_pending_age_s if latest else None), metrics=metrics
+    )
+
+
+def _endpoint(samples: list[HealthSample], breaker: str) -> Component:
+    metrics: dict[str, Metric] = {
+        "breaker": breaker,
+        "open_share": _mean([1.0 if s.breaker == "open" else 0.0 for s in samples]),
+        "window_latest": samples[-1].window if samples else None,
+        "health_read_failures": sum(1 for s in samples if s.runpod_error),
+    }
+    status = endpoint_status(breaker)
+    latest_error = samples[-1].runpod_error if samples else None
+    if status == "healthy" and latest_error:
+        return Component(
+            status="degraded", note=f"RunPod /health failed: {latest_error}", metrics=metrics
+        )
+    return Component(status=status, metrics=metrics)
+
+
+def _mean(values: list[float | None] | list[float] | list[int]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return round(fmean(present), 3) if present else None

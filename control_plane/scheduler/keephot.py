@@ -1,0 +1,211 @@
+"""Keep workers hot inside the keep-hot schedule, and store a health sample every tick.
+
+Inside the schedule, with no chunk pending or in flight (chunks, backfill ones included, keep
+workers busy on their own: dispatch sends backfill whenever nothing else waits), the tick sends
+one round of `HOTBATCH_KEEP_HOT_WORKERS` health jobs. Queued jobs make RunPod scale out to that
+many workers, and a job every tick resets each warm worker's idle timer, so set the endpoint's
+idle timeout above the tick's interval (a 60 s tick wants an idle timeout over a minute). A new
+round goes out only once every job of the previous one has finished, so a slow cold start or a
+stalled endpoint never piles pings up: at most K ping jobs exist at any time. Nothing is sent
+while the breaker is open. Finished pings are harvested: their output is the worker's health
+report (GPU, memory, KV cache), kept in the sample.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from control_plane.health import (
+    SAMPLE_TTL_S,
+    HealthSample,
+    JobCounts,
+    WorkerCounts,
+    WorkerReading,
+)
+from control_plane.runpod import EndpointError, JobGone
+from control_plane.scheduler.policy import SchedulerState
+from control_plane.scheduler.schedule import in_schedule, parse_schedule
+from control_plane.store import keephot as store
+from handler.contract import HealthInput
+
+if TYPE_CHECKING:
+    from control_plane.scheduler.context import TickContext
+
+__all__ = ["in_schedule", "keep_hot", "parse_schedule"]
+
+log = logging.getLogger("control_plane.keephot")
+
+PING_EXECUTION_TIMEOUT_S = 60
+# RunPod drops a ping still queued after this; a cold start of a large model takes minutes.
+PING_TTL_S = 600
+# A round older than this is given up (its jobs cancelled) even if RunPod still lists them.
+PING_GIVE_UP_S = PING_TTL_S + 60
+FINAL_JOB = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+
+def keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
+    """The tick's keep-hot step: harvest, maybe ping, sample. Returns what it did."""
+    try:
+        return _keep_hot(ctx, state)
+    except Exception as exc:
+        # Keep-hot is an aid, not the job: a failure here (DynamoDB throttling, an odd RunPod
+        # answer) must not cost the tick its policy save; the next tick samples again.
+        log.exception("keep-hot step failed", extra={"error": str(exc)})
+        return {"error": str(exc)}
+
+
+def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
+    table, settings = ctx.aws.table, ctx.settings
+    sample = _queue_sample(ctx, state)
+    sample.in_schedule = in_schedule(
+        settings.keep_hot_schedule, datetime.fromtimestamp(ctx.now, UTC), sample.work_waiting
+    )
+    before = store.load_pings(table)
+    pings = before
+    # While the breaker is open the endpoint is left alone entirely (no /health, no polls).
+    if state.breaker != "open":
+        _read_endpoint(ctx, sample)
+    if sample.workers is not None:
+        pings = _harvest(ctx, pings, sample)
+    reason = _why_no_ping(ctx, state, sample, pings)
+    sent: list[str] = []
+    if reason is None:
+        sent = _send_round(ctx, settings.keep_hot_workers)
+    if sent:
+        pings = pings.model_copy(
+            update={"jobs": sent, "sent_at": ctx.now, "rounds": pings.rounds + 1}
+        )
+    if not store.save_pings(table, before, pings, now=ctx.now) and sent:
+        _cancel(ctx, sent)  # another tick moved the round meanwhile: its round stands
+        sent = []
+        pings = before
+    sample.pings_sent, sample.pings_outstanding = len(sent), len(pings.jobs)
+    store.put_sample(table, sample.model_dump())
+    return {
+        "in_schedule": sample.in_schedule,
+        "work_waiting": sample.work_waiting,
+        "warm": sample.workers.warm if sample.workers else None,
+        "pings_sent": len(sent),
+        "pings_outstanding": len(pings.jobs),
+        "readings": len(sample.readings),
+        "skipped": reason,
+    }
+
+
+def _queue_sample(ctx: TickContext, state: SchedulerState) -> HealthSample:
+    table = ctx.aws.table
+    pending, in_flight = store.queue_counts(table)
+    ages: dict[str, int | None] = {"high": None, "normal": None, "backfill": None}
+    if pending:
+        for priority in ages:
+            chunk = store.oldest_pending(table, priority)
+            if chunk is not None:
+                ages[priority] = max(0, ctx.now - int(chunk.get("created_at", ctx.now)))
+    urgent = [age for age in (ages["high"], ages["normal"]) if age is not None]
+    return HealthSample(
+        at=ctx.now,
+        expires_at=ctx.now + SAMPLE_TTL_S,
+        schedule=ctx.settings.keep_hot_schedule,
+        in_schedule=False,
+        keep_hot_workers=ctx.settings.keep_hot_workers,
+        work_waiting=bool(pending or in_flight),
+        pending_chunks=pending,
+        in_flight_chunks=in_flight,
+        oldest_pending_age_s=max(urgent) if urgent else None,
+        oldest_backfill_age_s=ages["backfill"],
+        breaker=state.breaker,
+        window=state.window,
+        failures=state.failures,
+    )
+
+
+def _read_endpoint(ctx: TickContext, sample: HealthSample) -> None:
+    try:
+        health = ctx.runpod.health()
+    except EndpointError as exc:
+        # Not counted by the breaker: dispatch and polling judge the endpoint on real work.
+        log.warning("RunPod health read failed", extra={"error": str(exc)})
+        sample.runpod_error = str(exc)[:500]
+        return
+    sample.workers = WorkerCounts.model_validate(health.get("workers") or {})
+    sample.jobs = JobCounts.model_validate(health.get("jobs") or {})
+
+
+def _harvest(ctx: TickContext, pings: store.PingRound, sample: HealthSample) -> store.PingRound:
+    """Poll the round in flight: finished jobs leave it, completed ones yield readings."""
+    if not pings.jobs:
+        return pings
+    still: list[str] = []
+    for job_id in pings.jobs:
+        try:
+            job = ctx.runpod.status(job_id)
+        except JobGone:
+            continue
+        except EndpointError as exc:
+            log.info("ping status failed", extra={"job_id": job_id, "error": str(exc)})
+            still.append(job_id)
+            continue
+        status = job.get("status")
+        if status not in FINAL_JOB:
+            still.append(job_id)
+        elif status == "COMPLETED":
+            reading = WorkerReading.from_report(job.get("output"), worker_id=job.get("workerId"))
+            if reading is not None:
+                sample.readings.append(reading)
+        else:
+            log.warning("keep-hot ping ended badly", extra={"job_id": job_id, "status": status})
+    if still and ctx.now - pings.sent_at > PING_GIVE_UP_S:
+        log.warning("keep-hot round given up", extra={"job_ids": still})
+        _cancel(ctx, still)
+        still = []
+    update: dict[str, Any] = {"jobs": still}
+    if sample.readings:
+        update.update(last_reading=sample.readings[-1].model_dump(), last_reading_at=ctx.now)
+    return pings.model_copy(update=update)
+
+
+def _why_no_ping(
+    ctx: TickContext, state: SchedulerState, sample: HealthSample, pings: store.PingRound
+) -> str | None:
+    if ctx.settings.keep_hot_workers <= 0:
+        return "keep_hot_workers is 0"
+    if not sample.in_schedule:
+        return "out of schedule"
+    if sample.work_waiting:
+        return "chunks keep the workers busy"
+    if state.breaker == "open":
+        return "breaker open"
+    if sample.workers is None:
+        return "RunPod health unreadable"
+    if pings.jobs:
+        return "previous round unfinished"
+    return None
+
+
+def _send_round(ctx: TickContext, count: int) -> list[str]:
+    sent: list[str] = []
+    for _ in range(count):
+        try:
+            sent.append(
+                ctx.runpod.run(
+                    HealthInput(action="health").model_dump(),
+                    execution_timeout_s=PING_EXECUTION_TIMEOUT_S,
+                    ttl_s=PING_TTL_S,
+                )
+            )
+        except EndpointError as exc:
+            log.warning("keep-hot ping failed", extra={"error": str(exc)})
+            break
+    if sent:
+        log.info("keep-hot round sent", extra={"job_ids": sent})
+    return sent
+
+
+def _cancel(ctx: TickContext, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        try:
+            ctx.runpod.cancel(job_id)
+        except (EndpointError, JobGone):
+            pass  # finished or gone: either way it no longer holds a worker
