@@ -85,6 +85,7 @@ class Worker:
     # of the job: a signal that arrives before the SDK has registered the job's task is lost.
     stopping: dict[str, tuple[float, float]] = field(default_factory=dict)
     alive: bool = True
+    retired: bool = False  # stopped by the pool (scale-down, shutdown), not crashed
 
     @property
     def state(self) -> str:
@@ -175,7 +176,7 @@ class EndpointBackend:
                 "ready": states["idle"],
                 "running": states["running"],
                 "throttled": 0,
-                "unhealthy": sum(1 for w in self.workers.values() if not w.alive),
+                "unhealthy": sum(1 for w in self.workers.values() if not w.alive and not w.retired),
             },
         }
 
@@ -282,11 +283,14 @@ class EndpointBackend:
             if job.status in FINAL and now - job.created_at > job.ttl_ms / 1000:
                 del self.jobs[job.id]  # after the TTL the job is gone: 404
 
-    async def worker_died(self, worker_id: str) -> None:
+    async def worker_died(self, worker_id: str, *, retired: bool = False) -> None:
+        """The worker's process is gone. One the pool retired (scale-down, shutdown) leaves
+        the endpoint's counts, as on RunPod; one that crashed stays `unhealthy`."""
         worker = self.workers.get(worker_id)
         if worker is None:
             return
         worker.alive = False
+        worker.retired = retired
         for job_id in list(worker.jobs):
             job = self.jobs.get(job_id)
             if job is None or job.status != "IN_PROGRESS":

@@ -190,9 +190,10 @@ class WorkerPool:
                 continue
             _signal_group(process.popen, signal.SIGKILL)  # orphans of a crashed worker
             del self.processes[worker_id]
-            if process.stopping_since is None:
+            retired = process.stopping_since is not None
+            if not retired:
                 log.warning("worker exited", extra={"worker_id": worker_id, "code": code})
-            await self.backend.worker_died(worker_id)
+            await self.backend.worker_died(worker_id, retired=retired)
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
