@@ -125,16 +125,13 @@ def save(table: Table, before: SchedulerState, after: SchedulerState, *, now: in
 
 
 def on_success(state: SchedulerState, profile: Profile, *, seconds: float) -> SchedulerState:
-    """Additive increase for a chunk that finished in good time; a slow one halves the window."""
+    """Additive increase for a chunk that finished in good time; a slow one halves the window.
+    The breaker is left alone: a worker's result says nothing of the client API (/run) that
+    the breaker guards, and closing it here would reopen admission mid-outage. Only a
+    dispatch that succeeds (the half-open probe) closes it."""
     if seconds > profile.slow_chunk_s:
         return on_slow(state, profile)
-    return state.model_copy(
-        update={
-            "window": min(profile.window_max, state.window + 1),
-            "failures": 0,
-            "breaker": "closed",
-        }
-    )
+    return state.model_copy(update={"window": min(profile.window_max, state.window + 1)})
 
 
 def on_slow(state: SchedulerState, profile: Profile) -> SchedulerState:
@@ -161,6 +158,14 @@ def on_endpoint_failure(state: SchedulerState, profile: Profile, *, now: int) ->
 
 def on_endpoint_success(state: SchedulerState) -> SchedulerState:
     return state.model_copy(update={"failures": 0, "breaker": "closed"})
+
+
+def on_endpoint_answer(state: SchedulerState) -> SchedulerState:
+    """Another client-API call worked (a status poll): the failures were not consecutive.
+    An open or half-open breaker still waits for its probe."""
+    if state.breaker != "closed" or not state.failures:
+        return state
+    return state.model_copy(update={"failures": 0})
 
 
 def admit(state: SchedulerState, profile: Profile, *, now: int) -> tuple[SchedulerState, int]:

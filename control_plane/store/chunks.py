@@ -165,6 +165,11 @@ def claim(table: Table, chunk: Item, *, lease_until: int, now: int) -> Item:
     }
 
 
+def tries(chunk: Item) -> int:
+    """How many of the chunk's dispatches reached a worker (refunded ones did not)."""
+    return int(chunk["attempts"]) - int(chunk.get("refunds", 0))
+
+
 def set_job(table: Table, chunk: Item, job_id: str) -> None:
     table.update(
         keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
@@ -200,18 +205,20 @@ def release(
     refund_attempt: bool = False,
 ) -> None:
     """dispatched → pending again (a retry after `not_before`). `refund_attempt` when the chunk
-    never reached a worker (the endpoint refused it): that try does not count."""
-    attempts = int(chunk["attempts"]) - (1 if refund_attempt else 0)
+    never reached a worker (the endpoint refused it): that try does not count. The attempt
+    number itself is never given back: a /run that timed out may still have queued a job, whose
+    late result must not pass for the next dispatch's (the number names the result objects)."""
+    refund = " ADD refunds :one" if refund_attempt else ""
     table.transact(
         [
             _chunk_update(
                 table,
                 chunk,
                 "SET #state = :pending, not_before = :nb, last_error = :reason, "
-                "attempts = :attempts, gsi2pk = :queue, gsi2sk = :order REMOVE job_id, lease_until",
+                "gsi2pk = :queue, gsi2sk = :order REMOVE job_id, lease_until" + refund,
                 expect_state="dispatched",
                 values={
-                    ":attempts": attempts,
+                    **({":one": 1} if refund_attempt else {}),
                     ":pending": "pending",
                     ":nb": not_before,
                     ":reason": reason[:1000],

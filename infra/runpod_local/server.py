@@ -125,6 +125,9 @@ def _client_faults(faults: Faults, limiter: _RateLimiter) -> Callable[..., Any]:
             return web.json_response({"error": "Too Many Requests"}, status=429)
         if faults.active():
             if faults.delay_s:
+                # Received in full first, as RunPod has it before answering late: a client that
+                # gives up waiting may still have queued its job.
+                await request.read()
                 await asyncio.sleep(faults.delay_s)
             if faults.status is not None:
                 return web.json_response({"error": "injected fault"}, status=faults.status)

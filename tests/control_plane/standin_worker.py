@@ -5,12 +5,16 @@ STANDIN_DELAY_S: seconds per request. STANDIN_EXIT_ON: a worker that meets a req
 containing this text dies on the spot (exit code 137), as an OOM-killed worker would.
 STANDIN_FAIL_WHILE: a path; while it exists, requests whose body contains "FLAKY" fail with a
 500 (a transient upstream error), so a test can make them succeed on redrive.
+A request whose body contains `standin-sleep=<seconds>` takes that much longer: a slow chunk
+to kill, cancel or expire mid-run beside fast ones in the same batch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +27,8 @@ from handler.runtime import start_runtime
 from handler.settings import WorkerSettings
 from tests.handler.standin import EchoEngine
 
+SLEEP = re.compile(r"standin-sleep=([0-9.]+)")
+
 
 class ExitingEngine(EchoEngine):
     async def run(self, endpoint: str, body: dict[str, Any]) -> Reply:
@@ -33,6 +39,8 @@ class ExitingEngine(EchoEngine):
         if flaky_while and "FLAKY" in str(body) and os.path.exists(flaky_while):
             error = {"message": "upstream hiccup", "type": "InternalServerError", "code": 500}
             return Reply(500, {"error": {**error, "param": None}})
+        if sleep := SLEEP.search(str(body)):
+            await asyncio.sleep(float(sleep.group(1)))
         return await super().run(endpoint, body)
 
 
