@@ -33,6 +33,31 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+_serialized = threading.Lock()
+
+
+def serialize_dynamodb() -> None:
+    """Make moto's DynamoDB take one request at a time, in this process, once.
+
+    moto applies a transaction on a deep copy of the table and restores that copy when a
+    condition fails, undoing whatever another thread wrote meanwhile; DynamoDB isolates
+    transactions. The local stack's API threads, webhooks and tick all write at once, so without
+    this a lost race could silently drop another writer's update.
+    """
+    from moto.dynamodb.responses import DynamoHandler
+
+    if getattr(DynamoHandler.call_action, "hotbatch_serialized", False):
+        return
+    original = DynamoHandler.call_action
+
+    def call_action(self: Any) -> Any:
+        with _serialized:
+            return original(self)
+
+    call_action.hotbatch_serialized = True  # type: ignore[attr-defined]
+    DynamoHandler.call_action = call_action
+
+
 @dataclass
 class LocalAws:
     """moto's server (S3 and DynamoDB over real HTTP, so presigned URLs work) with the
@@ -57,6 +82,7 @@ class LocalAws:
         if self.port == 0:
             with _bound_socket(self.host, 0) as probe:
                 self.port = probe.getsockname()[1]
+        serialize_dynamodb()
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         self.create_resources()

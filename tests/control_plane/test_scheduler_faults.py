@@ -26,7 +26,6 @@ import openai
 import orjson
 import pytest
 import urllib3
-from moto.dynamodb.responses import DynamoHandler
 from openai import OpenAI
 
 from control_plane import secrets
@@ -53,26 +52,24 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with pytest.MonkeyPatch.context() as patch:
-        serialize_dynamodb(patch)
-        pool = worker_pool(
-            workers=2,
-            max_workers=3,
-            command=STANDIN,
-            env={"PYTHONPATH": str(REPO), "STANDIN_EXIT_ON": POISON},
-            workdir=tmp_path_factory.mktemp("faults"),
-        )
-        settings = {
-            "chunk_max_requests": CHUNK,
-            "dispatch_profile": "aggressive",
-            "keep_hot_schedule": "never",  # only chunk jobs reach the endpoint
-        }
-        stack = LocalStack(StackConfig(pool=pool, tick_interval_s=None, settings=settings))
-        stack.start()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    pool = worker_pool(
+        workers=2,
+        max_workers=3,
+        command=STANDIN,
+        env={"PYTHONPATH": str(REPO), "STANDIN_EXIT_ON": POISON},
+        workdir=tmp_path_factory.mktemp("faults"),
+    )
+    settings = {
+        "chunk_max_requests": CHUNK,
+        "dispatch_profile": "aggressive",
+        "keep_hot_schedule": "never",  # only chunk jobs reach the endpoint
+    }
+    stack = LocalStack(StackConfig(pool=pool, tick_interval_s=None, settings=settings))
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -96,20 +93,6 @@ def quiet(stack: LocalStack) -> Iterator[None]:
                 client(stack).batches.cancel(batch_id)
         tick(stack)
         pytest.fail(f"the test left {len(left)} chunk(s) pending or in flight")
-
-
-def serialize_dynamodb(patch: pytest.MonkeyPatch) -> None:
-    """moto applies a transaction on a deep copy of the table and restores that copy when a
-    condition fails, undoing whatever another thread wrote meanwhile; DynamoDB isolates
-    transactions. One request at a time keeps moto faithful while ticks and webhooks race."""
-    lock = threading.Lock()
-    original = DynamoHandler.call_action
-
-    def call_action(self: Any) -> Any:
-        with lock:
-            return original(self)
-
-    patch.setattr(DynamoHandler, "call_action", call_action)
 
 
 # --- driving the stack ---
