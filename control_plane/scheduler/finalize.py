@@ -16,7 +16,7 @@ import orjson
 from control_plane.errors import StateConflict
 from control_plane.models import FileObject
 from control_plane.runpod import EndpointError, JobGone
-from control_plane.scheduler import merge
+from control_plane.scheduler import merge, policy, record
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.outputs import chunk_prefix, error_line
 from control_plane.split_launch import start_split
@@ -109,6 +109,8 @@ def _stop_chunk(ctx: TickContext, chunk: Item, *, to: str) -> None:
     if state not in ("pending", "dispatched"):
         return
     if state == "dispatched" and chunk.get("job_id"):
+        if _recorded_if_finished(ctx, chunk):
+            return  # finished before the stop: its results are kept, like any other
         try:
             ctx.runpod.cancel(chunk["job_id"])
         except (EndpointError, JobGone) as exc:
@@ -128,6 +130,19 @@ def _stop_chunk(ctx: TickContext, chunk: Item, *, to: str) -> None:
         )
     except TransactionConflict:
         log.info("chunk moved while stopping", extra={"chunk_id": chunk["chunk_id"]})
+
+
+def _recorded_if_finished(ctx: TickContext, chunk: Item) -> bool:
+    """A job that completed while its webhook is still on the way is recorded, not dropped."""
+    try:
+        job = ctx.runpod.status(chunk["job_id"])
+    except (EndpointError, JobGone):
+        return False
+    if job.get("status") != "COMPLETED":
+        return False
+    scratch = policy.SchedulerState(window=ctx.profile.window_start)
+    outcome, _ = record.record_job(ctx, chunk, job, scratch)
+    return outcome in ("done", "stale")
 
 
 def _write_expired_lines(ctx: TickContext, chunk: Item) -> str:

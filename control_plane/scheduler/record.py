@@ -24,7 +24,7 @@ from handler.contract import ChunkSummary
 
 log = logging.getLogger("control_plane.record")
 
-Outcome = Literal["done", "retry", "split", "dead", "running", "stale"]
+Outcome = Literal["done", "retry", "split", "dead", "running", "stale", "unreachable"]
 TERMINAL_JOB = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
 
 

@@ -44,6 +44,8 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
     for chunk in dispatch.in_flight(table):
         outcome, state = poll_chunk(ctx, chunk, state)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if outcome == "unreachable":
+            break  # one failure per tick for the breaker, not one per chunk in flight
     settled = [finalize.settle(ctx, batch) for batch in finalize.active_batches(ctx)]
     running = len(dispatch.in_flight(table))
     state = dispatch.dispatch(ctx, state, running=running)
@@ -67,21 +69,21 @@ def poll_chunk(
     """Ask RunPod about a dispatched chunk: every tick without webhooks, and only once its
     lease has run out with them (the webhook is the fast path, polling the safety net)."""
     lease_over = ctx.now >= int(chunk.get("lease_until", 0))
-    if ctx.webhooks and not lease_over:
-        return "running", state
     job_id = chunk.get("job_id")
     if not job_id:
         if ctx.now - int(chunk.get("dispatched_at", 0)) < 60:
             return "running", state  # the dispatching tick is between claim and /run
         # That tick died before recording the job id; the attempt counts, its keys are spent.
         return record.fail_chunk(ctx, chunk, "dispatch did not finish", state)
+    if ctx.webhooks and not lease_over:
+        return "running", state
     try:
         job = ctx.runpod.status(job_id)
     except JobGone:
         return record.fail_chunk(ctx, chunk, f"RunPod no longer knows job {job_id}", state)
     except EndpointError as exc:
         log.warning("status poll failed", extra={"job_id": job_id, "error": str(exc)})
-        return "running", policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
+        return "unreachable", policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
     state = policy.on_endpoint_answer(state)
     outcome, state = record.record_job(ctx, chunk, job, state)
     if outcome == "running" and lease_over:
