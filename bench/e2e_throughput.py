@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stack_runs import wait_until_done, worker_env
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 BENCH = Path(__file__).resolve().parent
@@ -73,13 +75,7 @@ def end_to_end(model: str, path: Path, chunk_size: int, workdir: Path) -> dict[s
     from control_plane.store import chunks as chunk_store
     from infra.stack import LocalStack, StackConfig, worker_pool
 
-    env = {
-        "MODEL_NAME": model,
-        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
-        "MAX_MODEL_LEN": "512",
-        "VLLM_LOGGING_LEVEL": "WARNING",
-        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
-    }
+    env = worker_env(model)
     pool = worker_pool(workers=1, env=env, workdir=workdir, idle_timeout_s=600)
     stack = LocalStack(
         StackConfig(pool=pool, tick_interval_s=1.0, settings={"chunk_max_requests": chunk_size})
@@ -95,9 +91,7 @@ def end_to_end(model: str, path: Path, chunk_size: int, workdir: Path) -> dict[s
         batch = client.batches.create(
             input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        while batch.status not in ("completed", "failed", "expired", "cancelled"):
-            time.sleep(0.2)
-            batch = client.batches.retrieve(batch.id)
+        batch = wait_until_done(client, batch)
         elapsed = time.perf_counter() - started
         assert batch.status == "completed", batch.errors
         assert batch.request_counts is not None and batch.request_counts.failed == 0

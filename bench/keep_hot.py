@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stack_runs import wait_until_done, worker_env
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
@@ -27,13 +29,7 @@ def run(schedule: str, model: str, requests: int, idle_timeout: float, workdir: 
 
     from infra.stack import LocalStack, StackConfig, worker_pool
 
-    env = {
-        "MODEL_NAME": model,
-        "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
-        "MAX_MODEL_LEN": "512",
-        "VLLM_LOGGING_LEVEL": "WARNING",
-        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
-    }
+    env = worker_env(model)
     pool = worker_pool(
         workers=0, max_workers=1, env=env, workdir=workdir, idle_timeout_s=idle_timeout
     )
@@ -69,9 +65,7 @@ def run(schedule: str, model: str, requests: int, idle_timeout: float, workdir: 
         batch = client.batches.create(
             input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        while batch.status not in ("completed", "failed", "expired", "cancelled"):
-            time.sleep(0.2)
-            batch = client.batches.retrieve(batch.id)
+        batch = wait_until_done(client, batch)
         elapsed = time.perf_counter() - started
         assert batch.status == "completed", batch.status
         print(f"  {schedule:<6} workers before the batch: {warm}; batch done in {elapsed:.1f}s")

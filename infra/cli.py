@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger("handler.cli")
@@ -94,7 +95,7 @@ def run_chunk(args: argparse.Namespace) -> int:
         log.error("input file not found", extra={"path": str(args.input)})
         return 2
     body = args.input.read_bytes()
-    endpoint = args.endpoint or _first_url(body) or "/v1/chat/completions"
+    endpoint = args.endpoint or first_url(body.splitlines()) or "/v1/chat/completions"
     model, served, max_len = args.model, args.served_model_name, args.max_model_len
     if model is None:
         from infra.tiny_model import generate
@@ -153,8 +154,9 @@ def manage_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_url(body: bytes) -> str | None:
-    for line in body.splitlines():
+def first_url(lines: Iterable[bytes]) -> str | None:
+    """The `url` of the first request line, to default a batch's endpoint to."""
+    for line in lines:
         if line.strip():
             try:
                 url = json.loads(line).get("url")

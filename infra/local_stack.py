@@ -221,15 +221,10 @@ def _save(client: object, batch: object, out: Path) -> dict[str, object]:
 
 
 def _first_url(path: Path) -> str | None:
+    from infra.cli import first_url
+
     with path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    url = json.loads(line).get("url")
-                except (ValueError, AttributeError):
-                    return None
-                return url if isinstance(url, str) else None
-    return None
+        return first_url(handle)
 
 
 def _progress(message: str) -> None:

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from control_plane.errors import StateConflict
 from control_plane.store import Table
 from control_plane.store import health as health_store
 
@@ -102,19 +101,8 @@ def save(table: Table, before: SchedulerState, after: SchedulerState, *, now: in
     The breaker's state is mirrored to the item that admission reads (503 while open)."""
     if after.model_dump(exclude={"version"}) == before.model_dump(exclude={"version"}):
         return True
-    item: dict[str, Any] = {
-        **STATE_KEY,
-        **after.model_dump(),
-        "version": before.version + 1,
-        "updated_at": now,
-    }
-    try:
-        table.put(
-            item,
-            condition="attribute_not_exists(pk) OR version = :seen",
-            values={":seen": before.version},
-        )
-    except StateConflict:
+    item = {**STATE_KEY, **after.model_dump(), "updated_at": now}
+    if not table.put_versioned(item, seen=before.version):
         return False
     if after.breaker != before.breaker:
         reason = (

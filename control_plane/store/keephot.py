@@ -15,7 +15,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from control_plane.errors import StateConflict
 from control_plane.store import keys
 from control_plane.store.chunks import DISPATCHED_QUEUE, PENDING_QUEUE, PRIORITY_RANK
 from control_plane.store.table import Item, Table
@@ -41,21 +40,8 @@ def save_pings(table: Table, before: PingRound, after: PingRound, *, now: int) -
     """Write `after` if no other tick moved the item since `before` was read."""
     if after == before:
         return True
-    item = {
-        **keys.keep_hot_pings(),
-        **after.model_dump(),
-        "version": before.version + 1,
-        "updated_at": now,
-    }
-    try:
-        table.put(
-            item,
-            condition="attribute_not_exists(pk) OR version = :seen",
-            values={":seen": before.version},
-        )
-    except StateConflict:
-        return False
-    return True
+    item = {**keys.keep_hot_pings(), **after.model_dump(), "updated_at": now}
+    return table.put_versioned(item, seen=before.version)
 
 
 def put_sample(table: Table, sample: Item) -> None:

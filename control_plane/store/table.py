@@ -85,6 +85,20 @@ class Table:
                 raise StateConflict(_old_item(exc)) from exc
             raise
 
+    def put_versioned(self, item: Mapping[str, Any], *, seen: int) -> bool:
+        """Write `item` with version `seen + 1` if the stored one is still at `seen` (or absent):
+        optimistic locking for the single-item states two ticks may both write. False when
+        another writer got there first."""
+        try:
+            self.put(
+                {**item, "version": seen + 1},
+                condition="attribute_not_exists(pk) OR version = :seen",
+                values={":seen": seen},
+            )
+        except StateConflict:
+            return False
+        return True
+
     def update(
         self,
         key: Mapping[str, str],
