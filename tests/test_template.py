@@ -435,17 +435,10 @@ def _handlers(template: dict[str, Any]) -> list[str]:
     return sorted(function["Properties"]["Handler"] for function in functions)
 
 
-# control_plane.lambda_tick arrives with the scheduler issue: until its file exists the tick's
-# handler is skipped, never the API's or the split's.
-NOT_WRITTEN_YET = {"control_plane.lambda_tick"}
-
-
 @pytest.mark.parametrize("handler", _handlers(load_template()))
 def test_every_handler_names_a_module_level_handler(handler: str) -> None:
     module, _, attribute = handler.rpartition(".")
     spec = importlib.util.find_spec(module)
-    if spec is None and module in NOT_WRITTEN_YET:
-        pytest.skip(f"{module} is not written yet")
     assert spec is not None and spec.origin, f"{module} (template.yaml Handler) does not exist"
     tree = ast.parse(Path(spec.origin).read_text())
     names = {

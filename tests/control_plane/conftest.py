@@ -131,3 +131,24 @@ def tick(aws: Aws) -> dict[str, Any]:
 
     unreachable = RunPodClient(base_url="http://127.0.0.1:9/v2", endpoint_id="none", api_key="x")
     return run_tick(TickContext(aws=aws, runpod=unreachable, now=int(time.time())))
+
+
+def stored_file(
+    aws: Aws, content: bytes, *, line_count: int | None, tenant_id: str = "tenant-a"
+) -> str:
+    """A file put straight into S3 and the table, as an upload leaves it (`line_count=None`:
+    unknown, as after an upload in parts)."""
+    from control_plane.ids import new_id, now_s
+    from control_plane.models import FileObject
+    from control_plane.store import files as file_store
+
+    file = FileObject(
+        id=new_id("file"),
+        bytes=len(content),
+        created_at=now_s(),
+        filename="input.jsonl",
+        purpose="batch",
+    )
+    aws.s3.put_object(Bucket=BUCKET, Key=file_store.s3_key(file.id), Body=content)
+    file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=line_count)
+    return file.id

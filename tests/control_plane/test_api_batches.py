@@ -19,7 +19,15 @@ from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import files as file_store
 from control_plane.store import health, keys
-from tests.control_plane.conftest import BUCKET, CHAT, auth, create_batch, tick, upload_id
+from tests.control_plane.conftest import (
+    BUCKET,
+    CHAT,
+    auth,
+    create_batch,
+    stored_file,
+    tick,
+    upload_id,
+)
 from tests.control_plane.requests import jsonl, request_line
 
 
@@ -46,20 +54,6 @@ def stats(aws: Aws, tenant_id: str = "tenant-a") -> tuple[int, int]:
 def chunk_objects(aws: Aws, batch_id: str) -> list[str]:
     listed = aws.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"batches/{batch_id}/")
     return [o["Key"] for o in listed.get("Contents", [])]
-
-
-def unscanned_file(aws: Aws, content: bytes, tenant_id: str = "tenant-a") -> str:
-    """A file whose line count is unknown, as an upload in parts leaves it."""
-    file = FileObject(
-        id=new_id("file"),
-        bytes=len(content),
-        created_at=now_s(),
-        filename="big.jsonl",
-        purpose="batch",
-    )
-    aws.s3.put_object(Bucket=BUCKET, Key=file_store.s3_key(file.id), Body=content)
-    file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=None)
-    return file.id
 
 
 # --- create and the split it starts ---
@@ -278,7 +272,7 @@ def test_a_file_with_more_lines_than_a_batch_may_hold_is_refused_at_create(
 def test_too_many_tasks_in_a_file_of_unknown_length_fails_the_batch(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
-    reply = create_batch(client, key_a, unscanned_file(aws, jsonl(5)))
+    reply = create_batch(client, key_a, stored_file(aws, jsonl(5), line_count=None))
     assert reply.status_code == 200, reply.text
 
     batch = retrieve(client, key_a, reply.json()["id"])
@@ -293,7 +287,7 @@ def test_too_many_tasks_in_a_file_of_unknown_length_fails_the_batch(
 def test_an_input_object_with_no_requests_fails_the_batch_as_empty_file(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
-    batch_id = create_batch(client, key_a, unscanned_file(aws, b"\n\n")).json()["id"]
+    batch_id = create_batch(client, key_a, stored_file(aws, b"\n\n", line_count=None)).json()["id"]
     batch = retrieve(client, key_a, batch_id)
     assert batch["status"] == "failed"
     assert [e["code"] for e in batch["errors"]["data"]] == ["empty_file"]

@@ -10,32 +10,18 @@ import pytest
 
 from control_plane import batches as batch_service
 from control_plane.aws import Aws
-from control_plane.ids import new_id, now_s
-from control_plane.models import CreateBatchBody, FileObject
+from control_plane.ids import now_s
+from control_plane.models import CreateBatchBody
 from control_plane.split import chunk_key
 from control_plane.splitting import run_split
 from control_plane.store import Item
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import files as file_store
-from tests.control_plane.conftest import BUCKET, CHAT
+from tests.control_plane.conftest import BUCKET, CHAT, stored_file
 from tests.control_plane.requests import jsonl
 
 TENANT = "tenant-a"
-
-
-def stored_file(aws: Aws, content: bytes, *, line_count: int | None) -> str:
-    """A file put straight into S3 and the table, as an upload leaves it."""
-    file = FileObject(
-        id=new_id("file"),
-        bytes=len(content),
-        created_at=now_s(),
-        filename="input.jsonl",
-        purpose="batch",
-    )
-    aws.s3.put_object(Bucket=BUCKET, Key=file_store.s3_key(file.id), Body=content)
-    file_store.put_file(aws.table, tenant_id=TENANT, file=file, line_count=line_count)
-    return file.id
 
 
 def admitted(aws: Aws, file_id: str) -> str:
