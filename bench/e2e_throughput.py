@@ -96,7 +96,7 @@ def end_to_end(model: str, path: Path, chunk_size: int, workdir: Path) -> dict[s
         assert batch.status == "completed", batch.errors
         assert batch.request_counts is not None and batch.request_counts.failed == 0
         assert stack.aws is not None
-        chunks = chunk_store.all_chunks(stack.aws.table, batch_id=batch.id)
+        chunks = chunk_store.list_chunks(stack.aws.table, batch_id=batch.id)
         engine = sum(float(c.get("engine_s", 0)) for c in chunks)
         return {"seconds": elapsed, "engine_s": engine, "chunks": len(chunks)}
     finally:

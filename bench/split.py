@@ -1,7 +1,7 @@
 """The split job against its floor: reading the same file from S3 and `json.loads` of every line,
 in the same run, at 50K / 200K / 1M requests.
 
-The split is the whole job as the split function runs it (`control_plane.splitting.run_split`):
+The split is the whole job as the split function runs it (`control_plane.split.job.run_split`):
 admission of the batch, validation, chunk objects, chunk items and the batch's move to
 `in_progress`, against moto's S3 and DynamoDB. Every DynamoDB write is counted (items written;
 a transaction's items count twice, as AWS bills them) and printed per 100 requests.
@@ -68,7 +68,7 @@ def make_file(path: Path, count: int) -> None:
 
 def measure(mode: str, url: str, key: str, batch_id: str) -> dict[str, float]:
     """Runs in a child process: one mode, its time and its peak RSS."""
-    from control_plane.split import READ_SIZE, read_lines
+    from control_plane.split.stream import READ_SIZE, read_lines
 
     s3 = client(url)
     if mode == "split":
@@ -85,7 +85,7 @@ def measure(mode: str, url: str, key: str, batch_id: str) -> dict[str, float]:
     elif mode == "copy":
         chunks = _copy_in_chunks(s3, key, batch_id)
     else:
-        from control_plane.splitting import run_split
+        from control_plane.split.job import run_split
 
         item = run_split(aws, batch_id)
         assert item["status"] == "in_progress", item.get("errors")
@@ -106,7 +106,8 @@ def _copy_in_chunks(s3: Any, key: str, batch_id: str) -> int:
     without parsing or validating anything."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from control_plane.split import READ_SIZE, UPLOAD_THREADS, chunk_key, read_lines
+    from control_plane.layout import chunk_input_key as chunk_key
+    from control_plane.split.stream import READ_SIZE, UPLOAD_THREADS, read_lines
 
     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
     lines: list[bytes] = []

@@ -8,6 +8,7 @@ from typing import Any
 
 from control_plane.settings import Settings
 from control_plane.store import Table
+from control_plane.store.batches import Limits
 
 
 @dataclass
@@ -46,3 +47,11 @@ class Aws:
     @cached_property
     def table(self) -> Table:
         return Table(self.dynamodb, self.settings.table_name)
+
+    @property
+    def limits(self) -> Limits:
+        """The tenant admission limits, as the store checks them."""
+        return Limits(
+            max_active_batches=self.settings.max_active_batches,
+            max_queued_requests=self.settings.max_queued_requests,
+        )

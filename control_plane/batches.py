@@ -1,6 +1,10 @@
-"""Batches: admission (limits, endpoint health), lookup, listing and cancel."""
+"""Batches: admission (limits, endpoint health) and the split started, lookup, listing, cancel,
+and the dead letters of a batch."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from control_plane.aws import Aws
 from control_plane.errors import (
@@ -12,21 +16,24 @@ from control_plane.errors import (
     Unavailable,
 )
 from control_plane.ids import new_id, now_s
-from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody
-from control_plane.store import Item
+from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody, CursorPage, DeadLetter
+from control_plane.split.launch import start_split
+from control_plane.store import Item, deadletters
 from control_plane.store import batches as batch_store
+from control_plane.store import endpoint as endpoint_store
 from control_plane.store import files as file_store
-from control_plane.store import health as health_store
 
 WINDOW_S = {"24h": 24 * 3600}
 CANCELLABLE = {"validating", "in_progress", "finalizing"}
 
 
-def limits(aws: Aws) -> batch_store.Limits:
-    return batch_store.Limits(
-        max_active_batches=aws.settings.max_active_batches,
-        max_queued_requests=aws.settings.max_queued_requests,
-    )
+def submit_batch(
+    aws: Aws, *, tenant_id: str, body: CreateBatchBody, background: Callable[..., Any]
+) -> Batch:
+    """`POST /v1/batches`: admit the batch, then start its split without waiting for it."""
+    batch = create_batch(aws, tenant_id=tenant_id, body=body)
+    start_split(aws, batch.id, background=background)
+    return batch
 
 
 def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
@@ -50,7 +57,7 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
             f"The file has {lines} requests, more than one batch may hold",
             status_code=400,
         )
-    reason = health_store.endpoint_down_reason(aws.table)
+    reason = endpoint_store.endpoint_down_reason(aws.table)
     if reason is not None:
         raise Unavailable(
             f"New batches are not accepted while the GPU endpoint is unhealthy ({reason}); "
@@ -77,7 +84,7 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
         tenant_id=tenant_id,
         batch=batch,
         queued=lines or 0,
-        limits=limits(aws),
+        limits=aws.limits,
         extra=extra,
     )
     return batch
@@ -116,3 +123,23 @@ def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
 def get_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
     item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
     return batch_store.batch_from_item(item)
+
+
+def list_batches(aws: Aws, *, tenant_id: str, limit: int, after: str | None) -> CursorPage[Batch]:
+    return batch_store.list_batches(aws.table, tenant_id=tenant_id, limit=limit, after=after)
+
+
+def list_dead_letters(
+    aws: Aws, *, tenant_id: str, batch_id: str, limit: int, after: str | None
+) -> CursorPage[DeadLetter]:
+    batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
+    items, has_more = deadletters.list_dead_letters(
+        aws.table, batch_id=batch_id, limit=limit, after=after
+    )
+    data = [DeadLetter.model_validate(item) for item in items]
+    return CursorPage[DeadLetter](
+        data=data,
+        first_id=data[0].custom_id if data else None,
+        last_id=data[-1].custom_id if data else None,
+        has_more=has_more,
+    )

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     status_code = 400
@@ -56,8 +58,9 @@ class Unavailable(ApiError):
 
 class StateConflict(Exception):
     """A conditional write lost: the item was not in the expected state. Carries the item as the
-    winner left it (None when it does not exist), so callers need no second read."""
+    winner left it (None when it does not exist), so callers need no second read; its shape is
+    the one the caller wrote (a batch item for a batch transition...)."""
 
-    def __init__(self, item: dict[str, object] | None):
+    def __init__(self, item: dict[str, Any] | None):
         super().__init__("conditional write lost")
-        self.item = item
+        self.item: Any = item

@@ -5,11 +5,11 @@ from __future__ import annotations
 import codecs
 from typing import IO, Literal
 
+from control_plane import layout
 from control_plane.aws import Aws
 from control_plane.errors import InvalidRequest, LimitExceeded
 from control_plane.ids import new_id, now_s
-from control_plane.models import ExpiresAfter, FileObject
-from control_plane.store import Item
+from control_plane.models import CursorPage, ExpiresAfter, FileObject
 from control_plane.store import files as file_store
 
 READ_SIZE = 1024 * 1024
@@ -94,15 +94,42 @@ def create_file(
     aws.s3.upload_fileobj(
         stream,
         aws.settings.bucket_name,
-        file_store.s3_key(file.id),
+        layout.file_key(file.id),
         ExtraArgs={"ContentType": "application/jsonl"},
     )
     file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=lines)
     return file
 
 
-def file_content(aws: Aws, item: Item) -> tuple[Literal["inline", "redirect"], bytes | str]:
+def get_file(aws: Aws, *, tenant_id: str, file_id: str) -> FileObject:
+    item = file_store.get_file_item(aws.table, file_id=file_id, tenant_id=tenant_id)
+    return file_store.file_from_item(item)
+
+
+def list_files(
+    aws: Aws,
+    *,
+    tenant_id: str,
+    limit: int,
+    after: str | None,
+    newest_first: bool,
+    purpose: str | None,
+) -> CursorPage[FileObject]:
+    return file_store.list_files(
+        aws.table,
+        tenant_id=tenant_id,
+        limit=limit,
+        after=after,
+        newest_first=newest_first,
+        purpose=purpose,
+    )
+
+
+def file_content(
+    aws: Aws, *, tenant_id: str, file_id: str
+) -> tuple[Literal["inline", "redirect"], bytes | str]:
     """The bytes when they fit a Lambda response, else a presigned URL to redirect to."""
+    item = file_store.get_file_item(aws.table, file_id=file_id, tenant_id=tenant_id)
     if int(item["bytes"]) <= aws.settings.inline_content_max_bytes:
         body = aws.s3.get_object(Bucket=aws.settings.bucket_name, Key=item["s3_key"])["Body"]
         with body:
@@ -119,6 +146,7 @@ def file_content(aws: Aws, item: Item) -> tuple[Literal["inline", "redirect"], b
     return "redirect", str(url)
 
 
-def delete_file(aws: Aws, item: Item) -> None:
+def delete_file(aws: Aws, *, tenant_id: str, file_id: str) -> None:
+    item = file_store.get_file_item(aws.table, file_id=file_id, tenant_id=tenant_id)
     aws.s3.delete_object(Bucket=aws.settings.bucket_name, Key=item["s3_key"])
     file_store.delete_file(aws.table, file_id=item["id"])

@@ -17,12 +17,5 @@ def new_id(kind: str, *, now_ms: int | None = None) -> str:
     return f"{PREFIXES[kind]}{millis:012x}{secrets.token_hex(6)}"
 
 
-def is_id(kind: str, value: str) -> bool:
-    prefix = PREFIXES[kind]
-    rest = value.removeprefix(prefix)
-    hex_digits = all(c in "0123456789abcdef" for c in rest)
-    return value.startswith(prefix) and len(rest) == 24 and hex_digits
-
-
 def now_s() -> int:
     return int(time.time())

@@ -8,7 +8,7 @@ from typing import Any
 from control_plane.aws import Aws
 from control_plane.observability import configure_lambda, count, lambda_entry
 from control_plane.settings import Settings
-from control_plane.splitting import run_split
+from control_plane.split.job import run_split
 
 _aws = Aws(Settings())
 configure_lambda()

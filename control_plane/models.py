@@ -23,7 +23,6 @@ BatchStatus = Literal[
 TERMINAL_STATUSES: frozenset[str] = frozenset({"failed", "completed", "expired", "cancelled"})
 SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 Priority = Literal["high", "normal", "backfill"]
-FilePurpose = Literal["batch", "batch_output"]
 
 T = TypeVar("T")
 
@@ -193,6 +192,17 @@ class CompleteUploadBody(BaseModel):
     # the parts itself, so both fields are optional.
     part_ids: list[str] | None = None
     md5: str | None = None
+
+
+class ChunkRef(BaseModel):
+    """One chunk object the split (or a bisection, or a redrive) wrote: where it is, what it
+    holds, and the input line its first request came from."""
+
+    index: int
+    key: str
+    requests: int
+    bytes: int
+    first_line: int
 
 
 class DeadLetter(BaseModel):

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from control_plane.scheduler.schedule import parse_schedule
+from control_plane.health.schedule import parse_schedule
 
 ONE_GB = 1024**3
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from control_plane import layout
 from control_plane.aws import Aws
 from control_plane.errors import Conflict, InvalidRequest, LimitExceeded, StateConflict
 from control_plane.files import check_purpose
@@ -41,7 +42,7 @@ def create_upload(aws: Aws, *, tenant_id: str, body: CreateUploadBody) -> Upload
         status="pending",
     )
     # The file id is fixed now so the object lands where the file will live.
-    key = file_store.s3_key(new_id("file"))
+    key = layout.file_key(new_id("file"))
     s3_upload_id = aws.s3.create_multipart_upload(
         Bucket=settings.bucket_name, Key=key, ContentType=body.mime_type
     )["UploadId"]
@@ -96,7 +97,7 @@ def complete_upload(aws: Aws, *, tenant_id: str, upload_id: str) -> Upload:
         },
     )
     file = FileObject(
-        id=item["s3_key"].removeprefix("files/"),
+        id=layout.file_id_of(item["s3_key"]),
         bytes=uploaded,
         created_at=now_s(),
         filename=item["filename"],
@@ -153,7 +154,3 @@ def _list_parts(aws: Aws, key: str, s3_upload_id: str) -> list[dict[str, Any]]:
         if not reply.get("IsTruncated"):
             return parts
         marker = reply["NextPartNumberMarker"]
-
-
-def _not_pending(upload_id: str) -> Conflict:
-    return Conflict(f"Upload {upload_id} is no longer pending.", code="upload_not_pending")

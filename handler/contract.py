@@ -11,7 +11,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 Endpoint = Literal["/v1/chat/completions", "/v1/completions"]
-ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions")
 
 # Messages are truncated in the summary so a chunk where every request fails still returns a
 # payload far below RunPod's output limits; the full message is in the error file.

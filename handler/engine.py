@@ -108,7 +108,7 @@ class Engine:
                 response = await self._chat.create_chat_completion(request, None)
             else:
                 response = await self._completion.create_completion(request, None)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes vLLM's error body
+        except Exception as exc:  # every failure becomes vLLM's error body
             if self.dead:
                 raise EngineDead(str(exc)) from exc
             response = self._create_error_response(exc)

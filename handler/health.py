@@ -97,16 +97,16 @@ def gpu_stats(nvml: Any = None) -> tuple[list[GpuStats], str | None]:
         nvml = pynvml
     try:
         nvml.nvmlInit()
-    except Exception as exc:  # noqa: BLE001 - NVMLError has many subclasses; all mean "no GPU"
+    except Exception as exc:  # NVMLError has many subclasses; all mean "no GPU"
         return [], f"NVML unavailable: {exc}"
     try:
         return [_one_gpu(nvml, i) for i in range(nvml.nvmlDeviceGetCount())], None
-    except Exception as exc:  # noqa: BLE001 - a half-broken driver still gets a health answer
+    except Exception as exc:  # a half-broken driver still gets a health answer
         return [], f"NVML query failed: {exc}"
     finally:
         try:
             nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001, S110 - shutdown failure changes nothing reported
+        except Exception:  # a shutdown failure changes nothing reported
             pass
 
 
@@ -134,7 +134,7 @@ def _optional(read: Any) -> float | None:
     # Some readings are "not supported" on some boards (MIG slices, passive cards).
     try:
         return float(read())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 

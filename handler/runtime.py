@@ -153,7 +153,7 @@ def start_runtime(settings: WorkerSettings, engine_factory: EngineFactory | None
                 if monitor is not None:
                     monitor.cancel()
                 _mark_ready(settings.hotbatch_ready_file, False)
-        except Exception as exc:  # noqa: BLE001 - handed to the starting thread, which raises it
+        except Exception as exc:  # handed to the starting thread, which raises it
             ready["error"] = exc
             if loaded.is_set():
                 log.exception("engine loop ended with an error")

@@ -80,7 +80,7 @@ def _make_handler(store: BlobServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        def log_message(self, format: str, *args: object) -> None:
             return
 
         def _authorise(self, method: str) -> str | None:
@@ -99,7 +99,7 @@ def _make_handler(store: BlobServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             key = self._authorise("GET")
             if key is None:
                 return
@@ -109,7 +109,7 @@ def _make_handler(store: BlobServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self._reply(200, body)
 
-        def do_PUT(self) -> None:  # noqa: N802
+        def do_PUT(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             key = self._authorise("PUT")

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
+
+from infra.batch_file import DEFAULT_ENDPOINT, first_url
 
 log = logging.getLogger("handler.cli")
 
@@ -95,7 +96,7 @@ def run_chunk(args: argparse.Namespace) -> int:
         log.error("input file not found", extra={"path": str(args.input)})
         return 2
     body = args.input.read_bytes()
-    endpoint = args.endpoint or first_url(body.splitlines()) or "/v1/chat/completions"
+    endpoint = args.endpoint or first_url(body.splitlines()) or DEFAULT_ENDPOINT
     model, served, max_len = args.model, args.served_model_name, args.max_model_len
     if model is None:
         from infra.tiny_model import generate
@@ -152,18 +153,6 @@ def manage_keys(args: argparse.Namespace) -> int:
     key = apikeys.create_key(aws.table, tenant_id=args.tenant, name=args.name)
     _emit({"tenant": args.tenant, "api_key": key, "table": aws.settings.table_name})
     return 0
-
-
-def first_url(lines: Iterable[bytes]) -> str | None:
-    """The `url` of the first request line, to default a batch's endpoint to."""
-    for line in lines:
-        if line.strip():
-            try:
-                url = json.loads(line).get("url")
-            except (ValueError, AttributeError):
-                return None
-            return url if isinstance(url, str) else None
-    return None
 
 
 def _emit(payload: dict[str, object]) -> None:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from infra.batch_file import endpoint_of
 from infra.stack import LocalStack, StackConfig, worker_pool
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def up(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Start the stack, run one batch through the openai SDK, print its progress and result."""
-    from openai import OpenAI  # noqa: F811 - the run needs it at run time
+    import openai  # a dev dependency: imported only when a run needs it
 
     if not args.input.is_file():
         log.error("input file not found", extra={"path": str(args.input)})
@@ -101,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if not _wait_ready(stack, max(args.workers, 1), args.ready_timeout, stop):
             return 1
         exports = stack.exports()
-        client = OpenAI(base_url=exports["HOTBATCH_API_URL"], api_key=stack.api_key)
+        client = openai.OpenAI(base_url=exports["HOTBATCH_API_URL"], api_key=stack.api_key)
         with args.input.open("rb") as handle:
             file = client.files.create(file=(args.input.name, handle), purpose="batch")
-        endpoint = args.endpoint or _first_url(args.input) or "/v1/chat/completions"
+        endpoint = args.endpoint or endpoint_of(args.input)
         batch = client.batches.create(
             input_file_id=file.id,
             endpoint=endpoint,  # type: ignore[arg-type]
@@ -203,11 +204,7 @@ def _follow(client: OpenAI, batch_id: str, timeout: float, stop: threading.Event
         stop.wait(1.0)
 
 
-def _save(client: object, batch: object, out: Path) -> dict[str, object]:
-    from openai import OpenAI
-    from openai.types import Batch
-
-    assert isinstance(client, OpenAI) and isinstance(batch, Batch)
+def _save(client: OpenAI, batch: Batch, out: Path) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, object] = {}
     for name, file_id in (
@@ -218,13 +215,6 @@ def _save(client: object, batch: object, out: Path) -> dict[str, object]:
         path.write_bytes(client.files.content(file_id).content if file_id else b"")
         written[name.removesuffix(".jsonl") + "_file"] = str(path)
     return {**written, "batch": batch.model_dump(mode="json")}
-
-
-def _first_url(path: Path) -> str | None:
-    from infra.cli import first_url
-
-    with path.open("rb") as handle:
-        return first_url(handle)
 
 
 def _progress(message: str) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
 
+from control_plane import webhooks
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler.policy import PROFILES, Profile
@@ -48,16 +46,10 @@ class TickContext:
     def webhook_url(self, batch_id: str, chunk_id: str, attempt: int) -> str | None:
         if not self.webhooks:
             return None
-        query = {
-            "batch_id": batch_id,
-            "chunk_id": chunk_id,
-            "attempt": str(attempt),
-            "sig": webhook_signature(self.webhook_secret, batch_id, chunk_id, attempt),
-        }
-        return f"{self.settings.public_url.rstrip('/')}/internal/runpod/webhook?{urlencode(query)}"
-
-
-def webhook_signature(secret: str, batch_id: str, chunk_id: str, attempt: int) -> str:
-    """RunPod cannot add headers to a webhook, so the URL carries an HMAC of what it names."""
-    message = f"{batch_id}:{chunk_id}:{attempt}".encode()
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+        return webhooks.url(
+            self.settings.public_url,
+            self.webhook_secret,
+            batch_id=batch_id,
+            chunk_id=chunk_id,
+            attempt=attempt,
+        )

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import logging
 
+from control_plane.layout import error_key, output_key
 from control_plane.models import TERMINAL_STATUSES
 from control_plane.observability import count
 from control_plane.runpod import EndpointError
 from control_plane.scheduler import policy
 from control_plane.scheduler.context import TickContext
-from control_plane.scheduler.outputs import error_key, output_key
 from control_plane.scheduler.policy import SchedulerState
-from control_plane.store import Item, TransactionConflict
+from control_plane.store import BatchItem, ChunkItem, TransactionConflict
+from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store.table import Table
 from handler.contract import ProcessChunkInput
 
 log = logging.getLogger("control_plane.dispatch")
-
-
-def in_flight(table: Table, limit: int = 10_000) -> list[Item]:
-    return chunk_store.queued(table, queue=chunk_store.DISPATCHED_QUEUE, limit=limit)
 
 
 def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> SchedulerState:
@@ -32,8 +29,8 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
     if room <= 0:
         return state
     table = ctx.aws.table
-    batches: dict[str, Item | None] = {}
-    for chunk in chunk_store.queued(table, queue=chunk_store.PENDING_QUEUE, limit=room * 4 + 16):
+    batches: dict[str, BatchItem | None] = {}
+    for chunk in chunk_store.pending(table, limit=room * 4 + 16):
         if room <= 0:
             break
         if int(chunk.get("not_before", 0)) > ctx.now:
@@ -74,7 +71,7 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
                 claimed,
                 not_before=ctx.now,
                 reason=f"dispatch failed: {exc}",
-                priority_rank=chunk_store.PRIORITY_RANK[batch.get("priority", "normal")],
+                priority=batch.get("priority", "normal"),
                 refund_attempt=True,
             )
             return policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
@@ -95,7 +92,7 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
     return state
 
 
-def _drop(table: Table, chunk: Item) -> None:
+def _drop(table: Table, chunk: ChunkItem) -> None:
     try:
         chunk_store.finish(
             table,
@@ -109,13 +106,13 @@ def _drop(table: Table, chunk: Item) -> None:
         pass  # someone else moved it
 
 
-def _batch(table: Table, cache: dict[str, Item | None], batch_id: str) -> Item | None:
+def _batch(table: Table, cache: dict[str, BatchItem | None], batch_id: str) -> BatchItem | None:
     if batch_id not in cache:
-        cache[batch_id] = table.get({"pk": f"BATCH#{batch_id}", "sk": "META"})
+        cache[batch_id] = batch_store.get_batch(table, batch_id)
     return cache[batch_id]
 
 
-def _job_input(ctx: TickContext, chunk: Item, batch: Item) -> ProcessChunkInput:
+def _job_input(ctx: TickContext, chunk: ChunkItem, batch: BatchItem) -> ProcessChunkInput:
     batch_id, chunk_id, attempt = chunk["batch_id"], chunk["chunk_id"], int(chunk["attempts"])
     return ProcessChunkInput(
         action="process_chunk",

@@ -13,15 +13,21 @@ import logging
 
 import orjson
 
+from control_plane import layout
 from control_plane.errors import StateConflict
 from control_plane.models import FileObject
 from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler import merge, policy, record
 from control_plane.scheduler.context import TickContext
-from control_plane.scheduler.outputs import chunk_prefix, error_line
-from control_plane.split_launch import start_split
-from control_plane.splitting import run_split
-from control_plane.store import Item, TransactionConflict
+from control_plane.split.job import run_split
+from control_plane.split.launch import start_split
+from control_plane.store import (
+    BatchCounters,
+    BatchItem,
+    ChunkFields,
+    ChunkItem,
+    TransactionConflict,
+)
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import files as file_store
@@ -33,11 +39,7 @@ SPLIT_STALE_S = 20 * 60
 LEAF_RESULT_STATES = frozenset({"done", "dead", "expired"})
 
 
-def active_batches(ctx: TickContext) -> list[Item]:
-    return chunk_store.queued(ctx.aws.table, queue=batch_store.ACTIVE, limit=100_000)
-
-
-def settle(ctx: TickContext, batch: Item) -> Item:
+def settle(ctx: TickContext, batch: BatchItem) -> BatchItem:
     """Move one unfinished batch on as far as it can go this tick."""
     status = batch["status"]
     if status == "validating" and _split_stale(ctx, batch):
@@ -54,23 +56,17 @@ def settle(ctx: TickContext, batch: Item) -> Item:
     return batch
 
 
-def _split_stale(ctx: TickContext, batch: Item) -> bool:
+def _split_stale(ctx: TickContext, batch: BatchItem) -> bool:
     since = max(int(batch["created_at"]), int(batch.get("split_restarted_at", 0)))
     return ctx.now - since > SPLIT_STALE_S
 
 
-def _restart_split(ctx: TickContext, batch: Item) -> Item:
+def _restart_split(ctx: TickContext, batch: BatchItem) -> BatchItem:
     """A split that died (its Lambda retries spent, or a local process gone): start it again,
     at most once per SPLIT_STALE_S. In AWS it runs in the split function, not in the tick."""
     log.warning("restarting a stale split", extra={"batch_id": batch["id"]})
     try:
-        batch = ctx.aws.table.update(
-            {"pk": f"BATCH#{batch['id']}", "sk": "META"},
-            "SET split_restarted_at = :now",
-            condition="#status = :validating",
-            names={"#status": "status"},
-            values={":now": ctx.now, ":validating": "validating"},
-        )
+        batch = batch_store.mark_split_restarted(ctx.aws.table, batch["id"], at=ctx.now)
     except StateConflict as exc:
         return exc.item or batch
     if ctx.settings.split_mode == "lambda":
@@ -83,28 +79,24 @@ def _unused(*_: object) -> None:
     raise AssertionError("lambda mode never runs the split in the background")
 
 
-def cancel(ctx: TickContext, batch: Item) -> Item:
+def cancel(ctx: TickContext, batch: BatchItem) -> BatchItem:
     """Cancel the RunPod jobs of running chunks, drop pending ones, keep what finished."""
-    for chunk in chunk_store.all_chunks(ctx.aws.table, batch_id=batch["id"]):
+    for chunk in chunk_store.list_chunks(ctx.aws.table, batch_id=batch["id"]):
         _stop_chunk(ctx, chunk, to="cancelled")
     return _close(ctx, batch, expect={"cancelling"}, to="cancelled")
 
 
-def expire(ctx: TickContext, batch: Item) -> Item:
+def expire(ctx: TickContext, batch: BatchItem) -> BatchItem:
     """Past the completion window: stop dispatching, write every unfinished request to the
     error file with code `batch_expired`, keep what finished."""
     if not batch.get("stop_dispatch"):
-        batch = ctx.aws.table.update(
-            {"pk": f"BATCH#{batch['id']}", "sk": "META"},
-            "SET stop_dispatch = :yes",
-            values={":yes": True},
-        )
-    for chunk in chunk_store.all_chunks(ctx.aws.table, batch_id=batch["id"]):
+        batch = batch_store.stop_dispatch(ctx.aws.table, batch["id"])
+    for chunk in chunk_store.list_chunks(ctx.aws.table, batch_id=batch["id"]):
         _stop_chunk(ctx, chunk, to="expired")
     return _close(ctx, batch, expect={"in_progress"}, to="expired")
 
 
-def _stop_chunk(ctx: TickContext, chunk: Item, *, to: str) -> None:
+def _stop_chunk(ctx: TickContext, chunk: ChunkItem, *, to: str) -> None:
     state = chunk["state"]
     if state not in ("pending", "dispatched"):
         return
@@ -116,14 +108,15 @@ def _stop_chunk(ctx: TickContext, chunk: Item, *, to: str) -> None:
         except (EndpointError, JobGone) as exc:
             # The job may have finished or gone; its late result fails the chunk's condition.
             log.info("cancel of a job failed", extra={"job_id": chunk["job_id"], "error": str(exc)})
-    sets: dict[str, object] = {"finished_at": ctx.now}
-    deltas = {"chunks_open": -1}
+    sets: ChunkFields = {"finished_at": ctx.now}
+    deltas: BatchCounters = {"chunks_open": -1}
     if state == "dispatched":
         deltas["chunks_in_flight"] = -1
     if to == "expired":
-        key = _write_expired_lines(ctx, chunk)
-        sets.update(error_key=key, failed=int(chunk["requests"]), completed=0)
-        deltas["n_failed"] = int(chunk["requests"])
+        requests = int(chunk.get("requests", 0))
+        sets.update({"error_key": _write_expired_lines(ctx, chunk), "failed": requests})
+        sets["completed"] = 0
+        deltas["n_failed"] = requests
     try:
         chunk_store.finish(
             ctx.aws.table, chunk, state=to, expect_state=state, sets=sets, batch_deltas=deltas
@@ -132,7 +125,7 @@ def _stop_chunk(ctx: TickContext, chunk: Item, *, to: str) -> None:
         log.info("chunk moved while stopping", extra={"chunk_id": chunk["chunk_id"]})
 
 
-def _recorded_if_finished(ctx: TickContext, chunk: Item) -> bool:
+def _recorded_if_finished(ctx: TickContext, chunk: ChunkItem) -> bool:
     """A job that completed while its webhook is still on the way is recorded, not dropped."""
     try:
         job = ctx.runpod.status(chunk["job_id"])
@@ -145,39 +138,37 @@ def _recorded_if_finished(ctx: TickContext, chunk: Item) -> bool:
     return outcome in ("done", "stale")
 
 
-def _write_expired_lines(ctx: TickContext, chunk: Item) -> str:
+def _write_expired_lines(ctx: TickContext, chunk: ChunkItem) -> str:
     s3, bucket = ctx.aws.s3, ctx.settings.bucket_name
-    body = s3.get_object(Bucket=bucket, Key=chunk["input_key"])["Body"]
-    with body:
-        data = body.read()
     message = "This request was not completed within the batch's completion window."
     lines = [
-        error_line(
+        record.error_line(
             str(orjson.loads(raw)["custom_id"]), status=408, code="batch_expired", message=message
         )
-        for raw in data.split(b"\n")
-        if raw.strip()
+        for raw in layout.read_lines(s3, bucket, chunk["input_key"])
     ]
-    key = f"{chunk_prefix(chunk['batch_id'], chunk['chunk_id'])}/errors-expired.jsonl"
-    s3.put_object(Bucket=bucket, Key=key, Body=b"".join(lines))
+    key = layout.expired_error_key(chunk["batch_id"], chunk["chunk_id"])
+    layout.put_lines(s3, bucket, key, lines)
     return key
 
 
-def _close(ctx: TickContext, batch: Item, *, expect: set[str], to: str) -> Item:
+def _close(ctx: TickContext, batch: BatchItem, *, expect: set[str], to: str) -> BatchItem:
     """Merge the finished chunks' results into the batch's output and error files and end it,
     once no chunk is in flight."""
-    batch = ctx.aws.table.get({"pk": f"BATCH#{batch['id']}", "sk": "META"}) or batch
+    batch = batch_store.get_batch(ctx.aws.table, batch["id"]) or batch
     if batch["status"] not in expect or int(batch.get("chunks_in_flight", 0)) > 0:
         return batch
-    chunks = chunk_store.all_chunks(ctx.aws.table, batch_id=batch["id"])
+    chunks = chunk_store.list_chunks(ctx.aws.table, batch_id=batch["id"])
     if to == "completed" and any(c["state"] in ("pending", "dispatched") for c in chunks):
         return batch  # a redrive added work after the last count
     leaves = [c for c in chunks if c["state"] in LEAF_RESULT_STATES]
     # Set both, None included: after a redrive the previous generation's files must not stay.
-    sets: dict[str, object] = {}
-    for kind, attribute in (("output", "output_key"), ("error", "error_key")):
-        keys = [c[attribute] for c in leaves if c.get(attribute)]
-        sets[f"{kind}_file_id"] = _merged_file(ctx, batch, kind, keys)
+    outputs = [key for c in leaves if (key := c.get("output_key"))]
+    errors = [key for c in leaves if (key := c.get("error_key"))]
+    sets: dict[str, object] = {
+        "output_file_id": _merged_file(ctx, batch, "output", outputs),
+        "error_file_id": _merged_file(ctx, batch, "error", errors),
+    }
     done = _transition(ctx, batch, expect, to, sets=sets)
     log.info(
         "batch closed",
@@ -191,13 +182,12 @@ def _close(ctx: TickContext, batch: Item, *, expect: set[str], to: str) -> Item:
     return done
 
 
-def _merged_file(ctx: TickContext, batch: Item, kind: str, keys: list[str]) -> str | None:
+def _merged_file(ctx: TickContext, batch: BatchItem, kind: str, keys: list[str]) -> str | None:
     s3, bucket = ctx.aws.s3, ctx.settings.bucket_name
     file_id = merged_file_id(batch["id"], kind, generation=int(batch.get("redrives", 0)))
-    existing = ctx.aws.table.get({"pk": f"FILE#{file_id}", "sk": "META"})
-    if existing is not None:
+    if file_store.get_file(ctx.aws.table, file_id) is not None:
         return file_id  # an earlier run of this step got this far
-    size = merge.concatenate(s3, bucket, merge.sizes(s3, bucket, keys), file_store.s3_key(file_id))
+    size = merge.concatenate(s3, bucket, merge.sizes(s3, bucket, keys), layout.file_key(file_id))
     if not size:
         return None
     expires_after = batch.get("output_expires_after_s")
@@ -226,12 +216,12 @@ def merged_file_id(batch_id: str, kind: str, *, generation: int = 0) -> str:
 
 def _transition(
     ctx: TickContext,
-    batch: Item,
+    batch: BatchItem,
     expect: set[str],
     to: str,
     *,
     sets: dict[str, object] | None = None,
-) -> Item:
+) -> BatchItem:
     try:
         return batch_store.transition(
             ctx.aws.table, batch, expect=expect, to=to, at=ctx.now, sets=sets

@@ -17,23 +17,21 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from control_plane.health import (
+from control_plane.health.sample import (
     SAMPLE_TTL_S,
     HealthSample,
     JobCounts,
     WorkerCounts,
     WorkerReading,
 )
+from control_plane.health.schedule import in_schedule
 from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler.policy import SchedulerState
-from control_plane.scheduler.schedule import in_schedule, parse_schedule
-from control_plane.store import keephot as store
+from control_plane.store import health as store
 from handler.contract import HealthInput
 
 if TYPE_CHECKING:
     from control_plane.scheduler.context import TickContext
-
-__all__ = ["in_schedule", "keep_hot", "parse_schedule"]
 
 log = logging.getLogger("control_plane.keephot")
 

@@ -1,6 +1,6 @@
 """Dispatch policy: the GPU profiles, the adaptive in-flight window and the circuit breaker.
 
-The state lives in one item (`SCHED` / `STATE`) that every tick reads once and writes once,
+The state lives in one item (store/endpoint.py) that every tick reads once and writes once,
 conditioned on the version it read: two ticks at once cannot both move it, and the loser's
 changes are simply recomputed by the next tick.
 """
@@ -12,9 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from control_plane.store import Table
-from control_plane.store import health as health_store
+from control_plane.store import endpoint as endpoint_store
 
-STATE_KEY = {"pk": "SCHED", "sk": "STATE"}
 Breaker = Literal["closed", "open", "half_open"]
 
 
@@ -90,7 +89,7 @@ def backoff_s(profile: Profile, attempt: int) -> int:
 
 
 def load(table: Table, profile: Profile) -> SchedulerState:
-    item = table.get(STATE_KEY)
+    item = endpoint_store.load_scheduler_state(table)
     if item is None:
         return SchedulerState(window=profile.window_start)
     return SchedulerState.model_validate(item)
@@ -101,14 +100,14 @@ def save(table: Table, before: SchedulerState, after: SchedulerState, *, now: in
     The breaker's state is mirrored to the item that admission reads (503 while open)."""
     if after.model_dump(exclude={"version"}) == before.model_dump(exclude={"version"}):
         return True
-    item = {**STATE_KEY, **after.model_dump(), "updated_at": now}
-    if not table.put_versioned(item, seen=before.version):
+    state = after.model_dump(exclude={"version"})
+    if not endpoint_store.save_scheduler_state(table, state, seen=before.version, now=now):
         return False
     if after.breaker != before.breaker:
         reason = (
             f"{after.failures} consecutive endpoint failures" if after.breaker == "open" else ""
         )
-        health_store.set_endpoint_state(table, state=after.breaker, reason=reason)
+        endpoint_store.set_endpoint_state(table, state=after.breaker, reason=reason)
     return True
 
 

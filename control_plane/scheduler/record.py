@@ -8,19 +8,21 @@ transaction on the chunk at the attempt it was dispatched with, so a result that
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any, Literal
 
 import orjson
 from pydantic import ValidationError
 
+from control_plane import layout
+from control_plane.models import ChunkRef
 from control_plane.observability import count, seconds
 from control_plane.scheduler import policy
 from control_plane.scheduler.context import TickContext
-from control_plane.scheduler.outputs import chunk_prefix, error_line
-from control_plane.split import ChunkRef, chunk_key
-from control_plane.store import Item, TransactionConflict, deadletters
+from control_plane.store import ChunkItem, TransactionConflict, deadletters
+from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
-from handler.contract import ChunkSummary
+from handler.contract import BatchRequestOutput, BatchResponseData, ChunkSummary, error_body
 
 log = logging.getLogger("control_plane.record")
 
@@ -29,7 +31,7 @@ TERMINAL_JOB = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
 
 
 def record_job(
-    ctx: TickContext, chunk: Item, job: dict[str, Any], state: policy.SchedulerState
+    ctx: TickContext, chunk: ChunkItem, job: dict[str, Any], state: policy.SchedulerState
 ) -> tuple[Outcome, policy.SchedulerState]:
     """Apply one RunPod job object (from `/status` or a webhook) to its chunk."""
     status = job.get("status")
@@ -53,26 +55,28 @@ def record_job(
     return fail_chunk(ctx, chunk, reason, state)
 
 
-def complete_chunk(ctx: TickContext, chunk: Item, summary: ChunkSummary) -> Outcome:
+def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> Outcome:
     table = ctx.aws.table
     batch_id, chunk_id, attempt = chunk["batch_id"], chunk["chunk_id"], int(chunk["attempts"])
     # Dead letters first: puts are idempotent, so a crash before the transaction below only
     # means the next delivery writes them again.
-    table.put_many(
-        deadletters.dead_letter_item(
-            batch_id,
-            custom_id=failure.custom_id,
-            chunk_id=chunk_id,
-            status_code=failure.status_code,
-            code=failure.code,
-            type=failure.type,
-            message=failure.message,
-            attempts=chunk_store.tries(chunk),
-            created_at=ctx.now,
-        )
-        for failure in summary.failures
+    deadletters.put_dead_letters(
+        table,
+        (
+            deadletters.dead_letter_item(
+                batch_id,
+                custom_id=failure.custom_id,
+                chunk_id=chunk_id,
+                status_code=failure.status_code,
+                code=failure.code,
+                type=failure.type,
+                message=failure.message,
+                attempts=chunk_store.tries(chunk),
+                created_at=ctx.now,
+            )
+            for failure in summary.failures
+        ),
     )
-    prefix = chunk_prefix(batch_id, chunk_id)
     try:
         chunk_store.finish(
             table,
@@ -80,8 +84,8 @@ def complete_chunk(ctx: TickContext, chunk: Item, summary: ChunkSummary) -> Outc
             state="done",
             expect_state="dispatched",
             sets={
-                "output_key": f"{prefix}/output-{attempt}.jsonl",
-                "error_key": f"{prefix}/errors-{attempt}.jsonl",
+                "output_key": layout.output_key(batch_id, chunk_id, attempt),
+                "error_key": layout.error_key(batch_id, chunk_id, attempt),
                 "completed": summary.counts.completed,
                 "failed": summary.counts.failed,
                 "finished_at": ctx.now,
@@ -123,7 +127,7 @@ def complete_chunk(ctx: TickContext, chunk: Item, summary: ChunkSummary) -> Outc
 
 
 def fail_chunk(
-    ctx: TickContext, chunk: Item, reason: str, state: policy.SchedulerState
+    ctx: TickContext, chunk: ChunkItem, reason: str, state: policy.SchedulerState
 ) -> tuple[Outcome, policy.SchedulerState]:
     """A chunk attempt failed on a worker (crash, timeout, lost lease): retry with backoff up
     to the profile's attempts (once for halves of a bisected chunk), then bisect; a single
@@ -145,7 +149,7 @@ def fail_chunk(
                 chunk,
                 not_before=ctx.now + policy.backoff_s(ctx.profile, attempts),
                 reason=reason,
-                priority_rank=chunk_store.PRIORITY_RANK[chunk.get("priority", "normal")],
+                priority=chunk.get("priority", "normal"),
             )
             return "retry", state
         if int(chunk["requests"]) > 1:
@@ -157,38 +161,33 @@ def fail_chunk(
         return "stale", state
 
 
-def _bisect(ctx: TickContext, chunk: Item, reason: str) -> None:
+def _bisect(ctx: TickContext, chunk: ChunkItem, reason: str) -> None:
     """Cut the chunk in two new chunks and retire it, in one transaction."""
     aws, table = ctx.aws, ctx.aws.table
-    batch_id = chunk["batch_id"]
-    body = aws.s3.get_object(Bucket=aws.settings.bucket_name, Key=chunk["input_key"])["Body"]
-    lines = [line for line in body.read().split(b"\n") if line.strip()]
+    batch_id, bucket = chunk["batch_id"], ctx.settings.bucket_name
+    lines = layout.read_lines(aws.s3, bucket, chunk["input_key"])
     half = len(lines) // 2
-    seq = table.update(
-        {"pk": f"BATCH#{batch_id}", "sk": "META"},
-        "ADD chunk_seq :two",
-        values={":two": 2},
-    )["chunk_seq"]
+    first = batch_store.reserve_chunk_numbers(table, batch_id, 2)
     children = []
     for offset, part in ((0, lines[:half]), (1, lines[half:])):
-        index = int(seq) - 2 + offset
-        key = chunk_key(batch_id, index)
-        content = b"\n".join(part) + b"\n"
-        aws.s3.put_object(Bucket=aws.settings.bucket_name, Key=key, Body=content)
-        item = chunk_store.chunk_item(
-            batch_id,
-            chunk.get("priority", "normal"),
-            ChunkRef(
-                index=index,
-                key=key,
-                requests=len(part),
-                bytes=len(content),
-                first_line=int(chunk["first_line"]) + offset * half,
-            ),
-            created_at=ctx.now,
+        key = layout.chunk_input_key(batch_id, first + offset)
+        size = layout.put_lines(aws.s3, bucket, key, part)
+        ref = ChunkRef(
+            index=first + offset,
+            key=key,
+            requests=len(part),
+            bytes=size,
+            first_line=int(chunk["first_line"]) + offset * half,
         )
-        item["parent"] = chunk["chunk_id"]
-        children.append(item)
+        children.append(
+            chunk_store.chunk_item(
+                batch_id,
+                chunk.get("priority", "normal"),
+                ref,
+                created_at=ctx.now,
+                parent=chunk["chunk_id"],
+            )
+        )
     chunk_store.finish(
         table,
         chunk,
@@ -196,7 +195,7 @@ def _bisect(ctx: TickContext, chunk: Item, reason: str) -> None:
         expect_state="dispatched",
         sets={"children": [c["chunk_id"] for c in children], "last_error": reason[:1000]},
         batch_deltas={"chunks_open": 1, "chunks_in_flight": -1},
-        extra=[chunk_store.new_chunk_put(table, child) for child in children],
+        new_chunks=children,
     )
     log.warning(
         "chunk bisected",
@@ -204,19 +203,20 @@ def _bisect(ctx: TickContext, chunk: Item, reason: str) -> None:
     )
 
 
-def _dead(ctx: TickContext, chunk: Item, reason: str) -> None:
+def _dead(ctx: TickContext, chunk: ChunkItem, reason: str) -> None:
     """The last request of a bisection still fails: a dead letter and an error line."""
     aws, table = ctx.aws, ctx.aws.table
     batch_id, chunk_id = chunk["batch_id"], chunk["chunk_id"]
-    body = aws.s3.get_object(Bucket=aws.settings.bucket_name, Key=chunk["input_key"])["Body"]
-    request = orjson.loads(body.read().strip().split(b"\n")[0])
+    bucket = ctx.settings.bucket_name
+    request = orjson.loads(layout.read_lines(aws.s3, bucket, chunk["input_key"])[0])
     custom_id = str(request.get("custom_id"))
     message = f"The request failed on a worker {chunk_store.tries(chunk)} time(s): {reason}"
-    key = f"{chunk_prefix(batch_id, chunk_id)}/errors-dead.jsonl"
-    aws.s3.put_object(
-        Bucket=aws.settings.bucket_name,
-        Key=key,
-        Body=error_line(custom_id, status=500, code="worker_failure", message=message),
+    key = layout.dead_error_key(batch_id, chunk_id)
+    layout.put_lines(
+        aws.s3,
+        bucket,
+        key,
+        [error_line(custom_id, status=500, code="worker_failure", message=message)],
     )
     letter = deadletters.dead_letter_item(
         batch_id,
@@ -236,10 +236,25 @@ def _dead(ctx: TickContext, chunk: Item, reason: str) -> None:
         expect_state="dispatched",
         sets={"error_key": key, "failed": 1, "completed": 0, "finished_at": ctx.now},
         batch_deltas={"n_failed": 1, "chunks_open": -1, "chunks_in_flight": -1},
-        extra=[deadletters.as_put(table, letter)],
+        dead_letters=[letter],
     )
     count("DeadLetters")
     count("RequestsFailed")
     log.error(
         "dead letter", extra={"batch_id": batch_id, "chunk_id": chunk_id, "custom_id": custom_id}
     )
+
+
+def error_line(custom_id: str, *, status: int, code: str, message: str) -> bytes:
+    """An error-file line in the same shape the worker writes for a failed request."""
+    body = error_body(message, status=status, param=None)
+    body["error"]["code"] = code
+    line = BatchRequestOutput(
+        id=f"batch_req_{uuid.uuid4().hex}",
+        custom_id=custom_id,
+        response=BatchResponseData(
+            status_code=status, request_id=f"req_{uuid.uuid4().hex}", body=body
+        ),
+        error=None,
+    )
+    return line.model_dump_json().encode()

@@ -16,7 +16,9 @@ from control_plane.aws import Aws
 from control_plane.runpod import EndpointError, JobGone, RunPodClient
 from control_plane.scheduler import dispatch, finalize, keephot, policy, record
 from control_plane.scheduler.context import TickContext
-from control_plane.store import Item, TransactionConflict, keys
+from control_plane.store import ChunkItem, TransactionConflict
+from control_plane.store import batches as batch_store
+from control_plane.store import chunks as chunk_store
 
 log = logging.getLogger("control_plane.tick")
 
@@ -41,13 +43,13 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
     before = policy.load(table, ctx.profile)
     state = before
     outcomes: dict[str, int] = {}
-    for chunk in dispatch.in_flight(table):
+    for chunk in chunk_store.in_flight(table):
         outcome, state = poll_chunk(ctx, chunk, state)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome == "unreachable":
             break  # one failure per tick for the breaker, not one per chunk in flight
-    settled = [finalize.settle(ctx, batch) for batch in finalize.active_batches(ctx)]
-    running = len(dispatch.in_flight(table))
+    settled = [finalize.settle(ctx, batch) for batch in batch_store.active_batches(table)]
+    running = len(chunk_store.in_flight(table))
     state = dispatch.dispatch(ctx, state, running=running)
     keep_hot = keephot.keep_hot(ctx, state)
     policy.save(table, before, state, now=ctx.now)
@@ -64,7 +66,7 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
 
 
 def poll_chunk(
-    ctx: TickContext, chunk: Item, state: policy.SchedulerState
+    ctx: TickContext, chunk: ChunkItem, state: policy.SchedulerState
 ) -> tuple[record.Outcome, policy.SchedulerState]:
     """Ask RunPod about a dispatched chunk: every tick without webhooks, and only once its
     lease has run out with them (the webhook is the fast path, polling the safety net)."""
@@ -102,7 +104,7 @@ def record_webhook(
 ) -> record.Outcome:
     """A RunPod webhook (signature already checked): record it like a poll would."""
     ctx = make_context(aws)
-    chunk = aws.table.get(keys.chunk(batch_id, int(chunk_id)))
+    chunk = chunk_store.get_chunk(aws.table, batch_id=batch_id, chunk_id=chunk_id)
     if chunk is None or int(chunk.get("attempts", 0)) != attempt:
         return "stale"
     before = policy.load(aws.table, ctx.profile)

@@ -4,6 +4,15 @@ Every function takes the `Table` (an injected boto3 client and the table name) a
 argument, so tests hand in moto and nothing reads globals.
 """
 
+from control_plane.store.items import BatchCounters, BatchItem, ChunkFields, ChunkItem
 from control_plane.store.table import Item, Table, TransactionConflict
 
-__all__ = ["Item", "Table", "TransactionConflict"]
+__all__ = [
+    "BatchCounters",
+    "BatchItem",
+    "ChunkFields",
+    "ChunkItem",
+    "Item",
+    "Table",
+    "TransactionConflict",
+]

@@ -4,14 +4,18 @@ plus the tenant's admission counters that move with every batch that starts or e
 Timeline of one batch item and the tenant item beside it:
   create      put batch (validating) + tenant active_batches += 1, queued += known lines
   split ok    validating → in_progress, queued adjusted to the exact request count
+  results     counters added with each chunk's result (`add_to_batch`, in the chunk's
+              transaction); bisect and redrive reserve chunk numbers (`chunk_seq`)
   end         → failed | completed | expired | cancelled, tenant counters given back
+  redrive     completed → in_progress with new chunks, tenant counters taken again
 Every step is a conditional write naming the state it expects, in one transaction with the
 tenant counters where they move, so a retried or concurrent writer can never apply it twice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from control_plane.errors import LimitExceeded, NotFound, StateConflict
 from control_plane.models import (
@@ -26,16 +30,14 @@ from control_plane.models import (
     OutputTokensDetails,
 )
 from control_plane.store import keys
+from control_plane.store.items import BatchCounters, BatchItem
 from control_plane.store.table import Item, Table, TransactionConflict, to_attrs
 
-LISTING = "BATCH"
-ACTIVE = "ACTIVE"
 
-
+@dataclass(frozen=True)
 class Limits:
-    def __init__(self, *, max_active_batches: int, max_queued_requests: int) -> None:
-        self.max_active_batches = max_active_batches
-        self.max_queued_requests = max_queued_requests
+    max_active_batches: int
+    max_queued_requests: int
 
 
 def create_batch(
@@ -44,9 +46,9 @@ def create_batch(
     """Store a new batch and take its share of the tenant's limits in one transaction."""
     item: dict[str, Any] = {
         **keys.batch(batch.id),
-        "gsi1pk": keys.tenant_listing(tenant_id, LISTING),
+        "gsi1pk": keys.tenant_listing(tenant_id, keys.BATCH_LISTING),
         "gsi1sk": batch.id,
-        "gsi2pk": ACTIVE,
+        "gsi2pk": keys.ACTIVE_BATCHES,
         "gsi2sk": batch.id,
         "tenant_id": tenant_id,
         "id": batch.id,
@@ -126,8 +128,13 @@ def tenant_stats(table: Table, tenant_id: str) -> Item:
     return table.get(keys.tenant(tenant_id)) or {"active_batches": 0, "queued_requests": 0}
 
 
-def get_batch_item(table: Table, *, batch_id: str, tenant_id: str | None) -> Item:
-    item = table.get(keys.batch(batch_id))
+def get_batch(table: Table, batch_id: str) -> BatchItem | None:
+    return cast(BatchItem | None, table.get(keys.batch(batch_id)))
+
+
+def get_batch_item(table: Table, *, batch_id: str, tenant_id: str | None) -> BatchItem:
+    """The batch's item; another tenant's batch is as absent as a missing one (404)."""
+    item = get_batch(table, batch_id)
     if item is None or (tenant_id is not None and item["tenant_id"] != tenant_id):
         raise NotFound("batch", batch_id, param="batch_id")
     return item
@@ -136,12 +143,16 @@ def get_batch_item(table: Table, *, batch_id: str, tenant_id: str | None) -> Ite
 def list_batches(
     table: Table, *, tenant_id: str, limit: int, after: str | None
 ) -> CursorPage[Batch]:
-    listing = keys.tenant_listing(tenant_id, LISTING)
-    start = {**keys.batch(after), "gsi1pk": listing, "gsi1sk": after} if after else None
+    listing = keys.tenant_listing(tenant_id, keys.BATCH_LISTING)
+    start = (
+        keys.listing_start(keys.batch(after), tenant_id, keys.BATCH_LISTING, after)
+        if after
+        else None
+    )
     items, has_more = table.query_page(
         index="gsi1", key_name="gsi1pk", key_value=listing, limit=limit, start_key=start
     )
-    data = [batch_from_item(item) for item in items]
+    data = [batch_from_item(cast(BatchItem, item)) for item in items]
     return CursorPage[Batch](
         data=data,
         first_id=data[0].id if data else None,
@@ -152,7 +163,7 @@ def list_batches(
 
 def transition(
     table: Table,
-    item: Item,
+    item: BatchItem,
     *,
     expect: set[str],
     to: str,
@@ -160,7 +171,7 @@ def transition(
     sets: dict[str, Any] | None = None,
     queued: int | None = None,
     limits: Limits | None = None,
-) -> Item:
+) -> BatchItem:
     """Move the batch from one of `expect` to `to`, stamping `{to}_at`, setting `sets`.
 
     Entering a terminal state gives the tenant's counters back; `queued` re-counts the batch's
@@ -199,9 +210,10 @@ def transition(
             values[":queued_after"] = queued
         expression = "SET " + ", ".join(assignments)
     if not terminal and delta == 0:
-        return table.update(
+        updated = table.update(
             keys.batch(item["id"]), expression, condition=condition, names=names, values=values
         )
+        return cast(BatchItem, updated)
     update = {
         "TableName": table.name,
         "Key": to_attrs(keys.batch(item["id"])),
@@ -237,7 +249,7 @@ def _move_tenant(
     return {"Update": update}
 
 
-def batch_from_item(item: Item) -> Batch:
+def batch_from_item(item: BatchItem) -> Batch:
     errors = item.get("errors")
     return Batch(
         id=item["id"],
@@ -275,3 +287,115 @@ def batch_from_item(item: Item) -> Batch:
         metadata=item.get("metadata"),
         priority=item.get("priority", "normal"),
     )
+
+
+def active_batches(table: Table, *, limit: int = 100_000) -> list[BatchItem]:
+    """Unfinished batches (the sparse gsi2 `ACTIVE` queue), oldest first."""
+    items, _ = table.query_page(
+        index="gsi2",
+        key_name="gsi2pk",
+        key_value=keys.ACTIVE_BATCHES,
+        limit=limit,
+        newest_first=False,
+    )
+    return cast(list[BatchItem], items)
+
+
+def add_to_batch(
+    table: Table, batch_id: str, deltas: BatchCounters, *, require_status: str | None = None
+) -> dict[str, Any]:
+    """A transaction part: add `deltas` to the batch's counters (optionally only while it is in
+    `require_status` and still dispatching)."""
+    names = {f"#c{i}": name for i, name in enumerate(deltas)}
+    values: dict[str, Any] = {f":c{i}": delta for i, delta in enumerate(deltas.values())}
+    update: dict[str, Any] = {
+        "TableName": table.name,
+        "Key": to_attrs(keys.batch(batch_id)),
+        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(deltas))),
+        "ExpressionAttributeNames": names,
+    }
+    if require_status:
+        names["#status"] = "status"
+        values[":required"] = require_status
+        # An expiring batch stays in_progress while its chunks are settled: no new dispatches.
+        update["ConditionExpression"] = (
+            "#status = :required AND attribute_not_exists(stop_dispatch)"
+        )
+    update["ExpressionAttributeValues"] = to_attrs(values)
+    return {"Update": update}
+
+
+def reserve_chunk_numbers(table: Table, batch_id: str, count: int) -> int:
+    """Take `count` fresh chunk numbers (bisection halves, redriven chunks); return the first.
+    Numbers are never reused, so a retried caller only leaves a gap."""
+    after = table.update(keys.batch(batch_id), "ADD chunk_seq :n", values={":n": count})
+    return int(after["chunk_seq"]) - count
+
+
+def mark_split_restarted(table: Table, batch_id: str, *, at: int) -> BatchItem:
+    """Stamp a restart of a stale split, only while the batch is still validating (raises
+    StateConflict with the current item otherwise)."""
+    updated = table.update(
+        keys.batch(batch_id),
+        "SET split_restarted_at = :now",
+        condition="#status = :validating",
+        names={"#status": "status"},
+        values={":now": at, ":validating": "validating"},
+    )
+    return cast(BatchItem, updated)
+
+
+def stop_dispatch(table: Table, batch_id: str) -> BatchItem:
+    """No more dispatches for this batch (its completion window ran out); idempotent."""
+    updated = table.update(keys.batch(batch_id), "SET stop_dispatch = :yes", values={":yes": True})
+    return cast(BatchItem, updated)
+
+
+def reopen_for_redrive(
+    table: Table,
+    batch: BatchItem,
+    *,
+    new_chunks: list[dict[str, Any]],
+    requests: int,
+    generation: int,
+) -> None:
+    """completed → in_progress with `new_chunks` (transaction parts) holding `requests`
+    redriven requests, in one transaction with the tenant's counters. Redrive `generation`
+    must follow the last one: two redrives at once cannot both win (TransactionConflict)."""
+    update = {
+        "Update": {
+            "TableName": table.name,
+            "Key": to_attrs(keys.batch(batch["id"])),
+            "UpdateExpression": (
+                "SET #status = :progress, redrives = :generation, queued = :requests, "
+                "gsi2pk = :active, gsi2sk = :id REMOVE finalizing_at "
+                "ADD chunks_open :chunks, n_failed :minus"
+            ),
+            "ConditionExpression": (
+                "#status = :completed AND (attribute_not_exists(redrives) OR redrives = :seen)"
+            ),
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": to_attrs(
+                {
+                    ":progress": "in_progress",
+                    ":completed": "completed",
+                    ":generation": generation,
+                    ":seen": generation - 1,
+                    ":requests": requests,
+                    ":active": keys.ACTIVE_BATCHES,
+                    ":id": batch["id"],
+                    ":chunks": len(new_chunks),
+                    ":minus": -requests,
+                }
+            ),
+        }
+    }
+    tenant = {
+        "Update": {
+            "TableName": table.name,
+            "Key": to_attrs(keys.tenant(batch["tenant_id"])),
+            "UpdateExpression": "ADD active_batches :one, queued_requests :requests",
+            "ExpressionAttributeValues": to_attrs({":one": 1, ":requests": requests}),
+        }
+    }
+    table.transact([update, tenant, *new_chunks])

@@ -1,28 +1,35 @@
 """Chunk items: one per chunk object, written by the split, driven by the tick.
 
-A pending chunk sits in the sparse gsi2 queue `CHUNKS#pending`, ordered by priority, then
-batch id (creation time), then chunk number, so the tick reads the next work in one query.
+Timeline of one chunk item (every move conditioned on the state and attempt its writer saw):
+  split, bisect, redrive   put pending (gsi2 `CHUNKS#pending`, by priority, batch, number)
+  claim                    pending → dispatched, attempt + 1, lease (gsi2 `CHUNKS#dispatched`)
+  release                  dispatched → pending after a failure, with a backoff
+  finish                   → done | dead | split | cancelled | expired, off the queues
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from control_plane.split import ChunkRef
+from control_plane.layout import chunk_id as chunk_id_of
+from control_plane.models import ChunkRef
 from control_plane.store import keys
+from control_plane.store.batches import add_to_batch
+from control_plane.store.items import BatchCounters, ChunkFields, ChunkItem
 from control_plane.store.table import Item, Table, to_attrs
 
-PRIORITY_RANK = {"high": "0", "normal": "1", "backfill": "2"}
-PENDING_QUEUE = "CHUNKS#pending"
 
-
-def chunk_item(batch_id: str, priority: str, chunk: ChunkRef, *, created_at: int) -> Item:
-    chunk_id = f"{chunk.index:05d}"
-    item: dict[str, Any] = {
-        **keys.chunk(batch_id, chunk.index),
-        "gsi2pk": PENDING_QUEUE,
-        "gsi2sk": f"{PRIORITY_RANK[priority]}#{batch_id}#{chunk_id}",
+def chunk_item(
+    batch_id: str, priority: str, chunk: ChunkRef, *, created_at: int, parent: str | None = None
+) -> ChunkItem:
+    chunk_id = chunk_id_of(chunk.index)
+    key = keys.chunk(batch_id, chunk.index)
+    item: ChunkItem = {
+        "pk": key["pk"],
+        "sk": key["sk"],
+        "gsi2pk": keys.PENDING_CHUNKS,
+        "gsi2sk": keys.pending_order(priority, batch_id, chunk_id),
         "batch_id": batch_id,
         "chunk_id": chunk_id,
         "state": "pending",
@@ -34,6 +41,8 @@ def chunk_item(batch_id: str, priority: str, chunk: ChunkRef, *, created_at: int
         "first_line": chunk.first_line,
         "created_at": created_at,
     }
+    if parent is not None:
+        item["parent"] = parent  # a half of a bisected chunk: one try, then halved again
     return item
 
 
@@ -47,43 +56,42 @@ def put_chunks(
     )
 
 
-def list_chunks(table: Table, *, batch_id: str, limit: int = 1000) -> list[Item]:
+def get_chunk(table: Table, *, batch_id: str, chunk_id: str) -> ChunkItem | None:
+    return cast(ChunkItem | None, table.get(keys.chunk(batch_id, int(chunk_id))))
+
+
+def list_chunks(table: Table, *, batch_id: str, limit: int = 1_000_000) -> list[ChunkItem]:
     items, _ = table.query_page(
         index=None,
         key_name="pk",
         key_value=keys.batch(batch_id)["pk"],
         limit=limit,
         newest_first=False,
-        sort_condition=("sk", "begins_with", "CHUNK#"),
+        sort_condition=("sk", "begins_with", keys.CHUNK_PREFIX),
     )
-    return items
+    return cast(list[ChunkItem], items)
 
 
-DISPATCHED_QUEUE = "CHUNKS#dispatched"
-# A leaf is final in these states; `split` chunks live on in their two halves.
-FINAL_STATES = frozenset({"done", "dead", "cancelled", "expired"})
+def pending(table: Table, *, limit: int) -> list[ChunkItem]:
+    """Chunks waiting for dispatch, highest priority first, then oldest batch, then number."""
+    return _queue(table, keys.PENDING_CHUNKS, limit)
 
 
-def queued(table: Table, *, queue: str, limit: int, before: str | None = None) -> list[Item]:
-    """Chunks in a gsi2 queue in its order (pending: priority; dispatched: lease expiry)."""
+def in_flight(table: Table, *, limit: int = 10_000) -> list[ChunkItem]:
+    """Dispatched chunks, the one whose lease ends first first."""
+    return _queue(table, keys.DISPATCHED_CHUNKS, limit)
+
+
+def _queue(table: Table, queue: str, limit: int) -> list[ChunkItem]:
     items, _ = table.query_page(
-        index="gsi2",
-        key_name="gsi2pk",
-        key_value=queue,
-        limit=limit,
-        newest_first=False,
-        sort_condition=("gsi2sk", "<", before) if before else None,
+        index="gsi2", key_name="gsi2pk", key_value=queue, limit=limit, newest_first=False
     )
-    return items
-
-
-def all_chunks(table: Table, *, batch_id: str) -> list[Item]:
-    return list_chunks(table, batch_id=batch_id, limit=1_000_000)
+    return cast(list[ChunkItem], items)
 
 
 def _chunk_update(
     table: Table,
-    chunk: Item,
+    chunk: ChunkItem,
     expression: str,
     *,
     expect_state: str,
@@ -105,31 +113,7 @@ def _chunk_update(
     }
 
 
-def batch_add(
-    table: Table, batch_id: str, deltas: dict[str, int], *, require_status: str | None = None
-) -> dict[str, Any]:
-    """A transaction part: add `deltas` to the batch's counters (optionally only while it is in
-    `require_status`)."""
-    names = {f"#c{i}": name for i, name in enumerate(deltas)}
-    values: dict[str, Any] = {f":c{i}": delta for i, delta in enumerate(deltas.values())}
-    update: dict[str, Any] = {
-        "TableName": table.name,
-        "Key": to_attrs(keys.batch(batch_id)),
-        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(deltas))),
-        "ExpressionAttributeNames": names,
-    }
-    if require_status:
-        names["#status"] = "status"
-        values[":required"] = require_status
-        # An expiring batch stays in_progress while its chunks are settled: no new dispatches.
-        update["ConditionExpression"] = (
-            "#status = :required AND attribute_not_exists(stop_dispatch)"
-        )
-    update["ExpressionAttributeValues"] = to_attrs(values)
-    return {"Update": update}
-
-
-def claim(table: Table, chunk: Item, *, lease_until: int, now: int) -> Item:
+def claim(table: Table, chunk: ChunkItem, *, lease_until: int, now: int) -> ChunkItem:
     """pending → dispatched with the next attempt and a lease, counted in flight on its batch,
     only while the batch is in progress. Raises TransactionConflict when another tick won or
     the batch stopped."""
@@ -147,11 +131,13 @@ def claim(table: Table, chunk: Item, *, lease_until: int, now: int) -> Item:
                     ":attempt": attempt,
                     ":lease": lease_until,
                     ":now": now,
-                    ":queue": DISPATCHED_QUEUE,
-                    ":order": f"{lease_until:010d}#{chunk['batch_id']}#{chunk['chunk_id']}",
+                    ":queue": keys.DISPATCHED_CHUNKS,
+                    ":order": keys.dispatched_order(
+                        lease_until, chunk["batch_id"], chunk["chunk_id"]
+                    ),
                 },
             ),
-            batch_add(
+            add_to_batch(
                 table, chunk["batch_id"], {"chunks_in_flight": 1}, require_status="in_progress"
             ),
         ]
@@ -165,12 +151,12 @@ def claim(table: Table, chunk: Item, *, lease_until: int, now: int) -> Item:
     }
 
 
-def tries(chunk: Item) -> int:
+def tries(chunk: ChunkItem) -> int:
     """How many of the chunk's dispatches reached a worker (refunded ones did not)."""
     return int(chunk["attempts"]) - int(chunk.get("refunds", 0))
 
 
-def set_job(table: Table, chunk: Item, job_id: str) -> None:
+def set_job(table: Table, chunk: ChunkItem, job_id: str) -> None:
     table.update(
         keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
         "SET job_id = :job",
@@ -180,28 +166,13 @@ def set_job(table: Table, chunk: Item, job_id: str) -> None:
     )
 
 
-def extend_lease(table: Table, chunk: Item, *, lease_until: int) -> None:
-    table.update(
-        keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
-        "SET lease_until = :lease, gsi2sk = :order",
-        condition="#state = :dispatched AND attempts = :attempt",
-        names={"#state": "state"},
-        values={
-            ":lease": lease_until,
-            ":order": f"{lease_until:010d}#{chunk['batch_id']}#{chunk['chunk_id']}",
-            ":dispatched": "dispatched",
-            ":attempt": chunk["attempts"],
-        },
-    )
-
-
 def release(
     table: Table,
-    chunk: Item,
+    chunk: ChunkItem,
     *,
     not_before: int,
     reason: str,
-    priority_rank: str,
+    priority: str,
     refund_attempt: bool = False,
 ) -> None:
     """dispatched → pending again (a retry after `not_before`). `refund_attempt` when the chunk
@@ -222,27 +193,30 @@ def release(
                     ":pending": "pending",
                     ":nb": not_before,
                     ":reason": reason[:1000],
-                    ":queue": PENDING_QUEUE,
-                    ":order": f"{priority_rank}#{chunk['batch_id']}#{chunk['chunk_id']}",
+                    ":queue": keys.PENDING_CHUNKS,
+                    ":order": keys.pending_order(priority, chunk["batch_id"], chunk["chunk_id"]),
                 },
             ),
-            batch_add(table, chunk["batch_id"], {"chunks_in_flight": -1}),
+            add_to_batch(table, chunk["batch_id"], {"chunks_in_flight": -1}),
         ]
     )
 
 
 def finish(
     table: Table,
-    chunk: Item,
+    chunk: ChunkItem,
     *,
     state: str,
     expect_state: str,
-    sets: dict[str, Any],
-    batch_deltas: dict[str, int],
-    extra: list[dict[str, Any]] | None = None,
+    sets: ChunkFields,
+    batch_deltas: BatchCounters,
+    new_chunks: list[ChunkItem] | None = None,
+    dead_letters: list[Item] | None = None,
 ) -> None:
     """Move a chunk to a final or `split` state and add to its batch's counters, once: the
-    chunk's condition fails for a duplicate result, and then nothing is counted."""
+    chunk's condition fails for a duplicate result, and then nothing is counted. A bisection
+    puts its halves (`new_chunks`) and a last failing request its dead letter in the same
+    transaction."""
     names = {f"#s{i}": name for i, name in enumerate(sets)}
     values: dict[str, Any] = {f":s{i}": value for i, value in enumerate(sets.values())}
     assignments = ", ".join(f"#s{i} = :s{i}" for i in range(len(sets)))
@@ -258,13 +232,18 @@ def finish(
                 values=values,
                 names=names,
             ),
-            batch_add(table, chunk["batch_id"], batch_deltas),
-            *(extra or []),
+            add_to_batch(table, chunk["batch_id"], batch_deltas),
+            *(new_chunk_put(table, item) for item in new_chunks or []),
+            *(
+                {"Put": {"TableName": table.name, "Item": to_attrs(letter)}}
+                for letter in dead_letters or []
+            ),
         ]
     )
 
 
-def new_chunk_put(table: Table, item: Item) -> dict[str, Any]:
+def new_chunk_put(table: Table, item: ChunkItem) -> dict[str, Any]:
+    """A transaction part that adds a chunk that must not exist yet."""
     return {
         "Put": {
             "TableName": table.name,
@@ -272,3 +251,13 @@ def new_chunk_put(table: Table, item: Item) -> dict[str, Any]:
             "ConditionExpression": "attribute_not_exists(pk)",
         }
     }
+
+
+def set_error_object(table: Table, chunk: ChunkItem, *, error_key: str, removed: int) -> None:
+    """Point a finished chunk at a new error object that holds `removed` lines fewer (redrive
+    took them away to run again)."""
+    table.update(
+        keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
+        "SET error_key = :key, failed = failed - :n",
+        values={":key": error_key, ":n": removed},
+    )

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
 from control_plane.store import keys
-from control_plane.store.table import Item, Table, to_attrs
+from control_plane.store.table import Item, Table
 
 
 def dead_letter_item(
@@ -34,9 +34,19 @@ def dead_letter_item(
     }
 
 
-def as_put(table: Table, item: Item) -> dict[str, Any]:
-    """A transaction part that writes a dead letter."""
-    return {"Put": {"TableName": table.name, "Item": to_attrs(item)}}
+def put_dead_letters(table: Table, letters: Iterable[Item]) -> int:
+    """Unconditional puts: a letter written twice (a result delivered twice) is the same item."""
+    return table.put_many(letters)
+
+
+def get_dead_letters(table: Table, *, batch_id: str, custom_ids: list[str]) -> list[Item | None]:
+    """The letters of `custom_ids`, None where a request has none."""
+    return [table.get(keys.dead_letter(batch_id, custom_id)) for custom_id in custom_ids]
+
+
+def delete_dead_letters(table: Table, *, batch_id: str, custom_ids: Iterable[str]) -> None:
+    for custom_id in custom_ids:
+        table.delete(keys.dead_letter(batch_id, custom_id))
 
 
 def list_dead_letters(
@@ -50,5 +60,5 @@ def list_dead_letters(
         limit=limit,
         newest_first=False,
         start_key=start,
-        sort_condition=("sk", "begins_with", "DEAD#"),
+        sort_condition=("sk", "begins_with", keys.DEAD_PREFIX),
     )

@@ -5,29 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from control_plane.errors import NotFound
+from control_plane.layout import file_key
 from control_plane.models import CursorPage, FileObject
 from control_plane.store import keys
 from control_plane.store.table import Item, Table
-
-LISTING = "FILE"
-
-
-def s3_key(file_id: str) -> str:
-    return f"files/{file_id}"
 
 
 def put_file(table: Table, *, tenant_id: str, file: FileObject, line_count: int | None) -> None:
     item: dict[str, Any] = {
         **keys.file(file.id),
-        "gsi1pk": keys.tenant_listing(tenant_id, LISTING),
+        "gsi1pk": keys.tenant_listing(tenant_id, keys.FILE_LISTING),
         "gsi1sk": file.id,
         "tenant_id": tenant_id,
-        "s3_key": s3_key(file.id),
+        "s3_key": file_key(file.id),
         **file.model_dump(exclude_none=True),
     }
     if line_count is not None:
         item["line_count"] = line_count
     table.put(item, condition="attribute_not_exists(pk)")
+
+
+def get_file(table: Table, file_id: str) -> Item | None:
+    return table.get(keys.file(file_id))
 
 
 def get_file_item(table: Table, *, file_id: str, tenant_id: str | None) -> Item:
@@ -51,10 +50,10 @@ def list_files(
     newest_first: bool,
     purpose: str | None,
 ) -> CursorPage[FileObject]:
-    listing = keys.tenant_listing(tenant_id, LISTING)
+    listing = keys.tenant_listing(tenant_id, keys.FILE_LISTING)
     files: list[FileObject] = []
     has_more = True
-    start = _start_key(listing, after)
+    start = _start_key(tenant_id, after)
     # A purpose filter can drop items from a page: keep reading until the page is full.
     while has_more and len(files) < limit:
         items, has_more = table.query_page(
@@ -66,7 +65,7 @@ def list_files(
             start_key=start,
         )
         if items:
-            start = _start_key(listing, str(items[-1]["id"]))
+            start = _start_key(tenant_id, str(items[-1]["id"]))
         files.extend(file_from_item(i) for i in items if purpose in (None, i["purpose"]))
     return CursorPage[FileObject](
         data=files,
@@ -80,7 +79,7 @@ def delete_file(table: Table, *, file_id: str) -> None:
     table.delete(keys.file(file_id))
 
 
-def _start_key(listing: str, after: str | None) -> dict[str, str] | None:
+def _start_key(tenant_id: str, after: str | None) -> dict[str, str] | None:
     if not after:
         return None
-    return {**keys.file(after), "gsi1pk": listing, "gsi1sk": after}
+    return keys.listing_start(keys.file(after), tenant_id, keys.FILE_LISTING, after)

@@ -1,21 +1,84 @@
-"""The endpoint's last known state, written by the tick's circuit breaker, read at admission."""
+"""Health items in the `HEALTH` partition: the ping round in flight (`PINGS`) and the health
+samples (`SAMPLE#{at:010d}`, one per tick, expiring by TTL), plus the queue figures a sample
+records.
+
+Timeline of the `PINGS` item, written by the tick only, conditioned on the version it read:
+  send     jobs = [ids of the round], sent_at = now, version + 1
+  harvest  finished jobs leave `jobs`, the newest reading is kept, version + 1
+A tick that loses the race cancels the round it has just sent, so rounds never pile up.
+"""
 
 from __future__ import annotations
 
-from control_plane.ids import now_s
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, Field
+
 from control_plane.store import keys
-from control_plane.store.table import Table
+from control_plane.store.table import Item, Table
 
-DOWN_STATES = frozenset({"down", "open"})
-
-
-def endpoint_down_reason(table: Table) -> str | None:
-    """Why new batches should wait, or None while the endpoint is not known to be down."""
-    item = table.get(keys.endpoint_health(), consistent=False)
-    if item is None or item.get("state") not in DOWN_STATES:
-        return None
-    return str(item.get("reason") or f"the GPU endpoint is {item['state']}")
+QUEUE_COUNT_CAP = 100_000
 
 
-def set_endpoint_state(table: Table, *, state: str, reason: str = "") -> None:
-    table.put({**keys.endpoint_health(), "state": state, "reason": reason, "at": now_s()})
+class PingRound(BaseModel):
+    jobs: list[str] = Field(default_factory=list)  # RunPod job ids of the round in flight
+    sent_at: int = 0
+    rounds: int = 0  # rounds sent so far
+    last_reading: dict[str, Any] | None = None
+    last_reading_at: int = 0
+    version: int = 0
+
+
+def load_pings(table: Table) -> PingRound:
+    item = table.get(keys.keep_hot_pings())
+    return PingRound() if item is None else PingRound.model_validate(item)
+
+
+def save_pings(table: Table, before: PingRound, after: PingRound, *, now: int) -> bool:
+    """Write `after` if no other tick moved the item since `before` was read."""
+    if after == before:
+        return True
+    item = {**keys.keep_hot_pings(), **after.model_dump(), "updated_at": now}
+    return table.put_versioned(item, seen=before.version)
+
+
+def put_sample(table: Table, sample: Item) -> None:
+    """`sample` carries `at` (its time) and `expires_at` (the TTL)."""
+    table.put({**keys.health_sample(int(sample["at"]), secrets.token_hex(3)), **sample})
+
+
+def samples_since(table: Table, *, since: int, limit: int) -> list[Item]:
+    """The newest `limit` samples taken at or after `since`, newest first."""
+    items, _ = table.query_page(
+        index=None,
+        key_name="pk",
+        key_value=keys.HEALTH,
+        limit=limit,
+        newest_first=True,
+        sort_condition=("sk", ">=", keys.health_sample(since)["sk"]),
+    )
+    return [item for item in items if str(item["sk"]).startswith(keys.SAMPLE_PREFIX)]
+
+
+def queue_counts(table: Table) -> tuple[int, int]:
+    """(pending, dispatched) chunks, each counted up to QUEUE_COUNT_CAP."""
+    pending, dispatched = (
+        table.count(index="gsi2", key_name="gsi2pk", key_value=queue, cap=QUEUE_COUNT_CAP)
+        for queue in (keys.PENDING_CHUNKS, keys.DISPATCHED_CHUNKS)
+    )
+    return pending, dispatched
+
+
+def oldest_pending(table: Table, priority: str) -> Item | None:
+    """The pending chunk of `priority` that has waited longest: the queue sorts by priority,
+    then batch id, and batch ids sort by creation time."""
+    items, _ = table.query_page(
+        index="gsi2",
+        key_name="gsi2pk",
+        key_value=keys.PENDING_CHUNKS,
+        limit=1,
+        newest_first=False,
+        sort_condition=("gsi2sk", "begins_with", keys.priority_prefix(priority)),
+    )
+    return items[0] if items else None

@@ -1,56 +1,72 @@
-"""The single-table key design; docs/storage.md draws the whole table with its indexes.
+"""The single-table key design, in one place; docs/storage.md draws the whole table.
 
 Ids sort by creation time, so gsi1 (`TENANT#{t}#FILE|BATCH` / id) lists a tenant's objects
-newest first with ScanIndexForward=False; gsi2 is sparse: an item is in it only while it waits
-for the tick (`ACTIVE` batches, `CHUNKS#pending` chunks).
+newest first with ScanIndexForward=False; gsi2 is sparse: an item is in it only while the tick
+has something to do with it (`ACTIVE` batches, `CHUNKS#pending` and `CHUNKS#dispatched` chunks).
 """
 
 from __future__ import annotations
 
+Key = dict[str, str]
+
 META = "META"
+HEALTH = "HEALTH"
+SAMPLE_PREFIX = "SAMPLE#"
+CHUNK_PREFIX = "CHUNK#"
+DEAD_PREFIX = "DEAD#"
+
+# gsi1: a tenant's listings.
+FILE_LISTING = "FILE"
+BATCH_LISTING = "BATCH"
+# gsi2: the tick's work queues.
+ACTIVE_BATCHES = "ACTIVE"
+PENDING_CHUNKS = "CHUNKS#pending"
+DISPATCHED_CHUNKS = "CHUNKS#dispatched"
+# Pending chunks sort by priority first: one query returns the next work in dispatch order.
+PRIORITY_RANK = {"high": "0", "normal": "1", "backfill": "2"}
 
 
-def api_key(digest: str) -> dict[str, str]:
+def api_key(digest: str) -> Key:
     return {"pk": f"APIKEY#{digest}", "sk": "APIKEY"}
 
 
-def tenant(tenant_id: str) -> dict[str, str]:
+def tenant(tenant_id: str) -> Key:
     return {"pk": f"TENANT#{tenant_id}", "sk": "STATS"}
 
 
-def file(file_id: str) -> dict[str, str]:
+def file(file_id: str) -> Key:
     return {"pk": f"FILE#{file_id}", "sk": META}
 
 
-def upload(upload_id: str) -> dict[str, str]:
+def upload(upload_id: str) -> Key:
     return {"pk": f"UPLOAD#{upload_id}", "sk": META}
 
 
-def batch(batch_id: str) -> dict[str, str]:
+def batch(batch_id: str) -> Key:
     return {"pk": f"BATCH#{batch_id}", "sk": META}
 
 
-def chunk(batch_id: str, index: int) -> dict[str, str]:
-    return {"pk": f"BATCH#{batch_id}", "sk": f"CHUNK#{index:05d}"}
+def chunk(batch_id: str, index: int) -> Key:
+    return {"pk": f"BATCH#{batch_id}", "sk": f"{CHUNK_PREFIX}{index:05d}"}
 
 
-def dead_letter(batch_id: str, custom_id: str) -> dict[str, str]:
-    return {"pk": f"BATCH#{batch_id}", "sk": f"DEAD#{custom_id}"}
+def dead_letter(batch_id: str, custom_id: str) -> Key:
+    return {"pk": f"BATCH#{batch_id}", "sk": f"{DEAD_PREFIX}{custom_id}"}
 
 
-HEALTH = "HEALTH"
-SAMPLE_PREFIX = "SAMPLE#"
+def scheduler_state() -> Key:
+    return {"pk": "SCHED", "sk": "STATE"}
 
 
-def endpoint_health() -> dict[str, str]:
+def endpoint_health() -> Key:
     return {"pk": HEALTH, "sk": "ENDPOINT"}
 
 
-def keep_hot_pings() -> dict[str, str]:
+def keep_hot_pings() -> Key:
     return {"pk": HEALTH, "sk": "PINGS"}
 
 
-def health_sample(at: int, suffix: str = "") -> dict[str, str]:
+def health_sample(at: int, suffix: str = "") -> Key:
     """Zero-padded seconds, so a range of `sk` is a range of time; the suffix keeps both
     samples of two ticks in one second (a kick after a split beside the scheduled tick)."""
     return {"pk": HEALTH, "sk": f"{SAMPLE_PREFIX}{at:010d}{'#' + suffix if suffix else ''}"}
@@ -58,3 +74,21 @@ def health_sample(at: int, suffix: str = "") -> dict[str, str]:
 
 def tenant_listing(tenant_id: str, kind: str) -> str:
     return f"TENANT#{tenant_id}#{kind.upper()}"
+
+
+def listing_start(item_key: Key, tenant_id: str, kind: str, object_id: str) -> dict[str, str]:
+    """The exclusive start key of a gsi1 page after `object_id`, built from the id alone."""
+    return {**item_key, "gsi1pk": tenant_listing(tenant_id, kind), "gsi1sk": object_id}
+
+
+def pending_order(priority: str, batch_id: str, chunk_id: str) -> str:
+    return f"{PRIORITY_RANK[priority]}#{batch_id}#{chunk_id}"
+
+
+def priority_prefix(priority: str) -> str:
+    return f"{PRIORITY_RANK[priority]}#"
+
+
+def dispatched_order(lease_until: int, batch_id: str, chunk_id: str) -> str:
+    """Dispatched chunks sort by lease expiry: the tick reads the ones whose lease ran out."""
+    return f"{lease_until:010d}#{batch_id}#{chunk_id}"

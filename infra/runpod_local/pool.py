@@ -89,7 +89,9 @@ class WorkerPool:
         output: int | IO[bytes] = subprocess.DEVNULL
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(self.config.log_dir / f"{worker_id}.log", "ab")  # noqa: SIM115
+            output = open(
+                self.config.log_dir / f"{worker_id}.log", "ab"
+            )  # closed below, once the child has it
         cwd = self.config.work_dir / worker_id
         cwd.mkdir(parents=True, exist_ok=True)
         popen = subprocess.Popen(

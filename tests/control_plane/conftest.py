@@ -138,6 +138,7 @@ def stored_file(
 ) -> str:
     """A file put straight into S3 and the table, as an upload leaves it (`line_count=None`:
     unknown, as after an upload in parts)."""
+    from control_plane import layout
     from control_plane.ids import new_id, now_s
     from control_plane.models import FileObject
     from control_plane.store import files as file_store
@@ -149,6 +150,6 @@ def stored_file(
         filename="input.jsonl",
         purpose="batch",
     )
-    aws.s3.put_object(Bucket=BUCKET, Key=file_store.s3_key(file.id), Body=content)
+    aws.s3.put_object(Bucket=BUCKET, Key=layout.file_key(file.id), Body=content)
     file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=line_count)
     return file.id

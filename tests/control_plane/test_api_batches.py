@@ -11,14 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from control_plane import batches as batch_service
+from control_plane import layout
 from control_plane.aws import Aws
 from control_plane.ids import new_id, now_s
 from control_plane.models import CreateBatchBody, FileObject
-from control_plane.splitting import run_split
+from control_plane.split.job import run_split
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
+from control_plane.store import endpoint, keys
 from control_plane.store import files as file_store
-from control_plane.store import health, keys
 from tests.control_plane.conftest import (
     BUCKET,
     CHAT,
@@ -201,8 +202,8 @@ def test_high_priority_round_trips_and_ranks_its_chunks_first(
     assert batch["priority"] == "high"
     assert retrieve(client, key_a, batch["id"])["priority"] == "high"
     (item,) = chunk_store.list_chunks(aws.table, batch_id=batch["id"])
-    assert item["gsi2pk"] == chunk_store.PENDING_QUEUE
-    assert item["gsi2sk"].startswith(chunk_store.PRIORITY_RANK["high"] + "#")
+    assert item["gsi2pk"] == keys.PENDING_CHUNKS
+    assert item["gsi2sk"].startswith(keys.priority_prefix("high"))
 
 
 def test_unknown_input_file_is_a_404(client: TestClient, key_a: str) -> None:
@@ -372,7 +373,7 @@ def test_new_batches_wait_while_the_endpoint_is_known_down(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
     file_id = upload_id(client, key_a, jsonl(1))
-    health.set_endpoint_state(aws.table, state="open", reason="5 chunks failed in a row")
+    endpoint.set_endpoint_state(aws.table, state="open", reason="5 chunks failed in a row")
 
     refused = create_batch(client, key_a, file_id)
 
@@ -380,7 +381,7 @@ def test_new_batches_wait_while_the_endpoint_is_known_down(
     error = refused.json()["error"]
     assert error["code"] == "endpoint_unavailable" and "5 chunks failed" in error["message"]
     assert stats(aws) == (0, 0)
-    health.set_endpoint_state(aws.table, state="closed")
+    endpoint.set_endpoint_state(aws.table, state="closed")
     assert create_batch(client, key_a, file_id).status_code == 200
 
 
@@ -425,7 +426,8 @@ def test_cancel_with_chunks_in_flight_stays_cancelling_and_keeps_the_slot(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
     batch_id = new_batch(client, key_a, jsonl(3))["id"]
-    aws.table.update(keys.batch(batch_id), "SET chunks_in_flight = :one", values={":one": 1})
+    (chunk, *_) = chunk_store.pending(aws.table, limit=10)
+    chunk_store.claim(aws.table, chunk, lease_until=now_s() + 600, now=now_s())
 
     batch = client.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a)).json()
 
@@ -448,7 +450,7 @@ def test_a_batch_cancelled_while_validating_ends_cancelled_without_chunks(
     file = FileObject(
         id=new_id("file"), bytes=1, created_at=now_s(), filename="in.jsonl", purpose="batch"
     )
-    aws.s3.put_object(Bucket=BUCKET, Key=file_store.s3_key(file.id), Body=jsonl(4))
+    aws.s3.put_object(Bucket=BUCKET, Key=layout.file_key(file.id), Body=jsonl(4))
     file_store.put_file(aws.table, tenant_id="tenant-a", file=file, line_count=4)
     body = CreateBatchBody(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
     batch = batch_service.create_batch(aws, tenant_id="tenant-a", body=body)

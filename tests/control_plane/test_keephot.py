@@ -18,23 +18,22 @@ from openai import OpenAI
 from pydantic import ValidationError
 
 from control_plane.aws import Aws
-from control_plane.health import (
-    HealthSample,
-    WorkerCounts,
-    WorkerReading,
+from control_plane.health.report import (
     build_report,
     endpoint_status,
     gpu_status,
     queue_status,
     workers_status,
 )
+from control_plane.health.sample import HealthSample, WorkerCounts, WorkerReading
+from control_plane.health.schedule import in_schedule, parse_schedule
+from control_plane.models import ChunkRef
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler.context import TickContext
-from control_plane.scheduler.keephot import PING_GIVE_UP_S, in_schedule, keep_hot, parse_schedule
+from control_plane.scheduler.keephot import PING_GIVE_UP_S, keep_hot
 from control_plane.scheduler.policy import SchedulerState
 from control_plane.settings import Settings
-from control_plane.split import ChunkRef
-from control_plane.store import keephot as keephot_store
+from control_plane.store import health as health_store
 from control_plane.store.chunks import put_chunks
 from infra.runpod_local.models import FINAL
 from infra.stack import LocalStack, StackConfig, worker_pool
@@ -266,19 +265,19 @@ def test_a_round_of_pings_goes_out_only_once_the_last_one_finished(aws: Aws) -> 
     opened = step(5000, SchedulerState(window=1, breaker="open", opened_at=4990))
     assert opened["skipped"] == "breaker open" and len(runpod.sent) == 6
     assert runpod.health_reads == reads  # an open breaker leaves the endpoint alone
-    samples = keephot_store.samples_since(aws.table, since=0, limit=100)
+    samples = health_store.samples_since(aws.table, since=0, limit=100)
     assert len(samples) == 6 and all(s["expires_at"] == s["at"] + 2 * 86400 for s in samples)
     kept = HealthSample.model_validate(next(s for s in samples if s["at"] == 1002))
     assert kept.readings[0].kv_cache_usage_percent == 12.5 and kept.workers == WorkerCounts(idle=1)
 
 
 def test_a_tick_that_lost_the_race_for_the_round_is_told_so(aws: Aws) -> None:
-    seen = keephot_store.load_pings(aws.table)
+    seen = health_store.load_pings(aws.table)
     mine = seen.model_copy(update={"jobs": ["a"], "sent_at": 1})
     theirs = seen.model_copy(update={"jobs": ["b"], "sent_at": 1})
-    assert keephot_store.save_pings(aws.table, seen, theirs, now=1)
-    assert not keephot_store.save_pings(aws.table, seen, mine, now=1)  # keep_hot cancels "a"
-    assert keephot_store.load_pings(aws.table).jobs == ["b"]
+    assert health_store.save_pings(aws.table, seen, theirs, now=1)
+    assert not health_store.save_pings(aws.table, seen, mine, now=1)  # keep_hot cancels "a"
+    assert health_store.load_pings(aws.table).jobs == ["b"]
 
 
 @pytest.mark.parametrize("settings", ALWAYS_TWO, indirect=True)
@@ -290,7 +289,7 @@ def test_waiting_chunks_keep_workers_busy_so_no_ping_is_sent(aws: Aws) -> None:
     put_chunks(aws.table, batch_id="batch_x", priority="normal", chunks=[ref], created_at=900)
     report = keep_hot(TickContext(aws=aws, runpod=runpod, now=1000), SchedulerState(window=4))
     assert report["skipped"] == "chunks keep the workers busy" and runpod.sent == []
-    [item] = keephot_store.samples_since(aws.table, since=0, limit=10)
+    [item] = health_store.samples_since(aws.table, since=0, limit=10)
     assert (item["pending_chunks"], item["oldest_pending_age_s"]) == (1, 100)
     assert item["work_waiting"] and item["in_schedule"]
 
@@ -402,11 +401,11 @@ def test_a_cold_start_holds_one_ping_and_samples_keep_readings_with_a_ttl(
     tick_until(
         hot,
         lambda: any(
-            s["readings"] for s in keephot_store.samples_since(table, since=start, limit=99)
+            s["readings"] for s in health_store.samples_since(table, since=start, limit=99)
         ),
         timeout=30,
     )
-    samples = keephot_store.samples_since(table, since=start - 120, limit=10_000)
+    samples = health_store.samples_since(table, since=start - 120, limit=10_000)
     assert samples and all(s["expires_at"] - s["at"] == 2 * 24 * 3600 for s in samples)
     read = [HealthSample.model_validate(s) for s in samples if s["readings"]]
     reading = read[0].readings[0]

@@ -33,12 +33,13 @@ from control_plane.api.routes import internal
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler import finalize, policy
-from control_plane.scheduler.context import webhook_signature
 from control_plane.scheduler.policy import PROFILES
 from control_plane.scheduler.tick import make_context, poll_chunk, record_webhook, run_tick
-from control_plane.store import Item, keys
+from control_plane.store import BatchItem, ChunkItem, deadletters
+from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
-from control_plane.store import health as health_store
+from control_plane.store import endpoint as endpoint_store
+from control_plane.webhooks import signature as webhook_signature
 from infra.runpod_local.models import Job
 from infra.stack import LocalStack, StackConfig, worker_pool
 from tests.control_plane.requests import CHAT, request_line
@@ -79,15 +80,11 @@ def quiet(stack: LocalStack) -> Iterator[None]:
     a failed test leaves is cancelled, so that one failure does not cascade."""
     table = aws(stack).table
     set_window(stack, PROFILE.window_start)
-    health_store.set_endpoint_state(table, state="closed")
+    endpoint_store.set_endpoint_state(table, state="closed")
     yield
     assert stack.endpoint is not None
     stack.endpoint.inject_fault(seconds=0)
-    left = [
-        chunk
-        for queue in (chunk_store.PENDING_QUEUE, chunk_store.DISPATCHED_QUEUE)
-        for chunk in chunk_store.queued(table, queue=queue, limit=1000)
-    ]
+    left = [*chunk_store.pending(table, limit=1000), *chunk_store.in_flight(table, limit=1000)]
     if left:
         for batch_id in {chunk["batch_id"] for chunk in left}:
             with contextlib.suppress(openai.APIError):
@@ -153,14 +150,14 @@ def run_until(
         time.sleep(0.2)
 
 
-def batch_item(stack: LocalStack, batch_id: str) -> Item:
-    item = aws(stack).table.get(keys.batch(batch_id))
+def batch_item(stack: LocalStack, batch_id: str) -> BatchItem:
+    item = batch_store.get_batch(aws(stack).table, batch_id)
     assert item is not None
     return item
 
 
-def chunks(stack: LocalStack, batch_id: str) -> dict[str, Item]:
-    items = chunk_store.all_chunks(aws(stack).table, batch_id=batch_id)
+def chunks(stack: LocalStack, batch_id: str) -> dict[str, ChunkItem]:
+    items = chunk_store.list_chunks(aws(stack).table, batch_id=batch_id)
     return {item["chunk_id"]: item for item in items}
 
 
@@ -312,7 +309,9 @@ def test_poison_request_is_bisected_into_a_dead_letter_and_the_rest_completes(
     assert list(done.errors) == [poison]
     line = done.errors[poison]
     assert line["response"]["status_code"] == 500 and error_code(line) == "worker_failure"
-    letter = aws(stack).table.get(keys.dead_letter(batch_id, poison))
+    (letter,) = deadletters.get_dead_letters(
+        aws(stack).table, batch_id=batch_id, custom_ids=[poison]
+    )
     assert letter is not None and letter["code"] == "worker_failure"
 
     # 4 requests → 2 → 1: the chunk ran its attempts, then each half once, then the poison alone.
@@ -350,8 +349,7 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
             tick(stack)
         state = policy.load(table, PROFILE)
         assert state.breaker == "open"
-        health = table.get(keys.endpoint_health())
-        assert health is not None and health["state"] == "open"
+        assert endpoint_store.breaker_state(table) == "open"
         sdk = client(stack)
         file = sdk.files.create(file=("more.jsonl", request_line("more").encode()), purpose="batch")
         with pytest.raises(openai.APIStatusError) as refused:
@@ -384,8 +382,7 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
     skew = 2 * (PROFILE.breaker_cooldown_s + 1)
     tick(stack, skew=skew)
     assert policy.load(table, PROFILE).breaker == "closed"
-    health = table.get(keys.endpoint_health())
-    assert health is not None and health["state"] == "closed"
+    assert endpoint_store.breaker_state(table) == "closed"
     assert len(jobs(stack, batch_id)) == 1  # half-open: a single probe
     assert run_until(stack, batch_id, "completed", skew=skew) == "completed"
     done = results(stack, batch_id)
@@ -573,7 +570,7 @@ def test_a_tick_killed_while_finalizing_is_finished_by_the_next(
     batch_id = submit(stack, custom_ids)
     merged = finalize._merged_file
 
-    def killed_after_output(ctx: Any, batch: Item, kind: str, keys: list[str]) -> str | None:
+    def killed_after_output(ctx: Any, batch: BatchItem, kind: str, keys: list[str]) -> str | None:
         file_id = merged(ctx, batch, kind, keys)
         if kind == "output":
             raise RuntimeError("tick killed after writing the output file")

@@ -11,11 +11,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from control_plane.split import (
-    ChunkRef,
+from control_plane.layout import chunk_input_key as chunk_key
+from control_plane.models import ChunkRef
+from control_plane.split.stream import (
     SplitLimits,
     SplitResult,
-    chunk_key,
     read_lines,
     split_lines,
     split_s3_object,

@@ -11,10 +11,10 @@ import pytest
 from control_plane import batches as batch_service
 from control_plane.aws import Aws
 from control_plane.ids import now_s
+from control_plane.layout import chunk_input_key as chunk_key
 from control_plane.models import CreateBatchBody
-from control_plane.split import chunk_key
-from control_plane.splitting import run_split
-from control_plane.store import Item
+from control_plane.split.job import run_split
+from control_plane.store import BatchItem, ChunkItem
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import files as file_store
@@ -43,7 +43,7 @@ def chunk_bodies(aws: Aws, batch_id: str) -> dict[str, bytes]:
     }
 
 
-def without_times(items: list[Item]) -> list[Item]:
+def without_times(items: list[ChunkItem]) -> list[dict[str, object]]:
     return [{k: v for k, v in item.items() if k != "created_at"} for item in items]
 
 
@@ -80,8 +80,8 @@ def test_a_retried_split_racing_the_first_writes_the_same_chunks_and_loses(
     )
 
     # The retry read the batch before the first run moved it on.
-    def stale(table: Any, *, batch_id: str, tenant_id: str | None) -> Item:
-        return dict(validating)
+    def stale(table: Any, *, batch_id: str, tenant_id: str | None) -> BatchItem:
+        return validating.copy()
 
     monkeypatch.setattr(batch_store, "get_batch_item", stale)
     second = run_split(aws, batch_id)

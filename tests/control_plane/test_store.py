@@ -11,7 +11,7 @@ from control_plane.aws import Aws
 from control_plane.errors import LimitExceeded, StateConflict
 from control_plane.ids import new_id, now_s
 from control_plane.models import Batch, FileObject
-from control_plane.store import Item, Table, apikeys, keys
+from control_plane.store import BatchItem, Table, apikeys, keys
 from control_plane.store import batches as batch_store
 from control_plane.store import files as file_store
 from tests.control_plane.conftest import CHAT, TABLE
@@ -20,7 +20,7 @@ TENANT = "tenant-s"
 LIMITS = batch_store.Limits(max_active_batches=10, max_queued_requests=100)
 
 
-def admit(aws: Aws, *, queued: int = 5, tenant_id: str = TENANT) -> Item:
+def admit(aws: Aws, *, queued: int = 5, tenant_id: str = TENANT) -> BatchItem:
     """A new `validating` batch holding `queued` of the tenant's requests; its item."""
     now = now_s()
     batch = Batch(
@@ -198,13 +198,13 @@ def test_admission_beyond_max_active_batches_raises_and_stores_nothing(aws: Aws)
             aws.table, tenant_id=TENANT, batch=batch, queued=1, limits=limits, extra={}
         )
     assert refused.value.limit == "max_active_batches" and refused.value.status_code == 429
-    assert aws.table.get(keys.batch(batch.id)) is None
+    assert batch_store.get_batch(aws.table, batch.id) is None
     assert counters(aws) == (1, 5)
 
 
 def test_terminal_batches_leave_the_active_index(aws: Aws) -> None:
     item = admit(aws)
-    assert item["gsi2pk"] == batch_store.ACTIVE
+    assert item["gsi2pk"] == keys.ACTIVE_BATCHES
     done = batch_store.transition(aws.table, item, expect={"validating"}, to="failed", at=now_s())
     assert "gsi2pk" not in done and "gsi2sk" not in done
 

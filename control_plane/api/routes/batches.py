@@ -1,4 +1,4 @@
-"""`/v1/batches`: create, retrieve, list, cancel."""
+"""`/v1/batches`: create, retrieve, list, cancel; hotbatch's dead letters and redrive."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from control_plane import batches as batch_service
 from control_plane.api.deps import AwsDep, TenantDep
 from control_plane.models import Batch, CreateBatchBody, CursorPage, DeadLetter, RetryBody
 from control_plane.redrive import redrive
-from control_plane.split_launch import start_split
-from control_plane.store import batches as batch_store
-from control_plane.store import deadletters
 
 router = APIRouter(tags=["batches"])
 
@@ -21,9 +18,9 @@ router = APIRouter(tags=["batches"])
 def create_batch(
     aws: AwsDep, tenant: TenantDep, body: CreateBatchBody, background: BackgroundTasks
 ) -> Batch:
-    batch = batch_service.create_batch(aws, tenant_id=tenant, body=body)
-    start_split(aws, batch.id, background=background.add_task)
-    return batch
+    return batch_service.submit_batch(
+        aws, tenant_id=tenant, body=body, background=background.add_task
+    )
 
 
 @router.get("/batches")
@@ -33,7 +30,7 @@ def list_batches(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> CursorPage[Batch]:
-    return batch_store.list_batches(aws.table, tenant_id=tenant, limit=limit, after=after)
+    return batch_service.list_batches(aws, tenant_id=tenant, limit=limit, after=after)
 
 
 @router.get("/batches/{batch_id}")
@@ -55,16 +52,8 @@ def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CursorPage[DeadLetter]:
     """hotbatch extra: the requests that failed for good, by custom_id (cursor: `after`)."""
-    batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant)
-    items, has_more = deadletters.list_dead_letters(
-        aws.table, batch_id=batch_id, limit=limit, after=after
-    )
-    data = [DeadLetter.model_validate(item) for item in items]
-    return CursorPage[DeadLetter](
-        data=data,
-        first_id=data[0].custom_id if data else None,
-        last_id=data[-1].custom_id if data else None,
-        has_more=has_more,
+    return batch_service.list_dead_letters(
+        aws, tenant_id=tenant, batch_id=batch_id, limit=limit, after=after
     )
 
 

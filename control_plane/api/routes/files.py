@@ -12,7 +12,6 @@ from control_plane import files as file_service
 from control_plane.api.deps import AwsDep, TenantDep
 from control_plane.errors import InvalidRequest
 from control_plane.models import CursorPage, ExpiresAfter, FileDeleted, FileObject
-from control_plane.store import files as file_store
 
 router = APIRouter(tags=["files"])
 
@@ -53,8 +52,8 @@ def list_files(
     after: str | None = None,
     order: Literal["asc", "desc"] = "desc",
 ) -> CursorPage[FileObject]:
-    return file_store.list_files(
-        aws.table,
+    return file_service.list_files(
+        aws,
         tenant_id=tenant,
         limit=limit,
         after=after,
@@ -65,21 +64,18 @@ def list_files(
 
 @router.get("/files/{file_id}")
 def retrieve_file(aws: AwsDep, tenant: TenantDep, file_id: str) -> FileObject:
-    item = file_store.get_file_item(aws.table, file_id=file_id, tenant_id=tenant)
-    return file_store.file_from_item(item)
+    return file_service.get_file(aws, tenant_id=tenant, file_id=file_id)
 
 
 @router.delete("/files/{file_id}")
 def delete_file(aws: AwsDep, tenant: TenantDep, file_id: str) -> FileDeleted:
-    item = file_store.get_file_item(aws.table, file_id=file_id, tenant_id=tenant)
-    file_service.delete_file(aws, item)
+    file_service.delete_file(aws, tenant_id=tenant, file_id=file_id)
     return FileDeleted(id=file_id)
 
 
 @router.get("/files/{file_id}/content", response_model=None)
 def file_content(aws: AwsDep, tenant: TenantDep, file_id: str) -> Response:
-    item = file_store.get_file_item(aws.table, file_id=file_id, tenant_id=tenant)
-    kind, content = file_service.file_content(aws, item)
+    kind, content = file_service.file_content(aws, tenant_id=tenant, file_id=file_id)
     if kind == "redirect":
         assert isinstance(content, str)
         return RedirectResponse(content, status_code=307)

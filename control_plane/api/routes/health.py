@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from control_plane import health
 from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.health import report as health
 from control_plane.ids import now_s
-from control_plane.scheduler.policy import PROFILES
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
 def get_health(aws: AwsDep, tenant: TenantDep) -> health.HealthResponse:
-    profile = PROFILES[aws.settings.dispatch_profile]
-    return health.report(aws.table, profile=profile, now=now_s())
+    return health.report(aws.table, now=now_s())

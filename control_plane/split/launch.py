@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from control_plane.aws import Aws
-from control_plane.splitting import run_split
+from control_plane.split.job import run_split
 
 log = logging.getLogger("control_plane.split")
 

@@ -1,4 +1,4 @@
-"""Health: the sample the tick stores each minute, and `GET /v1/health` judged from an hour of them.
+"""`GET /v1/health`: the service's health judged from the last hour of the tick's samples.
 
 Components, each `healthy` / `degraded` / `down`, the overall status being the worst:
 - gpu: mean GPU utilisation of the worker readings taken while work waited (an idle GPU with
@@ -11,18 +11,18 @@ Components, each `healthy` / `degraded` / `down`, the overall status being the w
 from __future__ import annotations
 
 from statistics import fmean
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from control_plane.scheduler import policy
+from control_plane.health.sample import HealthSample
 from control_plane.store import Table
-from control_plane.store import keephot as keephot_store
+from control_plane.store import endpoint as endpoint_store
+from control_plane.store import health as health_store
 
 Status = Literal["healthy", "degraded", "down"]
 Metric = float | int | str | None
 HOUR_S = 3600
-SAMPLE_TTL_S = 2 * 24 * 3600
 # An hour of samples at the local stack's 1 s tick; AWS's 60 s tick stores 60.
 MAX_SAMPLES = 3600
 
@@ -33,113 +33,6 @@ GPU_HEALTHY_PERCENT, GPU_DEGRADED_PERCENT = 75.0, 50.0
 IDLE_HEALTHY_SHARE, IDLE_DEGRADED_SHARE = 0.25, 0.50
 QUEUE_HEALTHY_S, QUEUE_DEGRADED_S = 30 * 60, 2 * 3600
 _RANK: dict[Status, int] = {"healthy": 0, "degraded": 1, "down": 2}
-
-
-# --- the sample item (pk HEALTH, sk SAMPLE#{at}) ---------------------------------------------
-
-
-class GpuReading(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    name: str = ""
-    utilization_percent: float | None = None
-    memory_percent: float | None = None
-    memory_used_mb: float | None = None
-    memory_total_mb: float | None = None
-    temperature_c: float | None = None
-    power_w: float | None = None
-
-
-class WorkerReading(BaseModel):
-    """What keeps its value from a worker's `{"action": "health"}` answer (handler/health.py's
-    HealthReport, flattened; every field optional so an older worker image still parses)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    worker_id: str = ""
-    status: str = ""
-    uptime_s: float | None = None
-    gpus: list[GpuReading] = Field(default_factory=list)
-    gpu_error: str | None = None
-    kv_cache_usage_percent: float | None = None
-    running: int | None = None
-    waiting: int | None = None
-    prefix_cache_hit_rate: float | None = None
-    preemptions: int | None = None
-    ram_percent: float | None = None
-    process_rss_mb: float | None = None
-    jobs_in_progress: int | None = None
-    chunks_done: int | None = None
-    last_error: str | None = None
-
-    @classmethod
-    def from_report(cls, output: Any, *, worker_id: str | None = None) -> WorkerReading | None:
-        if not isinstance(output, dict) or output.get("status") is None:
-            return None
-        flat: dict[str, Any] = {}
-        for part in ("system", "engine"):
-            nested = output.get(part)
-            if isinstance(nested, dict):
-                flat.update(nested)
-        flat.update(output)
-        if worker_id and not flat.get("worker_id"):
-            flat["worker_id"] = worker_id
-        return cls.model_validate(flat)
-
-    def mean_gpu_utilization(self) -> float | None:
-        values = [g.utilization_percent for g in self.gpus if g.utilization_percent is not None]
-        return fmean(values) if values else None
-
-
-class WorkerCounts(BaseModel):
-    """RunPod `/health` → `workers`."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    idle: int = 0
-    initializing: int = 0
-    ready: int = 0
-    running: int = 0
-    throttled: int = 0
-    unhealthy: int = 0
-
-    @property
-    def warm(self) -> int:
-        return self.idle + self.running
-
-
-class JobCounts(BaseModel):
-    """RunPod `/health` → `jobs` (camelCase there)."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    completed: int = 0
-    failed: int = 0
-    in_progress: int = Field(default=0, alias="inProgress")
-    in_queue: int = Field(default=0, alias="inQueue")
-    retried: int = 0
-
-
-class HealthSample(BaseModel):
-    at: int
-    expires_at: int  # the table's TTL attribute
-    schedule: str
-    in_schedule: bool
-    keep_hot_workers: int
-    work_waiting: bool
-    pending_chunks: int
-    in_flight_chunks: int
-    oldest_pending_age_s: int | None = None  # high and normal priority
-    oldest_backfill_age_s: int | None = None
-    workers: WorkerCounts | None = None  # None: RunPod's /health was not read this tick
-    jobs: JobCounts | None = None
-    runpod_error: str | None = None
-    readings: list[WorkerReading] = Field(default_factory=list)  # harvested this tick
-    pings_sent: int = 0
-    pings_outstanding: int = 0
-    breaker: str = "closed"
-    window: int = 0
-    failures: int = 0
 
 
 # --- the response of GET /v1/health ----------------------------------------------------------
@@ -195,11 +88,11 @@ def worst(statuses: list[Status]) -> Status:
     return max(statuses, key=_RANK.__getitem__, default="healthy")
 
 
-def report(table: Table, *, profile: policy.Profile, now: int) -> HealthResponse:
-    """The last hour's samples, judged; the breaker as the scheduler holds it right now."""
-    items = keephot_store.samples_since(table, since=now - HOUR_S, limit=MAX_SAMPLES)
+def report(table: Table, *, now: int) -> HealthResponse:
+    """The last hour's samples, judged; the breaker as the tick last left it."""
+    items = health_store.samples_since(table, since=now - HOUR_S, limit=MAX_SAMPLES)
     samples = [HealthSample.model_validate(item) for item in items]
-    return build_report(samples, breaker=policy.load(table, profile).breaker, now=now)
+    return build_report(samples, breaker=endpoint_store.breaker_state(table), now=now)
 
 
 def build_report(samples: list[HealthSample], *, breaker: str, now: int) -> HealthResponse:

@@ -13,8 +13,8 @@ import logging
 from control_plane.aws import Aws
 from control_plane.errors import LimitExceeded, NotFound, StateConflict
 from control_plane.ids import now_s
-from control_plane.split import SplitError, SplitLimits, SplitResult, split_s3_object
-from control_plane.store import Item
+from control_plane.split.stream import SplitError, SplitLimits, SplitResult, split_s3_object
+from control_plane.store import BatchItem
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import files as file_store
@@ -22,7 +22,7 @@ from control_plane.store import files as file_store
 log = logging.getLogger("control_plane.split")
 
 
-def run_split(aws: Aws, batch_id: str) -> Item:
+def run_split(aws: Aws, batch_id: str) -> BatchItem:
     """Split `batch_id` if it is still validating; return the batch item as it ends up."""
     item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=None)
     if item["status"] == "cancelling" and not item.get("in_progress_at"):
@@ -62,7 +62,7 @@ def run_split(aws: Aws, batch_id: str) -> Item:
     return _start(aws, item, result)
 
 
-def _start(aws: Aws, item: Item, result: SplitResult) -> Item:
+def _start(aws: Aws, item: BatchItem, result: SplitResult) -> BatchItem:
     now = now_s()
     chunk_store.put_chunks(
         aws.table,
@@ -90,7 +90,7 @@ def _start(aws: Aws, item: Item, result: SplitResult) -> Item:
             at=now,
             sets=sets,
             queued=result.total_requests,
-            limits=_limits(aws),
+            limits=aws.limits,
         )
     except LimitExceeded as exc:
         error = SplitError(code="request_limit_exceeded", line=None, message=exc.message)
@@ -102,7 +102,7 @@ def _start(aws: Aws, item: Item, result: SplitResult) -> Item:
         return current  # another run of this split won
 
 
-def _fail(aws: Aws, item: Item, errors: list[SplitError]) -> Item:
+def _fail(aws: Aws, item: BatchItem, errors: list[SplitError]) -> BatchItem:
     try:
         return batch_store.transition(
             aws.table,
@@ -116,7 +116,7 @@ def _fail(aws: Aws, item: Item, errors: list[SplitError]) -> Item:
         return exc.item or item
 
 
-def _cancel_before_start(aws: Aws, item: Item) -> Item:
+def _cancel_before_start(aws: Aws, item: BatchItem) -> BatchItem:
     """Cancelled while validating: nothing was dispatched, so the cancel completes here."""
     try:
         return batch_store.transition(
@@ -124,13 +124,6 @@ def _cancel_before_start(aws: Aws, item: Item) -> Item:
         )
     except StateConflict as exc:
         return exc.item or item
-
-
-def _limits(aws: Aws) -> batch_store.Limits:
-    return batch_store.Limits(
-        max_active_batches=aws.settings.max_active_batches,
-        max_queued_requests=aws.settings.max_queued_requests,
-    )
 
 
 def _file_gone(file_id: str) -> SplitError:

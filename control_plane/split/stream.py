@@ -21,6 +21,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, Field
 
+from control_plane.layout import chunk_input_key
+from control_plane.models import ChunkRef
+
 READ_SIZE = 1024 * 1024
 UPLOAD_THREADS = 4
 UPLOADS_IN_FLIGHT = 8
@@ -42,14 +45,6 @@ class SplitError(BaseModel):
     param: str | None = None
 
 
-class ChunkRef(BaseModel):
-    index: int
-    key: str
-    requests: int
-    bytes: int
-    first_line: int
-
-
 class SplitResult(BaseModel):
     total_requests: int
     chunks: list[ChunkRef]
@@ -60,10 +55,6 @@ class SplitResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.error_count == 0
-
-
-def chunk_key(batch_id: str, index: int) -> str:
-    return f"batches/{batch_id}/chunks/{index:05d}/input.jsonl"
 
 
 def read_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
@@ -213,7 +204,7 @@ class _State:
         index = len(self.chunks)
         chunk = ChunkRef(
             index=index,
-            key=chunk_key(self.batch_id, index),
+            key=chunk_input_key(self.batch_id, index),
             requests=len(self.buffer),
             bytes=len(content),
             first_line=self.buffer_first_line,

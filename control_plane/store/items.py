@@ -1,0 +1,100 @@
+"""The shapes of the items the tick drives, in one place: every attribute a batch or a chunk
+item may carry, so a misspelt name is a type error, not a silent miss. Items cross the store's
+boundary as these dicts (DynamoDB numbers come back as int, or float where fractional).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Required, TypedDict
+
+
+class BatchCounters(TypedDict, total=False):
+    """What a chunk's result (or its bisection, dispatch, cancel) adds to its batch."""
+
+    n_completed: int
+    n_failed: int
+    tok_input: int
+    tok_output: int
+    tok_cached: int
+    tok_reasoning: int
+    chunks_open: int  # chunks not in a final state; bisect and redrive add to it
+    chunks_in_flight: int  # chunks dispatched and not yet recorded
+
+
+class BatchItem(BatchCounters, total=False):
+    """`BATCH#{id}` / `META`: OpenAI's batch object, flattened so its counters add atomically."""
+
+    pk: str
+    sk: str
+    gsi1pk: str  # TENANT#{t}#BATCH: the tenant's listing
+    gsi1sk: str
+    gsi2pk: str  # ACTIVE while unfinished: the tick's work
+    gsi2sk: str
+    id: Required[str]
+    tenant_id: Required[str]
+    status: Required[str]
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    priority: str
+    model: str
+    metadata: dict[str, str]
+    errors: list[dict[str, Any]]
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    window_expires_at: int  # the completion window's end (`expires_at` is the TTL attribute)
+    in_progress_at: int
+    finalizing_at: int
+    completed_at: int
+    failed_at: int
+    expired_at: int
+    cancelling_at: int
+    cancelled_at: int
+    queued: int  # this batch's share of the tenant's queued_requests
+    n_total: int
+    chunk_count: int  # chunks the split wrote
+    chunk_seq: int  # the next free chunk number (bisect and redrive make new chunks)
+    output_expires_after_s: int
+    redrives: int  # redrive generations so far
+    stop_dispatch: bool  # set once the completion window ran out
+    split_restarted_at: int
+
+
+class ChunkFields(TypedDict, total=False):
+    """The attributes of a chunk item that its moves set (`chunks.finish(sets=…)`)."""
+
+    refunds: int  # dispatches the endpoint refused (they never reached a worker)
+    priority: str
+    input_key: str
+    requests: int
+    bytes: int
+    first_line: int
+    created_at: int
+    parent: str  # the chunk this half was bisected from
+    children: list[str]
+    not_before: int  # retry backoff
+    last_error: str
+    lease_until: int
+    dispatched_at: int
+    job_id: str
+    output_key: str
+    error_key: str
+    completed: int
+    failed: int
+    finished_at: int
+    worker_id: str
+    engine_s: float
+
+
+class ChunkItem(ChunkFields, total=False):
+    """`BATCH#{batch_id}` / `CHUNK#{n:05d}`: one chunk object and where it stands."""
+
+    pk: str
+    sk: str
+    gsi2pk: str  # CHUNKS#pending or CHUNKS#dispatched while the tick has work with it
+    gsi2sk: str
+    batch_id: Required[str]
+    chunk_id: Required[str]
+    state: Required[str]  # pending, dispatched, done, dead, split, cancelled, expired
+    attempts: Required[int]  # dispatches so far; a number is never reused
