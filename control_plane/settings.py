@@ -113,6 +113,18 @@ class Settings(BaseSettings):
         description="HOTBATCH_MAX_QUEUED_REQUESTS: requests in a tenant's unfinished batches.",
     )
 
+    # --- API ---
+    key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description=(
+            "HOTBATCH_KEY_CACHE_S: seconds a warm API process trusts an API key lookup, so a "
+            "revoked key is refused within this time (plus DynamoDB's eventually consistent "
+            "read, under a second). 0: every request reads the table."
+        ),
+    )
+
     # --- split ---
     chunk_max_requests: int = Field(
         default=1_000, ge=1, description="HOTBATCH_CHUNK_MAX_REQUESTS: requests per chunk."

@@ -14,6 +14,10 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# What vLLM's `--kv-cache-memory-bytes` parser accepts (vllm/utils/argparse_utils.py
+# human_readable_int): a byte count, or a number with k/m/g/t (decimal) or K/M/G/T (binary).
+KV_CACHE_SIZE = r"^\d+(\.\d+)?[kKmMgGtT]?$"
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", case_sensitive=False)
@@ -30,7 +34,27 @@ class WorkerSettings(BaseSettings):
         description="OPENAI_SERVED_MODEL_NAME_OVERRIDE: the `model` clients must send.",
     )
     max_model_len: int | None = Field(default=None, description="MAX_MODEL_LEN")
-    gpu_memory_utilization: float = Field(default=0.90, description="GPU_MEMORY_UTILIZATION")
+    gpu_memory_utilization: float = Field(
+        default=0.90,
+        gt=0,
+        le=1,
+        description=(
+            "GPU_MEMORY_UTILIZATION: share of GPU memory for vLLM. On the CPU build, the share "
+            "of the node's memory it reserves and checks is free at start, unless "
+            "KV_CACHE_MEMORY_BYTES is set."
+        ),
+    )
+    kv_cache_memory_bytes: str | None = Field(
+        default=None,
+        pattern=KV_CACHE_SIZE,
+        description=(
+            "KV_CACHE_MEMORY_BYTES: an explicit KV-cache size (`--kv-cache-memory-bytes`; bytes "
+            "or vLLM's units, e.g. 268435456, 256M, 2G). Unset: sized from "
+            "GPU_MEMORY_UTILIZATION. vLLM's CPU build then checks that this share of the node's "
+            "memory is free at start (vllm/v1/worker/cpu_worker.py), which fails on a machine "
+            "whose page cache is full; an explicit size skips that check."
+        ),
+    )
     enable_prefix_caching: bool = Field(default=True, description="ENABLE_PREFIX_CACHING")
     quantization: str | None = Field(default=None, description="QUANTIZATION")
     tensor_parallel_size: int = Field(default=1, ge=1, description="TENSOR_PARALLEL_SIZE")
@@ -84,7 +108,13 @@ class WorkerSettings(BaseSettings):
         description="RUNPOD_POD_ID: the worker's identity in summaries and logs.",
     )
 
-    @field_validator("max_model_len", "max_num_seqs", "max_num_batched_tokens", mode="before")
+    @field_validator(
+        "max_model_len",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "kv_cache_memory_bytes",
+        mode="before",
+    )
     @classmethod
     def _zero_means_unset(cls, value: Any) -> Any:
         # worker-vllm templates ship `MAX_MODEL_LEN=0` to mean "the model's own".
@@ -106,6 +136,7 @@ class WorkerSettings(BaseSettings):
             "--revision": self.model_revision,
             "--max-model-len": self.max_model_len,
             "--gpu-memory-utilization": self.gpu_memory_utilization,
+            "--kv-cache-memory-bytes": self.kv_cache_memory_bytes,
             "--quantization": self.quantization,
             "--tensor-parallel-size": self.tensor_parallel_size,
             "--dtype": self.dtype,

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--endpoint", default=None, help="default: the first line's url")
     run.add_argument("--out", type=Path, default=DEFAULT_WORKDIR / "out")
     run.add_argument("--max-model-len", type=int, default=None)
+    run.add_argument(
+        "--kv-cache-memory-bytes",
+        default=None,
+        help="KV-cache size, e.g. 256M (default: KV_CACHE_MEMORY_BYTES; 256M for the tiny model)",
+    )
 
     tiny = commands.add_parser("tiny-model", help="write the tiny random-weight test model")
     tiny.add_argument("directory", type=Path)
@@ -98,18 +103,21 @@ def run_chunk(args: argparse.Namespace) -> int:
     body = args.input.read_bytes()
     endpoint = args.endpoint or first_url(body.splitlines()) or DEFAULT_ENDPOINT
     model, served, max_len = args.model, args.served_model_name, args.max_model_len
+    kv_cache = args.kv_cache_memory_bytes or os.environ.get("KV_CACHE_MEMORY_BYTES") or None
     if model is None:
-        from infra.tiny_model import generate
+        from infra.tiny_model import KV_CACHE_BYTES, generate
 
-        # Keep the CPU build's KV cache small: the tiny model needs megabytes, not gigabytes.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         model = str(generate(DEFAULT_WORKDIR / "tiny-model"))
         served, max_len = served or "tiny", max_len or 512
+        kv_cache = kv_cache or KV_CACHE_BYTES
 
     store = BlobServer().start()
     runtime = start_runtime(
         WorkerSettings(
-            model_name=model, openai_served_model_name_override=served, max_model_len=max_len
+            model_name=model,
+            openai_served_model_name_override=served,
+            max_model_len=max_len,
+            kv_cache_memory_bytes=kv_cache,
         )
     )
     try:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("handler.local")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+# The KV cache of CPU workers serving a model of your own (`--model`) when the shell sets no
+# KV_CACHE_MEMORY_BYTES; the tiny model's is `tiny_model.KV_CACHE_BYTES`.
+MODEL_KV_CACHE = "2G"
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, ports: bool = True) -> None:
@@ -58,7 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser, *, ports: bool = True) -> Non
         help="requests per chunk (small: CPU workers are slow)",
     )
     parser.add_argument("--workdir", type=Path, default=Path(".hotbatch"))
-    parser.add_argument("--ready-timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--ready-timeout", type=float, default=900.0, help="seconds for the engines to load"
+    )
+    parser.add_argument(
+        "--start-attempts",
+        type=int,
+        default=1,
+        help="give up (exit 1, the worker's errors on stderr) once this many workers have "
+        "exited before loading their engine",
+    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +86,7 @@ def up(args: argparse.Namespace) -> int:
     stack = _stack(args, ports=True)
     try:
         stack.start()
-        if not _wait_ready(stack, args.workers, args.ready_timeout, stop):
+        if not _wait_ready(stack, args.workers, args.ready_timeout, stop, args.start_attempts):
             return 1
         for key, value in stack.exports().items():
             sys.stdout.write(f"export {key}={shlex.quote(value)}\n")
@@ -99,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         stack.start()
         _progress("starting the local stack (moto, control plane, RunPod endpoint, workers)")
-        if not _wait_ready(stack, max(args.workers, 1), args.ready_timeout, stop):
+        if not _wait_ready(
+            stack, max(args.workers, 1), args.ready_timeout, stop, args.start_attempts
+        ):
             return 1
         exports = stack.exports()
         client = openai.OpenAI(base_url=exports["HOTBATCH_API_URL"], api_key=stack.api_key)
@@ -149,15 +163,20 @@ def _stack(args: argparse.Namespace, *, ports: bool) -> LocalStack:
 
 
 def _worker_env(args: argparse.Namespace) -> dict[str, str]:
-    """Worker variables: the model from the flags; defaults only where the shell sets none."""
+    """Worker variables: the model from the flags; defaults only where the shell sets none.
+
+    The KV cache always gets an explicit size: without one, vLLM's CPU build refuses to start
+    unless GPU_MEMORY_UTILIZATION of the node's memory is free, which a full page cache or
+    another process decides, not the model.
+    """
     model, served = args.model, args.served_model_name
-    defaults = {"VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+    defaults = {"VLLM_LOGGING_STREAM": "ext://sys.stderr", "KV_CACHE_MEMORY_BYTES": MODEL_KV_CACHE}
     if model is None:
-        from infra.tiny_model import generate
+        from infra.tiny_model import KV_CACHE_BYTES, generate
 
         model = str(generate((args.workdir / "tiny-model").resolve()))
         served = served or "tiny"
-        defaults.update({"MAX_MODEL_LEN": "512", "VLLM_CPU_KVCACHE_SPACE": "1"})
+        defaults.update({"MAX_MODEL_LEN": "512", "KV_CACHE_MEMORY_BYTES": KV_CACHE_BYTES})
     env = {key: value for key, value in defaults.items() if key not in os.environ}
     env["MODEL_NAME"] = model
     if served:
@@ -172,13 +191,28 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _wait_ready(stack: LocalStack, workers: int, timeout: float, stop: threading.Event) -> bool:
-    assert stack.endpoint is not None and stack.endpoint.backend is not None
-    backend = stack.endpoint.backend
+def _wait_ready(
+    stack: LocalStack, workers: int, timeout: float, stop: threading.Event, start_attempts: int
+) -> bool:
+    """Wait until `workers` engines have loaded. False, with the worker's own error lines on
+    stderr, as soon as `start_attempts` workers have exited before loading theirs: a worker that
+    cannot start (bad model, engine error, out of memory) fails the same way every time, so
+    waiting out `timeout` would only hide the cause."""
+    endpoint = stack.endpoint
+    assert endpoint is not None and endpoint.backend is not None and endpoint.pool is not None
+    backend, pool = endpoint.backend, endpoint.pool
     deadline = time.monotonic() + timeout
     while not stop.is_set():
         if backend.health()["workers"]["idle"] >= workers:
             return True
+        if pool.failed_starts >= start_attempts:
+            failure = pool.start_failures[-1]
+            log.error(
+                "a worker could not start",
+                extra={"worker_id": failure.worker_id, "code": failure.code},
+            )
+            _progress(f"hotbatch: {failure.report()}")
+            return False
         if time.monotonic() > deadline:
             log.error("workers did not load their engines in time", extra={"timeout_s": timeout})
             return False

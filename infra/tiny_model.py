@@ -28,6 +28,10 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 MAX_POSITIONS = 2048
+# The KV cache the tiny model's workers get (KV_CACHE_MEMORY_BYTES). A token takes 2 layers x
+# (K, V) x 1 KV head x 64 x 2 bytes = 512 bytes, so 256 MiB holds 512K tokens: 1,024 sequences of
+# 512 tokens, more than the CPU scheduler runs at once.
+KV_CACHE_BYTES = "256M"
 
 _WORDS = (
     "the a batch request model token worker chunk engine answer question json score candidate "

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from infra.blob_server import BlobServer
+from infra.tiny_model import KV_CACHE_BYTES
 
-# The CPU build sizes its KV cache from this (GiB); the default would take a large share of a
-# 24 GiB CI machine for a model that needs a few MB.
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# An explicit KV cache for every worker the tests start (they inherit it): without one, vLLM's CPU
+# build sizes it from GPU_MEMORY_UTILIZATION of the node's memory and refuses to start unless that
+# much is free, which depends on the machine's page cache, not on the model.
+os.environ.setdefault("KV_CACHE_MEMORY_BYTES", KV_CACHE_BYTES)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -39,6 +41,7 @@ def engine_runtime(tiny_model: Path) -> Iterator[object]:
         openai_served_model_name_override=TINY_MODEL_NAME,
         max_model_len=TINY_MAX_MODEL_LEN,
         max_num_seqs=256,
+        kv_cache_memory_bytes=KV_CACHE_BYTES,
     )
     runtime = start_runtime(settings)
     yield runtime

@@ -11,7 +11,8 @@ from control_plane.aws import Aws
 from control_plane.errors import Unauthorized
 from control_plane.store import apikeys
 
-KEY_CACHE_S = 60.0
+# Beyond this many cached keys, expired entries are dropped (random keys must not grow it).
+KEY_CACHE_MAX = 10_000
 
 
 def get_aws(request: Request) -> Aws:
@@ -25,8 +26,8 @@ AwsDep = Annotated[Aws, Depends(get_aws)]
 def get_tenant(
     request: Request, aws: AwsDep, authorization: Annotated[str | None, Header()] = None
 ) -> str:
-    """The tenant of the bearer key. Lookups are cached for a minute per warm process, so a
-    revoked key stops working within that time."""
+    """The tenant of the bearer key. Lookups are cached for `key_cache_s` (5 s by default) per
+    warm process, so a revoked key stops working within that time."""
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized(
@@ -35,9 +36,13 @@ def get_tenant(
         )
     cache: dict[str, tuple[str | None, float]] = request.app.state.key_cache
     digest = apikeys.digest(key.strip())
+    now = time.monotonic()
     cached = cache.get(digest)
-    if cached is None or cached[1] < time.monotonic():
-        cached = (apikeys.tenant_for(aws.table, key.strip()), time.monotonic() + KEY_CACHE_S)
+    if cached is None or cached[1] <= now:
+        cached = (apikeys.tenant_for(aws.table, key.strip()), now + aws.settings.key_cache_s)
+        if len(cache) >= KEY_CACHE_MAX:
+            for stale in [d for d, (_, expires) in cache.items() if expires <= now]:
+                del cache[stale]
         cache[digest] = cached
     if cached[0] is None:
         raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")

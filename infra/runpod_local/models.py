@@ -85,7 +85,9 @@ class Worker:
     # of the job: a signal that arrives before the SDK has registered the job's task is lost.
     stopping: dict[str, tuple[float, float]] = field(default_factory=dict)
     alive: bool = True
-    retired: bool = False  # stopped by the pool (scale-down, shutdown), not crashed
+    # Its process exited without being asked to; it counts as unhealthy until a worker starts
+    # again (the pool clears it), as RunPod shows a crash-looping worker.
+    crashed: bool = False
 
     @property
     def state(self) -> str:
@@ -176,7 +178,7 @@ class EndpointBackend:
                 "ready": states["idle"],
                 "running": states["running"],
                 "throttled": 0,
-                "unhealthy": sum(1 for w in self.workers.values() if not w.alive and not w.retired),
+                "unhealthy": sum(1 for w in self.workers.values() if w.crashed),
             },
         }
 
@@ -285,12 +287,12 @@ class EndpointBackend:
 
     async def worker_died(self, worker_id: str, *, retired: bool = False) -> None:
         """The worker's process is gone. One the pool retired (scale-down, shutdown) leaves
-        the endpoint's counts, as on RunPod; one that crashed stays `unhealthy`."""
+        the endpoint's counts, as on RunPod; one that crashed is `unhealthy`."""
         worker = self.workers.get(worker_id)
         if worker is None:
             return
         worker.alive = False
-        worker.retired = retired
+        worker.crashed = not retired
         for job_id in list(worker.jobs):
             job = self.jobs.get(job_id)
             if job is None or job.status != "IN_PROGRESS":

@@ -3,11 +3,14 @@
 Each worker is `python -m handler` (or any runpod SDK worker command) pointed at the endpoint's
 worker API. The pool starts workers while jobs wait (up to `max_workers`), keeps `min_workers`
 warm, retires a worker idle longer than `idle_timeout_s`, and notices a worker that died so its
-job is retried or failed by the backend, never left IN_PROGRESS.
+job is retried or failed by the backend, never left IN_PROGRESS. A worker that crashes shows as
+`unhealthy` and the next start waits (exponential backoff) until one starts again, as on RunPod;
+one that exits before its engine loaded is kept in `start_failures` with its own error lines.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from infra.runpod_local.crashes import RestartBackoff, StartFailure, error_lines, read_log
 from infra.runpod_local.models import EndpointBackend
 
 log = logging.getLogger("handler.runpod_local")
@@ -33,6 +37,8 @@ class PoolConfig:
     idle_timeout_s: float = 5.0  # RunPod's default
     cold_start_delay_s: float = 0.0  # extra, on top of the engine load, to study keep-hot
     stop_grace_s: float = 30.0
+    restart_backoff_s: float = 1.0  # after a crash; doubles per crash until a worker starts
+    restart_backoff_max_s: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     # Each worker runs in its own directory: the runpod SDK keeps its jobs-in-progress state in
@@ -45,6 +51,8 @@ class PoolConfig:
 class _Process:
     popen: subprocess.Popen[bytes]
     spawned_at: float
+    log_path: Path | None = None
+    log_offset: int = 0  # logs are appended to: this run's lines start here
     stopping_since: float | None = None
 
 
@@ -54,7 +62,18 @@ class WorkerPool:
     config: PoolConfig
     worker_urls: dict[str, str]
     processes: dict[str, _Process] = field(default_factory=dict)
+    # Workers that exited before their engine loaded: how many, and the last few in detail.
+    failed_starts: int = 0
+    start_failures: collections.deque[StartFailure] = field(
+        default_factory=lambda: collections.deque(maxlen=10)
+    )
+    backoff: RestartBackoff = field(init=False)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.backoff = RestartBackoff(
+            base_s=self.config.restart_backoff_s, max_s=self.config.restart_backoff_max_s
+        )
 
     @property
     def cold_starts_s(self) -> list[float]:
@@ -68,8 +87,11 @@ class WorkerPool:
     async def reconcile(self) -> None:
         """One scaling step; called by the endpoint's housekeeping loop."""
         await self._reap()
+        self._clear_crashes()
         self._retire_idle()
         self._escalate_stops()
+        if not self.backoff.allows_start(time.monotonic()):
+            return
         for _ in range(self._wanted() - self._active()):
             self.spawn()
 
@@ -87,11 +109,12 @@ class WorkerPool:
             "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
         }
         output: int | IO[bytes] = subprocess.DEVNULL
+        log_path, log_offset = None, 0
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(
-                self.config.log_dir / f"{worker_id}.log", "ab"
-            )  # closed below, once the child has it
+            log_path = self.config.log_dir / f"{worker_id}.log"
+            output = open(log_path, "ab")  # closed below, once the child has it
+            log_offset = output.tell()
         cwd = self.config.work_dir / worker_id
         cwd.mkdir(parents=True, exist_ok=True)
         popen = subprocess.Popen(
@@ -104,7 +127,7 @@ class WorkerPool:
         )
         if not isinstance(output, int):
             output.close()  # the child has its own descriptor
-        self.processes[worker_id] = _Process(popen, time.monotonic())
+        self.processes[worker_id] = _Process(popen, time.monotonic(), log_path, log_offset)
         self.backend.worker(worker_id)  # known as initializing until its first job-take
         log.info("worker started", extra={"worker_id": worker_id, "pid": popen.pid})
         return worker_id
@@ -193,9 +216,48 @@ class WorkerPool:
             _signal_group(process.popen, signal.SIGKILL)  # orphans of a crashed worker
             del self.processes[worker_id]
             retired = process.stopping_since is not None
-            if not retired:
-                log.warning("worker exited", extra={"worker_id": worker_id, "code": code})
+            ready = self._ready_at(worker_id) is not None
             await self.backend.worker_died(worker_id, retired=retired)
+            if not retired:
+                self._crashed(worker_id, process, code, ready=ready)
+
+    # --- crashes ---
+
+    def _crashed(self, worker_id: str, process: _Process, code: int, *, ready: bool) -> None:
+        delay = self.backoff.crashed(time.monotonic())
+        self._limit_unhealthy()
+        extra = {"worker_id": worker_id, "code": code, "restart_in_s": delay}
+        if ready:
+            log.warning("worker exited", extra=extra)
+            return
+        text = read_log(process.log_path, process.log_offset) if process.log_path else ""
+        failure = StartFailure(worker_id, code, process.log_path, error_lines(text))
+        self.start_failures.append(failure)
+        self.failed_starts += 1
+        log.error("worker failed to start", extra={**extra, "error": failure.lines[-1:]})
+
+    def _clear_crashes(self) -> None:
+        """A worker ready after the last crash shows the endpoint can start workers again: the
+        backoff resets and the crashed workers no longer count as unhealthy."""
+        ready = [
+            at for worker_id in self.processes if (at := self._ready_at(worker_id)) is not None
+        ]
+        if ready and self.backoff.started(max(ready)):
+            for worker in self.backend.workers.values():
+                worker.crashed = False
+            log.info("worker started after crashes; unhealthy cleared")
+
+    def _limit_unhealthy(self) -> None:
+        # RunPod shows at most one unhealthy worker per slot, not one per restart of a loop.
+        crashed = sorted(
+            (w for w in self.backend.workers.values() if w.crashed), key=lambda w: w.started_at
+        )
+        for worker in crashed[: max(0, len(crashed) - self.config.max_workers)]:
+            worker.crashed = False
+
+    def _ready_at(self, worker_id: str) -> float | None:
+        worker = self.backend.workers.get(worker_id)
+        return worker.ready_at if worker is not None else None
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -68,6 +68,16 @@ def test_settings_parse_with_vllms_own_serve_parser(tiny_model: Path) -> None:
     assert adapter.parse_serve_args(explicit).enable_chunked_prefill is True
 
 
+def test_kv_cache_size_reaches_vllms_parser_in_bytes(tiny_model: Path) -> None:
+    # The explicit size is what lets the CPU build skip its GPU_MEMORY_UTILIZATION check.
+    settings = WorkerSettings(
+        model_name=str(tiny_model), kv_cache_memory_bytes="256M", gpu_memory_utilization=0.99
+    )
+    args = adapter.parse_serve_args(settings)
+    assert args.kv_cache_memory_bytes == 256 * 1024**2
+    assert args.gpu_memory_utilization == 0.99
+
+
 async def test_chat_chunk_end_to_end_parses_as_openai_objects(
     engine_runtime: Runtime, blobs: BlobServer, tokenizer: Any
 ) -> None:

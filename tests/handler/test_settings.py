@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from handler.settings import WorkerSettings
 
@@ -59,3 +60,40 @@ def test_zero_max_model_len_means_the_models_own(monkeypatch: pytest.MonkeyPatch
 def test_worker_id_comes_from_runpod_pod_id(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNPOD_POD_ID", "pod-123")
     assert WorkerSettings().worker_id == "pod-123"
+
+
+def test_kv_cache_memory_bytes_maps_to_an_explicit_kv_cache_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KV_CACHE_MEMORY_BYTES", "256M")
+    monkeypatch.setenv("GPU_MEMORY_UTILIZATION", "0.99")
+    argv = WorkerSettings().serve_argv()
+    pairs = dict(zip(argv, argv[1:], strict=False))
+    assert pairs["--kv-cache-memory-bytes"] == "256M"
+    assert pairs["--gpu-memory-utilization"] == "0.99"
+
+
+def test_without_kv_cache_memory_bytes_vllm_sizes_the_cache_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KV_CACHE_MEMORY_BYTES", raising=False)  # tests/conftest.py sets it
+    assert "--kv-cache-memory-bytes" not in WorkerSettings().serve_argv()
+    monkeypatch.setenv("KV_CACHE_MEMORY_BYTES", "0")  # worker-vllm's "unset", as MAX_MODEL_LEN
+    assert WorkerSettings().kv_cache_memory_bytes is None
+
+
+@pytest.mark.parametrize("value", ["268435456", "256M", "1.5G", "2g"])
+def test_kv_cache_memory_bytes_takes_bytes_or_vllms_units(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("KV_CACHE_MEMORY_BYTES", value)
+    assert WorkerSettings().kv_cache_memory_bytes == value
+
+
+@pytest.mark.parametrize("value", ["256MB", "-1", "lots", "1 G"])
+def test_a_kv_cache_size_vllm_would_not_parse_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("KV_CACHE_MEMORY_BYTES", value)
+    with pytest.raises(ValidationError, match="kv_cache_memory_bytes"):
+        WorkerSettings()

@@ -1,9 +1,12 @@
 """`hotbatch local up` as a user runs it: wait for `ready`, eval the exports, use the runpod SDK,
-then SIGTERM leaves no process behind."""
+then SIGTERM leaves no process behind; on a busy machine it still starts, and with a worker that
+cannot start it stops soon, naming the cause."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -31,9 +34,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stack_env(**overrides: str) -> dict[str, str]:
+    """The test's environment without the KV-cache size tests/conftest.py gives the workers it
+    starts, so the stack's own default is what runs."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **overrides}
+    for name in ("KV_CACHE_MEMORY_BYTES", "VLLM_CPU_KVCACHE_SPACE"):
+        if name not in overrides:
+            env.pop(name, None)
+    return env
+
+
 def test_local_up_prints_exports_then_ready_and_stops_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # GPU_MEMORY_UTILIZATION=0.99: vLLM's CPU build would want 99 % of the node's memory free
+    # at start, which no busy machine has; the stack's explicit KV cache skips that check.
     stack = subprocess.Popen(
         [
             sys.executable,
@@ -55,7 +70,7 @@ def test_local_up_prints_exports_then_ready_and_stops_cleanly(
             str(tmp_path / "stack"),
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=stack_env(GPU_MEMORY_UTILIZATION="0.99"),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -100,6 +115,13 @@ def test_local_up_prints_exports_then_ready_and_stops_cleanly(
         report = endpoint.run_sync({"action": "health"}, timeout=60)
         assert report["engine"]["model"] == "tiny" and report["status"] == "ok"
         assert endpoint.health()["workers"]["idle"] == 1
+        worker_log = (tmp_path / "stack" / "logs" / "local-worker-1.log").read_text()
+        starting = next(
+            json.loads(line) for line in worker_log.splitlines() if '"worker starting"' in line
+        )
+        assert starting["settings"]["gpu_memory_utilization"] == 0.99
+        assert starting["settings"]["kv_cache_memory_bytes"] == "256M"
+        assert re.search(r"Explicitly set \(0\.25/[\d.]+\) GiB for KV cache", worker_log)
 
         family = psutil.Process(stack.pid).children(recursive=True)
         assert family, "the stack should have started worker processes"
@@ -110,3 +132,44 @@ def test_local_up_prints_exports_then_ready_and_stops_cleanly(
     finally:
         if stack.poll() is None:
             stack.kill()
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "cause"),
+    [
+        # A model path that does not exist.
+        ("up", {"GPU_MEMORY_UTILIZATION": "0.9"}, "/nonexistent/model"),
+        # No explicit KV cache and the whole node's memory asked for: vLLM's CPU build refuses
+        # at start, as it did on a busy machine before the stack sized the cache itself.
+        (
+            "run",
+            {"GPU_MEMORY_UTILIZATION": "1.0", "KV_CACHE_MEMORY_BYTES": "0"},
+            "less than desired CPU memory utilization",
+        ),
+    ],
+)
+def test_a_stack_whose_worker_cannot_start_exits_naming_the_cause(
+    tmp_path: Path, command: str, env: dict[str, str], cause: str
+) -> None:
+    argv = [sys.executable, "-m", "infra.cli", "local", command]
+    if command == "up":
+        argv += ["--model", "/nonexistent/model"]
+        argv += ["--port", str(free_port()), "--aws-port", str(free_port())]
+        argv += ["--runpod-port", str(free_port())]
+    else:
+        batch = tmp_path / "in.jsonl"
+        batch.write_bytes(jsonl(2))
+        argv += [str(batch), "--out", str(tmp_path / "out")]
+    argv += ["--workdir", str(tmp_path / "stack")]
+    started = time.monotonic()
+    result = subprocess.run(
+        argv, cwd=tmp_path, env=stack_env(**env), capture_output=True, text=True, timeout=300
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert elapsed < 180, f"took {elapsed:.0f} s"
+    said = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert said[-1].startswith("full log: ") and said[-1].endswith("local-worker-1.log")
+    assert any(line.startswith("hotbatch: worker local-worker-1 exited with code") for line in said)
+    assert cause in "\n".join(said), result.stderr[-3000:]
+    assert "ready" not in result.stdout.split()
