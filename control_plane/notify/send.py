@@ -90,7 +90,7 @@ def post(
             url,
             body=payload.encode(),
             headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
-            timeout=urllib3.Timeout(connect=min(timeout_s, 3.0), read=timeout_s),
+            timeout=urllib3.Timeout(total=timeout_s),
             redirect=False,
             preload_content=False,
         )
@@ -111,10 +111,11 @@ def post(
 
 
 def _reason(exc: Exception) -> str:
+    # NewConnectionError is a ConnectTimeoutError in urllib3's hierarchy: test it first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection failed: " + str(exc).rsplit("new connection: ", 1)[-1]
     if isinstance(exc, urllib3.exceptions.TimeoutError):
         return "timed out"
-    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-        return _reason(exc.reason) if isinstance(exc.reason, Exception) else str(exc.reason)
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return "connection failed"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(exc.reason, Exception):
+        return _reason(exc.reason)
     return type(exc).__name__ + (f": {exc}" if str(exc) else "")

@@ -155,7 +155,6 @@ def record_attempt(
         ":mine": int(delivery["attempts"]),
         ":pending": PENDING,
         ":state": state,
-        ":at": int(entry["at"]),
     }
     expression = (
         "SET attempt_log = list_append(if_not_exists(attempt_log, :empty), :entry), "
@@ -169,6 +168,7 @@ def record_attempt(
         values[":due"] = keys.delivery_order(next_at, delivery["event_id"], delivery["endpoint_id"])
     else:
         expression += ", finished_at = :at REMOVE gsi2pk, gsi2sk"
+        values[":at"] = int(entry["at"])
     try:
         table.update(
             keys.delivery(delivery["event_id"], delivery["endpoint_id"]),
