@@ -45,14 +45,14 @@ def check_file(ctx: TickContext, item: Item, *, budget: int) -> tuple[str, int]:
     became of it (`processed`, `error`, `partial`, or `lost` to another tick) and the bytes
     read."""
     table = ctx.aws.table
-    scan = TextScan.from_state(item.get("scan"))
+    scan = TextScan.from_state(item.get("check_state"))
     start, size = scan.size, int(item["bytes"])
     end = min(size, start + budget)
     try:
         if end > start:
             _read_into(ctx, item, scan, start, end)
         if end < size:
-            saved = file_store.save_scan(table, item, seen=start, state=scan.state())
+            saved = file_store.save_check_progress(table, item, seen=start, state=scan.state())
             return ("partial" if saved else "lost"), end - start
         lines = scan.finish()
     except TextError as exc:

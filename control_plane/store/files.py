@@ -143,18 +143,18 @@ def _scan_condition(seen: int, values: dict[str, Any]) -> str:
     checking one file: the second writer loses)."""
     values[":uploaded"] = "uploaded"
     if seen == 0:
-        return "#status = :uploaded AND attribute_not_exists(scan_offset)"
+        return "#status = :uploaded AND attribute_not_exists(check_offset)"
     values[":seen"] = seen
-    return "#status = :uploaded AND scan_offset = :seen"
+    return "#status = :uploaded AND check_offset = :seen"
 
 
-def save_scan(table: Table, item: Item, *, seen: int, state: dict[str, Any]) -> bool:
+def save_check_progress(table: Table, item: Item, *, seen: int, state: dict[str, Any]) -> bool:
     """Keep a partial check's progress for the next tick. False when another tick moved on."""
     values: dict[str, Any] = {":state": state, ":offset": int(state["size"])}
     try:
         table.update(
             keys.file(item["id"]),
-            "SET scan = :state, scan_offset = :offset",
+            "SET check_state = :state, check_offset = :offset",
             condition=_scan_condition(seen, values),
             names={"#status": "status"},
             values=values,
@@ -177,7 +177,7 @@ def finish_check(
     to the expiry queue, or out of gsi2."""
     values: dict[str, Any] = {":to": status}
     sets = ["#status = :to"]
-    removes = ["scan", "scan_offset"]
+    removes = ["check_state", "check_offset"]
     if line_count is not None:
         sets.append("line_count = :lines")
         values[":lines"] = line_count

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import openai
 import pytest
 from fastapi.testclient import TestClient
@@ -12,7 +14,7 @@ from control_plane.aws import Aws
 from control_plane.notify import signing
 from control_plane.store import webhook_endpoints as endpoint_store
 
-BATCH_TYPES = ["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
+BATCH_TYPES: Final = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
 URL = "https://hooks.example.com/openai"
 
 
@@ -43,7 +45,7 @@ def test_list_is_newest_first_pages_and_is_per_tenant(
     client: TestClient, key_a: str, key_b: str
 ) -> None:
     mine = sdk(client, key_a).webhooks
-    ids = [mine.create(name=f"e{i}", url=URL, event_types=BATCH_TYPES).id for i in range(3)]
+    ids = [mine.create(name=f"e{i}", url=URL, event_types=[*BATCH_TYPES]).id for i in range(3)]
     page = mine.list(limit=2)
     assert [e.id for e in page.data] == ids[::-1][:2] and page.has_more
     assert [e.id for e in mine.list(limit=2)] == ids[::-1]  # the SDK follows `after` itself
@@ -74,23 +76,23 @@ def test_update_changes_fields_and_an_unchanged_update_keeps_updated_at(
 def test_delete_answers_deleted_and_frees_the_tenants_slot(client: TestClient, key_a: str) -> None:
     hooks = sdk(client, key_a).webhooks
     ids = [
-        hooks.create(name=f"e{i}", url=URL, event_types=BATCH_TYPES).id
+        hooks.create(name=f"e{i}", url=URL, event_types=[*BATCH_TYPES]).id
         for i in range(endpoint_store.MAX_PER_TENANT)
     ]
     with pytest.raises(openai.BadRequestError, match="max_webhook_endpoints=20"):
-        hooks.create(name="one too many", url=URL, event_types=BATCH_TYPES)
+        hooks.create(name="one too many", url=URL, event_types=[*BATCH_TYPES])
     deleted = hooks.delete(ids[0])
     assert deleted.deleted and deleted.id == ids[0] and deleted.object == "webhook_endpoint.deleted"
     with pytest.raises(openai.NotFoundError):
         hooks.retrieve(ids[0])
-    assert hooks.create(name="fits again", url=URL, event_types=BATCH_TYPES).id
+    assert hooks.create(name="fits again", url=URL, event_types=[*BATCH_TYPES]).id
 
 
 def test_rotate_secret_answers_a_new_secret_and_can_keep_the_old_one_a_day(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
     hooks = sdk(client, key_a).webhooks
-    created = hooks.create(name="app", url=URL, event_types=BATCH_TYPES)
+    created = hooks.create(name="app", url=URL, event_types=[*BATCH_TYPES])
     kept = hooks.rotate_secret(created.id, keep_old_secret_active_for_24_hours=True)
     assert kept.signing_secret != created.signing_secret
     assert kept.signing_secret_hint == f"whsec_…{kept.signing_secret[-4:]}"
@@ -107,7 +109,7 @@ def test_rotate_secret_answers_a_new_secret_and_can_keep_the_old_one_a_day(
 
 def test_event_types_are_the_batch_events(client: TestClient, key_a: str) -> None:
     listed = sdk(client, key_a).webhooks.event_types.list()
-    assert listed.object == "list" and listed.data == BATCH_TYPES
+    assert listed.object == "list" and listed.data == list(BATCH_TYPES)
 
 
 @pytest.mark.parametrize(
@@ -115,12 +117,12 @@ def test_event_types_are_the_batch_events(client: TestClient, key_a: str) -> Non
     [
         (URL, ["response.completed"], "unsupported event type 'response.completed'"),
         (URL, [], "event_types"),
-        ("http://hooks.example.com/h", BATCH_TYPES, "must be https"),
-        ("https://127.0.0.1/h", BATCH_TYPES, "not a public address"),
-        ("https://10.1.2.3/h", BATCH_TYPES, "not a public address"),
-        ("https://[::1]/h", BATCH_TYPES, "not a public address"),
-        ("https://localhost:8443/h", BATCH_TYPES, "this machine"),
-        ("https://user:pw@hooks.example.com/h", BATCH_TYPES, "credentials"),
+        ("http://hooks.example.com/h", list(BATCH_TYPES), "must be https"),
+        ("https://127.0.0.1/h", list(BATCH_TYPES), "not a public address"),
+        ("https://10.1.2.3/h", list(BATCH_TYPES), "not a public address"),
+        ("https://[::1]/h", list(BATCH_TYPES), "not a public address"),
+        ("https://localhost:8443/h", list(BATCH_TYPES), "this machine"),
+        ("https://user:pw@hooks.example.com/h", list(BATCH_TYPES), "credentials"),
     ],
 )
 def test_bad_endpoints_are_400s_naming_the_problem(
@@ -135,7 +137,7 @@ def test_a_test_event_that_cannot_be_sent_is_a_400_saying_why(
     client: TestClient, key_a: str
 ) -> None:
     hooks = sdk(client, key_a).webhooks
-    endpoint = hooks.create(name="dead", url="http://127.0.0.1:9/h", event_types=BATCH_TYPES)
+    endpoint = hooks.create(name="dead", url="http://127.0.0.1:9/h", event_types=[*BATCH_TYPES])
     with pytest.raises(openai.BadRequestError, match="could not be delivered.*connection failed"):
         hooks.test(endpoint.id, event_type="batch.completed")
     with pytest.raises(openai.BadRequestError, match="unsupported event type"):

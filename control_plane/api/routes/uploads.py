@@ -3,8 +3,9 @@ presigned `part_urls`, or (parts that fit a request) through `POST /v1/uploads/{
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from control_plane import upload_parts
 from control_plane import uploads as upload_service
@@ -50,7 +51,7 @@ async def add_upload_part(
     form = await request.form()
     try:
         data = form.get("data")
-        if not isinstance(data, UploadFile):
+        if not isinstance(data, UploadFile):  # starlette's: the form holds no fastapi type
             raise InvalidRequest(
                 "Missing required parameter: 'data' (the part's bytes, as a multipart file).",
                 code="missing_required_parameter",
