@@ -25,8 +25,8 @@ def new_secret() -> str:
 
 
 def hint(secret: str) -> str:
-    """Enough to tell two secrets apart, never enough to use one."""
-    return f"{PREFIX}…{secret[-4:]}"
+    """Enough to tell two secrets apart, never enough to use one (base64's padding aside)."""
+    return f"{PREFIX}…{secret.rstrip('=')[-4:]}"
 
 
 def headers(

@@ -25,7 +25,9 @@ EVENT_TTL_S = 7 * 24 * 3600
 PENDING, DELIVERED, FAILED, DROPPED = "pending", "delivered", "failed", "dropped"
 
 
-def batch_event_put(table_name: str, *, tenant_id: str, batch_id: str, status: str, at: int) -> Any:
+def batch_event_put(
+    table_name: str, *, tenant_id: str, batch_id: str, status: str, at: int
+) -> dict[str, Any]:
     """A transaction part: the `batch.{status}` event of a batch entering a final state."""
     event = Event(
         id=new_id("event"), created_at=at, type=f"batch.{status}", data=EventData(id=batch_id)
