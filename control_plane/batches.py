@@ -48,6 +48,12 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
             code="invalid_input_file",
             param="input_file_id",
         )
+    if file.get("status") == "error":
+        raise InvalidRequest(
+            f"File {body.input_file_id} failed processing: {file.get('status_details')}",
+            code="invalid_input_file",
+            param="input_file_id",
+        )
     max_requests = aws.settings.max_requests_per_batch
     lines = file.get("line_count")
     if lines is not None and lines > max_requests:

@@ -37,6 +37,12 @@ class Conflict(ApiError):
     status_code = 409
 
 
+class TooLarge(ApiError):
+    """The request body is larger than this route takes (413)."""
+
+    status_code = 413
+
+
 class LimitExceeded(ApiError):
     """An admission limit. 400 when the request itself is too big, 429 when the tenant has too
     much in flight (it can retry later)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 from typing import IO, Literal
 
 from control_plane import layout
@@ -11,6 +10,7 @@ from control_plane.errors import InvalidRequest, LimitExceeded
 from control_plane.ids import new_id, now_s
 from control_plane.models import CursorPage, ExpiresAfter, FileObject
 from control_plane.store import files as file_store
+from control_plane.textscan import TextError, TextScan
 
 READ_SIZE = 1024 * 1024
 UPLOAD_PURPOSES = ("batch",)
@@ -31,43 +31,18 @@ def scan_upload(stream: IO[bytes], *, max_bytes: int) -> tuple[int, int]:
     Read in pieces, so a large local upload (spooled to disk by the server) is never held in
     memory whole.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    size = lines = newlines = 0
-    line_has_text = False
-    while piece := stream.read(READ_SIZE):
-        try:
-            decoder.decode(piece)
-        except UnicodeDecodeError as exc:
-            line = newlines + piece[: exc.start].count(b"\n") + 1
-            raise InvalidRequest(
-                f"The file is not UTF-8 text: invalid byte at offset {size + exc.start} "
-                f"(line {line}).",
-                code="invalid_file_encoding",
-                param="file",
-            ) from exc
-        size += len(piece)
-        newlines += piece.count(b"\n")
-        if size > max_bytes:
-            raise LimitExceeded(
-                "max_file_bytes", max_bytes, "The file is too large", status_code=400
-            )
-        *complete, tail = piece.split(b"\n")
-        for part in complete:
-            lines += line_has_text or bool(part.strip())
-            line_has_text = False
-        line_has_text = line_has_text or bool(tail.strip())
+    scan = TextScan()
     try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(
-            "The file is not UTF-8 text: it ends inside a multi-byte character.",
-            code="invalid_file_encoding",
-            param="file",
-        ) from exc
-    lines += line_has_text
-    if size == 0 or lines == 0:
-        raise InvalidRequest("The file is empty.", code="empty_file", param="file")
-    return size, lines
+        while piece := stream.read(READ_SIZE):
+            scan.feed(piece)
+            if scan.size > max_bytes:
+                raise LimitExceeded(
+                    "max_file_bytes", max_bytes, "The file is too large", status_code=400
+                )
+        lines = scan.finish()
+    except TextError as exc:
+        raise InvalidRequest(exc.message, code=exc.code, param="file") from exc
+    return scan.size, lines
 
 
 def create_file(

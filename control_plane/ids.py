@@ -9,7 +9,14 @@ from __future__ import annotations
 import secrets
 import time
 
-PREFIXES = {"batch": "batch_", "file": "file-", "upload": "upload_", "part": "part_"}
+PREFIXES = {
+    "batch": "batch_",
+    "file": "file-",
+    "upload": "upload_",
+    "part": "part_",
+    "webhook_endpoint": "whe_",
+    "event": "evt_",
+}
 
 
 def new_id(kind: str, *, now_ms: int | None = None) -> str:

@@ -7,6 +7,7 @@ object back as lines. docs/storage.md draws the same layout.
     batches/{batch_id}/chunks/{n:05d}/errors-{a}.jsonl   attempt a's error lines (the worker)
     …/errors-dead.jsonl, …/errors-expired.jsonl          error lines the tick writes itself
     …/errors-{a}-r{g}.jsonl                              an error object after redrive g
+    uploads/{upload_id}/parts/{part_id}                  a part sent through the API
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ def file_key(file_id: str) -> str:
 def file_id_of(key: str) -> str:
     """The file id a `files/…` key stands for (an upload fixes the key before the file exists)."""
     return key.removeprefix(FILES)
+
+
+def upload_parts_prefix(upload_id: str) -> str:
+    return f"uploads/{upload_id}/parts/"
+
+
+def upload_part_key(upload_id: str, part_id: str) -> str:
+    """A part sent through `POST /v1/uploads/{id}/parts`, until `complete` assembles it."""
+    return f"{upload_parts_prefix(upload_id)}{part_id}"
+
+
+def part_id_of(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
 
 
 def chunk_id(index: int) -> str:

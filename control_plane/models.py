@@ -187,9 +187,19 @@ class Upload(BaseModel):
     part_urls: list[UploadPartUrl] | None = None
 
 
+class UploadPart(BaseModel):
+    """One part sent through `POST /v1/uploads/{id}/parts`; `complete` names parts by id."""
+
+    id: str
+    object: Literal["upload.part"] = "upload.part"
+    created_at: int
+    upload_id: str
+
+
 class CompleteUploadBody(BaseModel):
-    # OpenAI's clients send the part ids they got back; with presigned parts the store lists
-    # the parts itself, so both fields are optional.
+    # OpenAI's clients send the ids of the parts they sent through the API, in file order;
+    # after presigned `part_urls` PUTs there are none (S3 lists those parts), so both fields
+    # are optional.
     part_ids: list[str] | None = None
     md5: str | None = None
 

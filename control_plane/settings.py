@@ -18,7 +18,13 @@ ONE_GB = 1024**3
 # Read only by the local stack and tests; no deployed function sets them (boto3 finds AWS
 # itself, RunPod's API is at its default address, secrets come from Secrets Manager).
 LOCAL_ONLY = frozenset(
-    {"aws_endpoint_url", "runpod_base_url", "runpod_api_key", "webhook_secret_value"}
+    {
+        "aws_endpoint_url",
+        "runpod_base_url",
+        "runpod_api_key",
+        "webhook_secret_value",
+        "event_webhook_private_urls",
+    }
 )
 
 
@@ -159,6 +165,35 @@ class Settings(BaseSettings):
         default=3600,
         ge=60,
         description="HOTBATCH_UPLOAD_EXPIRES_S: an upload not completed by then is dropped.",
+    )
+
+    upload_part_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        le=64 * 1024 * 1024,
+        description=(
+            "HOTBATCH_UPLOAD_PART_MAX_BYTES: largest part `POST /v1/uploads/{id}/parts` takes "
+            "(Lambda requests stop at 6 MB, counted after API Gateway base64-encodes a binary "
+            "body: 4 MiB of data is about 5.6 MB); larger parts go to the upload's `part_urls`."
+        ),
+    )
+
+    # --- event webhooks (`/v1/webhook_endpoints`) ---
+    event_delivery_timeout_s: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=30.0,
+        description=(
+            "HOTBATCH_EVENT_DELIVERY_TIMEOUT_S: how long one webhook delivery may take before it "
+            "counts as failed and is retried later."
+        ),
+    )
+    event_webhook_private_urls: bool = Field(
+        default=False,
+        description=(
+            "HOTBATCH_EVENT_WEBHOOK_PRIVATE_URLS: let webhook endpoints be http and on private "
+            "or loopback addresses (local stack only: in AWS that would reach inside the VPC)."
+        ),
     )
 
     @field_validator("keep_hot_schedule")

@@ -2,20 +2,21 @@
 
 OpenAI's Upload object, with a hotbatch extra `part_urls`: the client PUTs each part straight
 to S3, then `complete` lists the parts in S3 (no ETags to carry back), checks the size and
-yields a normal `file-…`.
+yields a normal `file-…`. Parts that fit a Lambda request may also go through the API, as
+OpenAI's clients send them (`add_part`, assembled at `complete`: `upload_parts.py`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import IO, Any
 
-from control_plane import layout
+from control_plane import layout, upload_parts
 from control_plane.aws import Aws
 from control_plane.errors import Conflict, InvalidRequest, LimitExceeded, StateConflict
 from control_plane.files import check_purpose
 from control_plane.ids import new_id, now_s
-from control_plane.models import CreateUploadBody, FileObject, Upload, UploadPartUrl
+from control_plane.models import CreateUploadBody, FileObject, Upload, UploadPart, UploadPartUrl
 from control_plane.store import Item
 from control_plane.store import files as file_store
 from control_plane.store import uploads as upload_store
@@ -72,13 +73,60 @@ def create_upload(aws: Aws, *, tenant_id: str, body: CreateUploadBody) -> Upload
         s3_key=key,
         s3_upload_id=s3_upload_id,
         ttl=upload.expires_at + TTL_GRACE_S,
+        file_expires_after_s=body.expires_after.seconds if body.expires_after else None,
     )
     return upload
 
 
-def complete_upload(aws: Aws, *, tenant_id: str, upload_id: str) -> Upload:
+def add_part(aws: Aws, *, tenant_id: str, upload_id: str, data: IO[bytes], size: int) -> UploadPart:
+    """`POST /v1/uploads/{id}/parts`: one part of a pending upload, through the API."""
     item = upload_store.get_upload_item(aws.table, upload_id=upload_id, tenant_id=tenant_id)
     _check_pending(item)
+    return upload_parts.add_part(aws, upload=item, data=data, size=size)
+
+
+def complete_upload(
+    aws: Aws, *, tenant_id: str, upload_id: str, part_ids: list[str] | None = None
+) -> Upload:
+    """The file, made of the parts `part_ids` names in that order (parts sent through the
+    API) or, without `part_ids`, of every part PUT to the presigned `part_urls`."""
+    item = upload_store.get_upload_item(aws.table, upload_id=upload_id, tenant_id=tenant_id)
+    _check_pending(item)
+    if part_ids:
+        uploaded = upload_parts.assemble(aws, item, part_ids)
+    else:
+        uploaded = _complete_presigned(aws, item)
+    created = now_s()
+    expires_after = item.get("file_expires_after_s")
+    file = FileObject(
+        id=layout.file_id_of(item["s3_key"]),
+        bytes=uploaded,
+        created_at=created,
+        expires_at=created + int(expires_after) if expires_after else None,
+        filename=item["filename"],
+        purpose=item["purpose"],
+        # Nothing has read it yet: the tick checks it is UTF-8 text and counts its lines.
+        status="uploaded",
+    )
+    try:
+        done = upload_store.finish_upload(aws.table, item, status="completed", file_id=file.id)
+    except StateConflict as exc:
+        raise Conflict(
+            f"Upload {upload_id} is no longer pending.", code="upload_not_pending"
+        ) from exc
+    file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=None)
+    if part_ids:
+        # The presigned multipart upload was never used; the API's parts are in the file now.
+        aws.s3.abort_multipart_upload(
+            Bucket=aws.settings.bucket_name, Key=item["s3_key"], UploadId=item["s3_upload_id"]
+        )
+        upload_parts.delete_parts(aws, upload_id)
+    result = upload_store.upload_from_item(done)
+    result.file = file
+    return result
+
+
+def _complete_presigned(aws: Aws, item: Item) -> int:
     settings = aws.settings
     parts = _list_parts(aws, item["s3_key"], item["s3_upload_id"])
     uploaded = sum(part["Size"] for part in parts)
@@ -96,24 +144,7 @@ def complete_upload(aws: Aws, *, tenant_id: str, upload_id: str) -> Upload:
             "Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
         },
     )
-    file = FileObject(
-        id=layout.file_id_of(item["s3_key"]),
-        bytes=uploaded,
-        created_at=now_s(),
-        filename=item["filename"],
-        purpose=item["purpose"],
-    )
-    try:
-        done = upload_store.finish_upload(aws.table, item, status="completed", file_id=file.id)
-    except StateConflict as exc:
-        raise Conflict(
-            f"Upload {upload_id} is no longer pending.", code="upload_not_pending"
-        ) from exc
-    # The split counts the lines of an uploaded-by-parts file (nothing reads it whole here).
-    file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=None)
-    result = upload_store.upload_from_item(done)
-    result.file = file
-    return result
+    return int(uploaded)
 
 
 def cancel_upload(aws: Aws, *, tenant_id: str, upload_id: str) -> Upload:
@@ -128,6 +159,7 @@ def cancel_upload(aws: Aws, *, tenant_id: str, upload_id: str) -> Upload:
         raise Conflict(
             f"Upload {upload_id} is no longer pending.", code="upload_not_pending"
         ) from exc
+    upload_parts.delete_parts(aws, upload_id)
     return upload_store.upload_from_item(done)
 
 

@@ -72,7 +72,8 @@ class LocalStack:
             runpod_api_key=config.runpod_api_key,
             public_url=self.api.url if config.webhooks else "",
             webhook_secret_value=secrets.token_hex(16) if config.webhooks else "",
-            **config.settings,
+            # Event webhooks to receivers on this machine (http, 127.0.0.1): local only.
+            **{"event_webhook_private_urls": True, **config.settings},
         )
         self.aws = Aws(settings)
         self.api_key = apikeys.create_key(

@@ -1,11 +1,12 @@
-"""The HTTP API: OpenAI's Files, Uploads and Batches endpoints and `/v1/health` (`create_app`)."""
+"""The HTTP API: OpenAI's Files, Uploads, Batches and webhook endpoints and `/v1/health`
+(`create_app`)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from control_plane.api import errors
-from control_plane.api.routes import batches, files, health, internal, uploads
+from control_plane.api.routes import batches, files, health, internal, uploads, webhook_endpoints
 from control_plane.aws import Aws
 from control_plane.settings import Settings
 
@@ -22,7 +23,7 @@ def create_app(settings: Settings | None = None, *, aws: Aws | None = None) -> F
     app.state.aws = aws
     app.state.key_cache = {}
     errors.install(app)
-    for module in (files, uploads, batches, health):
+    for module in (files, uploads, batches, health, webhook_endpoints):
         app.include_router(module.router, prefix="/v1")
     app.include_router(internal.router)
     return app

@@ -14,7 +14,7 @@ from typing import Any
 from control_plane import secrets
 from control_plane.aws import Aws
 from control_plane.runpod import EndpointError, JobGone, RunPodClient
-from control_plane.scheduler import dispatch, finalize, keephot, policy, record
+from control_plane.scheduler import dispatch, finalize, keephot, policy, record, upkeep
 from control_plane.scheduler.context import TickContext
 from control_plane.store import ChunkItem, TransactionConflict
 from control_plane.store import batches as batch_store
@@ -61,6 +61,7 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
         "breaker": state.breaker,
         "keep_hot": keep_hot,
     }
+    report["upkeep"] = upkeep.run(ctx)  # webhooks, file checks, file expiry: after dispatch
     log.info("tick", extra=report)
     return report
 

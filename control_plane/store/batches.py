@@ -7,6 +7,7 @@ Timeline of one batch item and the tenant item beside it:
   results     counters added with each chunk's result (`add_to_batch`, in the chunk's
               transaction); bisect and redrive reserve chunk numbers (`chunk_seq`)
   end         → failed | completed | expired | cancelled, tenant counters given back
+              and the `batch.{status}` event recorded (store/events.py)
   redrive     completed → in_progress with new chunks, tenant counters taken again
 Every step is a conditional write naming the state it expects, in one transaction with the
 tenant counters where they move, so a retried or concurrent writer can never apply it twice.
@@ -29,7 +30,7 @@ from control_plane.models import (
     InputTokensDetails,
     OutputTokensDetails,
 )
-from control_plane.store import keys
+from control_plane.store import events, keys
 from control_plane.store.items import BatchCounters, BatchItem
 from control_plane.store.table import Item, Table, TransactionConflict, to_attrs
 
@@ -223,8 +224,16 @@ def transition(
         "ExpressionAttributeValues": to_attrs(values),
     }
     tenant_update = _move_tenant(table.name, item["tenant_id"], delta, terminal, limits)
+    operations = [{"Update": update}, tenant_update]
+    if terminal:
+        # The `batch.{status}` webhook event, recorded with the transition itself: exactly once.
+        operations.append(
+            events.batch_event_put(
+                table.name, tenant_id=item["tenant_id"], batch_id=item["id"], status=to, at=at
+            )
+        )
     try:
-        table.transact([{"Update": update}, tenant_update])
+        table.transact(operations)
     except TransactionConflict as exc:
         if 0 in exc.failed_parts:
             raise StateConflict(table.get(keys.batch(item["id"]))) from exc

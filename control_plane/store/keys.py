@@ -22,6 +22,14 @@ BATCH_LISTING = "BATCH"
 ACTIVE_BATCHES = "ACTIVE"
 PENDING_CHUNKS = "CHUNKS#pending"
 DISPATCHED_CHUNKS = "CHUNKS#dispatched"
+# gsi1: a tenant's event webhook endpoints.
+WEBHOOK_ENDPOINT_LISTING = "WEBHOOK_ENDPOINT"
+# gsi2: the tick's upkeep queues (event webhooks, file checks and expiry).
+NEW_EVENTS = "EVENTS#new"
+DUE_DELIVERIES = "DELIVERIES#due"
+UNCHECKED_FILES = "FILES#unchecked"
+EXPIRING_FILES = "FILES#expiring"
+DELIVERY_PREFIX = "DELIVERY#"
 # Pending chunks sort by priority first: one query returns the next work in dispatch order.
 PRIORITY_RANK = {"high": "0", "normal": "1", "backfill": "2"}
 
@@ -40,6 +48,19 @@ def file(file_id: str) -> Key:
 
 def upload(upload_id: str) -> Key:
     return {"pk": f"UPLOAD#{upload_id}", "sk": META}
+
+
+def webhook_endpoint(endpoint_id: str) -> Key:
+    return {"pk": f"WHE#{endpoint_id}", "sk": META}
+
+
+def event(event_id: str) -> Key:
+    return {"pk": f"EVENT#{event_id}", "sk": META}
+
+
+def delivery(event_id: str, endpoint_id: str) -> Key:
+    """One event's delivery to one endpoint, beside the event in its partition."""
+    return {"pk": f"EVENT#{event_id}", "sk": f"{DELIVERY_PREFIX}{endpoint_id}"}
 
 
 def batch(batch_id: str) -> Key:
@@ -92,3 +113,18 @@ def priority_prefix(priority: str) -> str:
 def dispatched_order(lease_until: int, batch_id: str, chunk_id: str) -> str:
     """Dispatched chunks sort by lease expiry: the tick reads the ones whose lease ran out."""
     return f"{lease_until:010d}#{batch_id}#{chunk_id}"
+
+
+def delivery_order(due_at: int, event_id: str, endpoint_id: str) -> str:
+    """Deliveries sort by when they are due: the tick reads the ones whose time has come."""
+    return f"{due_at:010d}#{event_id}#{endpoint_id}"
+
+
+def expiry_order(expires_at: int, file_id: str) -> str:
+    """Expiring files sort by expiry: the tick reads the ones whose time has come."""
+    return f"{expires_at:010d}#{file_id}"
+
+
+def due_before(now: int) -> str:
+    """The upper bound (inclusive) of a `{time:010d}#…` range that is due at `now`."""
+    return f"{now:010d}~"

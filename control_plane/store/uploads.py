@@ -11,7 +11,14 @@ from control_plane.store.table import Item, Table
 
 
 def put_upload(
-    table: Table, *, tenant_id: str, upload: Upload, s3_key: str, s3_upload_id: str, ttl: int
+    table: Table,
+    *,
+    tenant_id: str,
+    upload: Upload,
+    s3_key: str,
+    s3_upload_id: str,
+    ttl: int,
+    file_expires_after_s: int | None = None,
 ) -> None:
     item: dict[str, Any] = {
         **keys.upload(upload.id),
@@ -23,6 +30,8 @@ def put_upload(
         # TTL: kept a day past its own expiry so a late complete still gets a clear answer.
         "expires_at": ttl,
     }
+    if file_expires_after_s is not None:
+        item["file_expires_after_s"] = file_expires_after_s  # the file's, counted from complete
     table.put(item, condition="attribute_not_exists(pk)")
 
 

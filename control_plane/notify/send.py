@@ -1,0 +1,121 @@
+"""POST one signed event to a tenant's URL, with strict timeouts, and say what happened.
+
+urllib3 (already in the Lambda through botocore), no redirects followed (a 3xx is a failure, as
+OpenAI counts it) and no retries here: the tick's backoff owns retrying. A tenant's URL is
+checked before anything is sent to it: HTTPS, and a host that is not, and does not resolve to,
+a loopback, private, link-local or otherwise internal address (the Lambda's own runtime API
+listens on 127.0.0.1) unless `HOTBATCH_EVENT_WEBHOOK_PRIVATE_URLS` allows it (the local stack).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import urllib3
+
+USER_AGENT = "hotbatch-webhooks/1"
+RESPONSE_READ_MAX = 1024
+
+_http = urllib3.PoolManager(num_pools=32, maxsize=4, retries=False)
+
+
+class UnsafeUrl(ValueError):
+    """The URL may not receive events (scheme, or a host inside the network)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt: the endpoint's status (None: no answer), how long it took, and
+    what went wrong when nothing was answered."""
+
+    status_code: int | None
+    latency_ms: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def check_url(url: str, *, allow_private: bool) -> str:
+    """The URL if events may go there; `UnsafeUrl` with the reason otherwise. The host is not
+    resolved here (DNS may change): `post` resolves it again before every send."""
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_private else ("https",)
+    if parts.scheme not in schemes:
+        raise UnsafeUrl("the URL must be https")
+    if not parts.hostname:
+        raise UnsafeUrl("the URL has no host")
+    if parts.username or parts.password:
+        raise UnsafeUrl("the URL may not carry credentials")
+    if not allow_private:
+        if parts.hostname == "localhost" or parts.hostname.endswith(".localhost"):
+            raise UnsafeUrl("the URL's host is this machine")
+        try:
+            address = ipaddress.ip_address(parts.hostname)
+        except ValueError:
+            return url  # a name: checked when it is resolved
+        if not address.is_global:
+            raise UnsafeUrl(f"the URL's host {address} is not a public address")
+    return url
+
+
+def _check_resolved(host: str, port: int) -> None:
+    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        address = ipaddress.ip_address(sockaddr[0])
+        if not address.is_global:
+            raise UnsafeUrl(f"{host} resolves to {address}, not a public address")
+
+
+def post(
+    url: str, payload: str, headers: dict[str, str], *, timeout_s: float, allow_private: bool
+) -> Attempt:
+    """Send once; never raises for the endpoint's failures (they are the Attempt's)."""
+    started = time.monotonic()
+
+    def took() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    try:
+        check_url(url, allow_private=allow_private)
+        if not allow_private:
+            parts = urlsplit(url)
+            _check_resolved(parts.hostname or "", parts.port or 443)
+        reply = _http.request(
+            "POST",
+            url,
+            body=payload.encode(),
+            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+            timeout=urllib3.Timeout(total=timeout_s),
+            redirect=False,
+            preload_content=False,
+        )
+    except UnsafeUrl as exc:
+        return Attempt(status_code=None, latency_ms=took(), error=f"refused: {exc}")
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        return Attempt(status_code=None, latency_ms=took(), error=_reason(exc))
+    try:
+        reply.read(RESPONSE_READ_MAX)  # the status is what counts; a long body is not read
+    except (urllib3.exceptions.HTTPError, OSError):
+        pass
+    finally:
+        # Closed rather than drained: an endpoint answering a long (or endless) body must not
+        # hold the sender; the pool opens a new connection next time.
+        reply.close()
+        reply.release_conn()
+    return Attempt(status_code=reply.status, latency_ms=took())
+
+
+def _reason(exc: Exception) -> str:
+    # NewConnectionError is a ConnectTimeoutError in urllib3's hierarchy: test it first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection failed: " + str(exc).rsplit("new connection: ", 1)[-1]
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return "timed out"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(exc.reason, Exception):
+        return _reason(exc.reason)
+    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
