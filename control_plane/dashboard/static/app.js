@@ -414,12 +414,18 @@
       const anchor = i === 0 ? "start" : i === ticks ? "end" : "middle";
       nodes.push(svg("text", { class: "axis", x: x(t), y: height - 6, "text-anchor": anchor }, clock(t)));
     }
-    lines.forEach((points, index) => {
-      // A gap longer than two buckets is drawn as a gap: no samples, not a straight line.
+    // The first series is the one that matters: drawn last, on top.
+    [...lines.keys()].reverse().forEach((index) => {
+      const points = lines[index];
+      // A hole much longer than the usual spacing of the points (the bucket, or the tick when
+      // that is longer) is drawn as a gap, not bridged by a straight line.
+      const spacings = points.slice(1).map((p, i) => p[0] - points[i][0]).sort((a, b) => a - b);
+      const usual = spacings.length ? spacings[Math.floor(spacings.length / 2)] : frame.step;
+      const maxGap = 3 * Math.max(frame.step, usual);
       const runs = [];
       for (const point of points) {
         const run = runs[runs.length - 1];
-        if (run && point[0] - run[run.length - 1][0] <= 2 * frame.step) run.push(point);
+        if (run && point[0] - run[run.length - 1][0] <= maxGap) run.push(point);
         else runs.push([point]);
       }
       for (const run of runs) {
