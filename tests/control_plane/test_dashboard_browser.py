@@ -252,17 +252,21 @@ def test_dashboard_lists_batches_with_progress_dead_letters_health_and_redrives(
         "four health cards",
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#components .card")) == 4,
     )
-    names = [e.get_attribute("data-component") for e in browser.find_elements(By.CSS_SELECTOR, ".card")]
+    names = [
+        e.get_attribute("data-component") for e in browser.find_elements(By.CSS_SELECTOR, ".card")
+    ]
     assert names == ["gpu", "workers", "queue", "endpoint"]
     wait_for(
         browser,
         "the GPU chart",
-        lambda d: d.find_element(By.ID, "chart-gpu").get_attribute("data-points")
-        == str(HISTORY_SAMPLES),
+        lambda d: (
+            d.find_element(By.ID, "chart-gpu").get_attribute("data-points") == str(HISTORY_SAMPLES)
+        ),
     )
     lines, dots = browser.execute_script(
         "const chart = document.getElementById('chart-gpu');"
-        "return [[...chart.querySelectorAll('polyline.series.s0')].map((l) => l.points.numberOfItems),"
+        "const lines = [...chart.querySelectorAll('polyline.series.s0')];"
+        "return [lines.map((line) => line.points.numberOfItems),"
         " chart.querySelectorAll('circle.series.s0').length];"
     )
     assert (lines, dots) == ([HISTORY_SAMPLES], 0)  # one line: the 5-minute tick leaves no gap
@@ -273,9 +277,11 @@ def test_dashboard_lists_batches_with_progress_dead_letters_health_and_redrives(
     letters = wait_for(
         browser,
         "three dead letters",
-        lambda d: (rows := d.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr"))
-        and len(rows) == 3
-        and rows,
+        lambda d: (
+            (rows := d.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr"))
+            and len(rows) == 3
+            and rows
+        ),
     )
     custom_ids = sorted(row.find_elements(By.TAG_NAME, "td")[1].text for row in letters)
     assert custom_ids == ["flaky0", "flaky1", "flaky2"]
@@ -301,12 +307,16 @@ def test_dashboard_lists_batches_with_progress_dead_letters_health_and_redrives(
         lambda d: d.find_element(By.ID, "redrive-result").text.startswith("Redrive started"),
     )
     wait_for(browser, "the redriven batch", lambda d: row_text(d, done_id)[3:4] == ["15 / 15"])
-    wait_for(browser, "no dead letters", lambda d: d.find_element(By.ID, "dead-empty").is_displayed())
+    wait_for(
+        browser, "no dead letters", lambda d: d.find_element(By.ID, "dead-empty").is_displayed()
+    )
     after = client.batches.retrieve(done_id)
-    assert after.status == "completed" and after.request_counts.failed == 0
+    assert after.status == "completed" and after.request_counts is not None
+    assert after.request_counts.failed == 0
 
     # Nothing the CSP refused, no script error.
-    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    log: list[dict[str, Any]] = browser.get_log("browser")  # type: ignore[no-untyped-call]
+    severe = [entry for entry in log if entry["level"] == "SEVERE"]
     assert severe == []
 
 
