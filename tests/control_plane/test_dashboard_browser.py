@@ -1,6 +1,7 @@
 """`/dashboard` in real headless Chromium (Debian's `chromium` and `chromedriver`, driven by
-selenium) against the local stack: moto's server, the control plane under uvicorn, the local
-RunPod endpoint with real runpod SDK workers around the stand-in engine, and the tick.
+selenium: tests/browser.py) against the local stack: moto's server, the control plane under
+uvicorn, the local RunPod endpoint with real runpod SDK workers around the stand-in engine, and
+the tick.
 
 CI installs Chromium (.ci/run); without it these tests fail, they never skip. The screenshot is
 written to a temporary folder (or to $HOTBATCH_DASHBOARD_SCREENSHOT) and its path printed.
@@ -19,9 +20,6 @@ from typing import Any
 import httpx
 import pytest
 from openai import OpenAI
-from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
@@ -30,17 +28,14 @@ from control_plane.health.sample import SAMPLE_TTL_S, HealthSample
 from control_plane.ids import now_s
 from control_plane.store import health as health_store
 from infra.stack import LocalStack, StackConfig, worker_pool
+from tests.browser import check_screenshot, start_chromium
 from tests.control_plane.requests import CHAT, request_line
 
 pytestmark = pytest.mark.stack
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("HOTBATCH_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("HOTBATCH_CHROMEDRIVER", "/usr/bin/chromedriver"))
-WINDOW = (1440, 1120)
 STANDIN = [sys.executable, "-m", "tests.control_plane.standin_worker"]
 HISTORY_EVERY_S, HISTORY_SAMPLES = 300, 72  # six hours of a 5-minute tick, written below
-PROGRESS_GREEN = (0x1A, 0x7F, 0x37)  # app.css --green: the done part of a progress bar
 
 
 @pytest.fixture(scope="module")
@@ -65,37 +60,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, flaky_switch: Path) -> Itera
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        pytest.fail(
-            f"Chromium is needed for the dashboard tests and {', '.join(missing)} is missing: "
-            "apt-get install -y chromium chromium-driver (.ci/run does)",
-            pytrace=False,
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    # The viewport exactly (--window-size counts the window's frame too), so the screenshot's
-    # size is known.
-    metrics = {"width": WINDOW[0], "height": WINDOW[1], "deviceScaleFactor": 1, "mobile": False}
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
-    driver.set_page_load_timeout(30)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield driver
     driver.quit()
 
@@ -168,21 +133,6 @@ def wait_batch(
         if done(batch) or time.monotonic() > deadline:
             return batch
         time.sleep(0.2)
-
-
-def check_screenshot(path: Path) -> None:
-    """Not blank: the window's size, many colours, no colour covering nearly everything, and
-    the green of the progress bars painted."""
-    assert path.stat().st_size > 30_000
-    with Image.open(path) as image:
-        assert image.size == WINDOW
-        rgb = image.convert("RGB")
-        colours = rgb.getcolors(maxcolors=1 << 20)
-        assert colours is not None and len(colours) > 200
-        most = max(count for count, _ in colours)
-        assert most < 0.9 * WINDOW[0] * WINDOW[1]
-        green = next((count for count, colour in colours if colour == PROGRESS_GREEN), 0)
-        assert green > 500
 
 
 def test_dashboard_lists_batches_with_progress_dead_letters_health_and_redrives(
