@@ -447,7 +447,8 @@
     const plotted = lines.reduce((sum, points) => sum + points.length, 0);
     chart.dataset.points = String(lines[0].length);
     if (!plotted) {
-      nodes.push(svg("text", { class: "empty", x: width / 2, y: height / 2, "text-anchor": "middle" }, emptyText));
+      // Between two grid lines, so no line runs through the words.
+      nodes.push(svg("text", { class: "empty", x: (width + pad.left) / 2, y: y(62.5) + 4, "text-anchor": "middle" }, emptyText));
     }
     chart.replaceChildren(...nodes);
   }
