@@ -6,7 +6,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from control_plane.api import errors
-from control_plane.api.routes import batches, files, health, internal, uploads, webhook_endpoints
+from control_plane.api.routes import (
+    batches,
+    dashboard,
+    files,
+    health,
+    internal,
+    uploads,
+    webhook_endpoints,
+)
 from control_plane.aws import Aws
 from control_plane.settings import Settings
 
@@ -26,4 +34,5 @@ def create_app(settings: Settings | None = None, *, aws: Aws | None = None) -> F
     for module in (files, uploads, batches, health, webhook_endpoints):
         app.include_router(module.router, prefix="/v1")
     app.include_router(internal.router)
+    app.include_router(dashboard.router)
     return app
