@@ -1,27 +1,10 @@
-"""Building chunk inputs and reading chunk outputs in tests."""
+"""Staging a chunk in the presigned-URL blob store and reading what a worker wrote back."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from handler.contract import BatchRequestOutput, ProcessChunkInput
 from infra.blob_server import BlobServer
-
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-
-
-def chat_line(custom_id: str, content: str, *, model: str = "tiny", **body: Any) -> str:
-    request = {"model": model, "messages": [{"role": "user", "content": content}], **body}
-    return json.dumps({"custom_id": custom_id, "method": "POST", "url": CHAT, "body": request})
-
-
-def completion_line(custom_id: str, prompt: str, *, model: str = "tiny", **body: Any) -> str:
-    request = {"model": model, "prompt": prompt, **body}
-    return json.dumps(
-        {"custom_id": custom_id, "method": "POST", "url": COMPLETIONS, "body": request}
-    )
+from tests.support.lines import CHAT
 
 
 def stage_chunk(

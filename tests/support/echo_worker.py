@@ -1,20 +1,30 @@
-"""A real runpod SDK worker with a trivial handler, so the local endpoint's semantics can be
-tested in seconds; the real handler runs against it in the engine tier."""
+"""`python -m tests.support.echo_worker`: the real runpod SDK worker loop around a trivial
+handler, so the local endpoint's semantics can be tested in seconds (the real handler runs
+against it in the scheduler's tests and the engine tier).
+
+The stand-in engine runs each job's input first, so its text can ask for a slow job
+(`standin-sleep=<seconds>`) or a failed one (`standin-fail`: the job fails with the engine's
+error message); the output echoes the input with the worker's id, and `"refresh": true` asks
+the endpoint to retire the worker after the job.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
 import runpod
 
+from tests.support.standin import StandinEngine
+
+ENGINE = StandinEngine(delay_s=0.0, fail_on="standin-fail")
+
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     payload = job["input"]
-    await asyncio.sleep(float(payload.get("sleep", 0)))
-    if "fail" in payload:
-        return {"error": str(payload["fail"])}
+    reply = await ENGINE.run("echo", {"model": ENGINE.served_model_name, "input": payload})
+    if reply.status_code != 200:
+        return {"error": str(reply.body["error"]["message"])}
     result: dict[str, Any] = {"echo": payload, "worker": os.environ.get("RUNPOD_POD_ID")}
     if payload.get("refresh"):
         result["refresh_worker"] = True

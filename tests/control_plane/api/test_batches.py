@@ -20,16 +20,8 @@ from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import endpoint, keys
 from control_plane.store import files as file_store
-from tests.control_plane.conftest import (
-    BUCKET,
-    CHAT,
-    auth,
-    create_batch,
-    stored_file,
-    tick,
-    upload_id,
-)
-from tests.control_plane.requests import jsonl, request_line
+from tests.support.api import BUCKET, auth, create_batch, stored_file, tick, upload_id
+from tests.support.lines import CHAT, COMPLETIONS, jsonl, request_line
 
 
 def new_batch(client: TestClient, key: str, content: bytes, **body: Any) -> dict[str, Any]:
@@ -123,7 +115,7 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_those_of_the_file(
 def test_completions_endpoint_is_accepted_with_matching_lines(
     client: TestClient, key_a: str
 ) -> None:
-    content = "\n".join(request_line(f"r{i}", url="/v1/completions") for i in range(2)).encode()
+    content = "\n".join(request_line(f"r{i}", url=COMPLETIONS) for i in range(2)).encode()
     batch = new_batch(client, key_a, content, endpoint="/v1/completions")
     assert retrieve(client, key_a, batch["id"])["status"] == "in_progress"
 
@@ -234,7 +226,7 @@ def without_custom_id() -> str:
         ("{not json", "invalid_json_line", None),
         (without_custom_id(), "missing_custom_id", "custom_id"),
         (request_line("r0"), "duplicate_custom_id", "custom_id"),
-        (request_line("x", url="/v1/completions"), "mismatched_url", "url"),
+        (request_line("x", url=COMPLETIONS), "mismatched_url", "url"),
         (request_line("x", method="GET"), "invalid_method", "method"),
         (request_line("x", body="say hi"), "invalid_body", "body"),
     ],

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from control_plane.api import create_app
 from control_plane.aws import Aws
 from control_plane.store import apikeys
-from tests.control_plane.conftest import BUCKET, Reply, auth, create_batch, upload, upload_id
-from tests.control_plane.requests import jsonl, request_line
+from tests.support.api import BUCKET, Reply, auth, create_batch, upload, upload_id
+from tests.support.lines import jsonl, request_line
 
 
 def error_of(reply: Reply, status: int) -> dict[str, Any]:

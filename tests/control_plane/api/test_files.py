@@ -12,8 +12,8 @@ from control_plane.aws import Aws
 from control_plane.ids import new_id, now_s
 from control_plane.models import FileObject
 from control_plane.store import files as file_store
-from tests.control_plane.conftest import BUCKET, auth, upload, upload_id
-from tests.control_plane.requests import jsonl
+from tests.support.api import BUCKET, auth, upload, upload_id
+from tests.support.lines import jsonl
 
 
 def upload_several(client: TestClient, key: str, count: int) -> list[str]:

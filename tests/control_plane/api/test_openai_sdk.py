@@ -3,7 +3,6 @@ every answer is parsed by the SDK's own models, and its errors are the SDK's exc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,8 +16,11 @@ from control_plane.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from infra.local_control_plane import LocalApi, LocalAws
-from tests.control_plane.conftest import tick
-from tests.control_plane.requests import CHAT, jsonl, request_line
+from infra.wait import wait_for
+from tests.support.api import tick
+from tests.support.lines import CHAT, jsonl, request_line
+
+pytestmark = pytest.mark.stack
 
 INLINE_MAX = 4096
 PART = 5 * 1024 * 1024  # S3's smallest multipart part
@@ -59,13 +61,12 @@ def stack() -> Iterator[Stack]:
         local_aws.stop()
 
 
-def wait_status(client: OpenAI, batch_id: str, *statuses: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_status(client: OpenAI, batch_id: str, *statuses: str) -> str:
+    def reached() -> str | None:
         status = client.batches.retrieve(batch_id).status
-        if status in statuses or time.monotonic() > deadline:
-            return status
-        time.sleep(0.05)
+        return status if status in statuses else None
+
+    return wait_for(reached, f"batch {batch_id} to reach {statuses}", timeout=60)
 
 
 def test_upload_create_retrieve_and_split_through_the_sdk(stack: Stack) -> None:

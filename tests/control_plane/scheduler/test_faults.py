@@ -14,19 +14,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 import urllib3
-from openai import OpenAI
 
 from control_plane import secrets
 from control_plane.api.routes import internal
@@ -41,25 +37,25 @@ from control_plane.store import chunks as chunk_store
 from control_plane.store import endpoint as endpoint_store
 from control_plane.webhooks import signature as webhook_signature
 from infra.runpod_local.models import Job
-from infra.stack import LocalStack, StackConfig, worker_pool
-from tests.control_plane.requests import CHAT, request_line
+from infra.stack import LocalStack, StackConfig
+from infra.wait import wait_for
+from tests.support.lines import CHAT, request_line
+from tests.support.stack import file_lines, sdk, standin_pool
 
-REPO = Path(__file__).resolve().parents[2]
-STANDIN = [sys.executable, "-m", "tests.control_plane.standin_worker"]
+pytestmark = pytest.mark.stack
+
 PROFILE = PROFILES["aggressive"]  # two attempts before a bisection, short backoffs
 CHUNK = 4  # requests per chunk
 POISON = "POISON"  # a worker meeting this in a request dies (exit 137)
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    pool = worker_pool(
+    pool = standin_pool(
+        tmp_path_factory.mktemp("faults"),
         workers=2,
         max_workers=3,
-        command=STANDIN,
-        env={"PYTHONPATH": str(REPO), "STANDIN_EXIT_ON": POISON},
-        workdir=tmp_path_factory.mktemp("faults"),
+        env={"STANDIN_EXIT_ON": POISON},
     )
     settings = {
         "chunk_max_requests": CHUNK,
@@ -88,7 +84,7 @@ def quiet(stack: LocalStack) -> Iterator[None]:
     if left:
         for batch_id in {chunk["batch_id"] for chunk in left}:
             with contextlib.suppress(openai.APIError):
-                client(stack).batches.cancel(batch_id)
+                sdk(stack).batches.cancel(batch_id)
         tick(stack)
         pytest.fail(f"the test left {len(left)} chunk(s) pending or in flight")
 
@@ -101,12 +97,6 @@ def aws(stack: LocalStack) -> Aws:
     return stack.aws
 
 
-def client(stack: LocalStack) -> OpenAI:
-    return OpenAI(
-        base_url=stack.exports()["HOTBATCH_API_URL"], api_key=stack.api_key, max_retries=0
-    )
-
-
 def tick(stack: LocalStack, *, skew: int = 0, poll_only: bool = False) -> dict[str, Any]:
     """One tick at `skew` seconds from now. `poll_only`: a tick without webhooks, which polls
     every chunk in flight and dispatches chunks with no webhook URL."""
@@ -116,23 +106,12 @@ def tick(stack: LocalStack, *, skew: int = 0, poll_only: bool = False) -> dict[s
     return run_tick(ctx)
 
 
-def wait_for(predicate: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def submit(stack: LocalStack, custom_ids: list[str]) -> str:
     """Upload and create a batch; return its id once the split has made its chunks."""
-    sdk = client(stack)
+    client = sdk(stack)
     content = "".join(request_line(custom_id) + "\n" for custom_id in custom_ids)
-    file = sdk.files.create(file=("in.jsonl", content.encode()), purpose="batch")
-    batch = sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    file = client.files.create(file=("in.jsonl", content.encode()), purpose="batch")
+    batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
     wait_for(lambda: batch_item(stack, batch.id)["status"] != "validating", "the split")
     assert batch_item(stack, batch.id)["status"] == "in_progress"
     return batch.id
@@ -141,13 +120,14 @@ def submit(stack: LocalStack, custom_ids: list[str]) -> str:
 def run_until(
     stack: LocalStack, batch_id: str, *done: str, skew: int = 0, timeout: float = 60
 ) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+    """Tick (at `skew`) until the batch reaches one of `done`; its status then."""
+
+    def ended() -> str | None:
         tick(stack, skew=skew)
         status = str(batch_item(stack, batch_id)["status"])
-        if status in done or time.monotonic() > deadline:
-            return status
-        time.sleep(0.2)
+        return status if status in done else None
+
+    return wait_for(ended, f"batch {batch_id} to reach {done}", timeout=timeout, every=0.2)
 
 
 def batch_item(stack: LocalStack, batch_id: str) -> BatchItem:
@@ -211,20 +191,14 @@ class Results:
     total: int
 
 
-def file_lines(sdk: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    if file_id is None:
-        return []
-    return [orjson.loads(line) for line in sdk.files.content(file_id).content.splitlines()]
-
-
 def results(stack: LocalStack, batch_id: str, *, settled: bool = True) -> Results:
     """The output and error files, checked against each other and against the batch: every
     custom_id once across both, counts and usage equal to what the files hold, and (when
     `settled`) every request accounted for."""
-    sdk = client(stack)
-    batch = sdk.batches.retrieve(batch_id)
-    outputs = file_lines(sdk, batch.output_file_id)
-    errors = file_lines(sdk, batch.error_file_id)
+    client = sdk(stack)
+    batch = client.batches.retrieve(batch_id)
+    outputs = file_lines(client, batch.output_file_id)
+    errors = file_lines(client, batch.error_file_id)
     seen = collections.Counter(line["custom_id"] for line in outputs + errors)
     assert [custom_id for custom_id, n in seen.items() if n > 1] == []
     counts, usage = batch.request_counts, batch.usage
@@ -350,10 +324,11 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
         state = policy.load(table, PROFILE)
         assert state.breaker == "open"
         assert endpoint_store.breaker_state(table) == "open"
-        sdk = client(stack)
-        file = sdk.files.create(file=("more.jsonl", request_line("more").encode()), purpose="batch")
+        client = sdk(stack)
+        more = request_line("more").encode()
+        file = client.files.create(file=("more.jsonl", more), purpose="batch")
         with pytest.raises(openai.APIStatusError) as refused:
-            sdk.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+            client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
         assert refused.value.status_code == 503
 
         # Refunded: every failed /run gave its chunk back without spending a try (the attempt
@@ -500,10 +475,10 @@ def test_cancel_mid_batch_cancels_jobs_keeps_finished_output_and_sends_nothing_m
     assert sent == {"00000", "00001", "00002", "00003"}  # the window is full; two chunks wait
     wait_for(lambda: running_job(stack, batch_id, "00002"), "a slow chunk on a worker")
 
-    sdk = client(stack)
-    assert sdk.batches.cancel(batch_id).status == "cancelling"
+    client = sdk(stack)
+    assert client.batches.cancel(batch_id).status == "cancelling"
     tick(stack)
-    assert sdk.batches.retrieve(batch_id).status == "cancelled"
+    assert client.batches.retrieve(batch_id).status == "cancelled"
     for _ in range(3):
         tick(stack)
     assert {job.input["chunk_id"] for job in jobs(stack, batch_id)} == sent
@@ -527,7 +502,7 @@ def test_expiry_keeps_finished_output_and_fails_every_unfinished_request(
     batch_id, custom_ids = slow_batch(stack, "expd", 5)
     expires_at = int(batch_item(stack, batch_id)["window_expires_at"])
     tick(stack, skew=expires_at + 1 - int(time.time()))
-    assert client(stack).batches.retrieve(batch_id).status == "expired"
+    assert sdk(stack).batches.retrieve(batch_id).status == "expired"
 
     done = results(stack, batch_id)
     assert sorted(done.outputs) == sorted(ids_of_chunks(custom_ids, 0, 1))
@@ -557,7 +532,7 @@ def test_expiry_records_a_chunk_that_finished_while_its_webhook_was_on_the_way(
     expires_at = int(batch_item(stack, batch_id)["window_expires_at"])
     tick(stack, skew=expires_at + 1 - int(time.time()))
 
-    assert client(stack).batches.retrieve(batch_id).status == "expired"
+    assert sdk(stack).batches.retrieve(batch_id).status == "expired"
     done = results(stack, batch_id)
     assert sorted(done.outputs) == sorted(custom_ids) and not done.errors
     assert (done.completed, done.failed) == (CHUNK, 0)
@@ -577,21 +552,20 @@ def test_a_tick_killed_while_finalizing_is_finished_by_the_next(
         return file_id
 
     monkeypatch.setattr(finalize, "_merged_file", killed_after_output)
-    deadline = time.monotonic() + 30
-    while batch_item(stack, batch_id)["status"] != "finalizing":
-        assert time.monotonic() < deadline
-        try:
+
+    def finalizing() -> bool:
+        with contextlib.suppress(RuntimeError):  # the killed tick
             tick(stack)
-        except RuntimeError:
-            pass  # the killed tick
-        time.sleep(0.1)
+        return batch_item(stack, batch_id)["status"] == "finalizing"
+
+    wait_for(finalizing, "a tick killed while finalizing", every=0.1)
     with pytest.raises(RuntimeError):
         tick(stack)
-    assert client(stack).batches.retrieve(batch_id).output_file_id is None
+    assert sdk(stack).batches.retrieve(batch_id).output_file_id is None
 
     monkeypatch.undo()
     tick(stack)
-    done = client(stack).batches.retrieve(batch_id)
+    done = sdk(stack).batches.retrieve(batch_id)
     assert done.status == "completed"
     assert done.output_file_id == finalize.merged_file_id(batch_id, "output")
     assert sorted(results(stack, batch_id).outputs) == sorted(custom_ids)

@@ -13,7 +13,7 @@ import pytest
 
 from control_plane.aws import Aws
 from control_plane.scheduler import merge
-from tests.control_plane.conftest import BUCKET
+from tests.support.api import BUCKET
 
 MB = 1024 * 1024
 MIN_PART = 5 * MB

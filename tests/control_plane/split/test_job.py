@@ -18,8 +18,8 @@ from control_plane.store import BatchItem, ChunkItem
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import files as file_store
-from tests.control_plane.conftest import BUCKET, CHAT, stored_file
-from tests.control_plane.requests import jsonl
+from tests.support.api import BUCKET, stored_file
+from tests.support.lines import CHAT, jsonl
 
 TENANT = "tenant-a"
 

@@ -3,7 +3,6 @@ idempotency, and the S3 path under moto."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,14 +19,11 @@ from control_plane.split.stream import (
     split_lines,
     split_s3_object,
 )
+from tests.support.lines import CHAT, COMPLETIONS, request_line
 
-CHAT = "/v1/chat/completions"
 
-
-def line(custom_id: Any = "r", *, url: str = CHAT, method: str = "POST", **extra: Any) -> bytes:
-    request = {"custom_id": custom_id, "method": method, "url": url, "body": {"model": "m"}}
-    request.update(extra)
-    return json.dumps(request).encode()
+def line(custom_id: Any = "r", **fields: Any) -> bytes:
+    return request_line(custom_id, **fields).encode()
 
 
 def run(lines: list[bytes], **limits: int) -> tuple[SplitResult, dict[str, bytes]]:
@@ -56,7 +52,7 @@ def test_good_file_is_cut_by_request_count_with_lines_unchanged() -> None:
 
 
 def test_chunks_are_also_bounded_by_bytes() -> None:
-    lines = [line(f"r{i}", pad="x" * 400) for i in range(10)]
+    lines = [line(f"r{i}", pad="x" * 350) for i in range(10)]
     result, written = run(lines, chunk_max_bytes=1100)
     assert all(len(content) <= 1100 for content in written.values())
     assert sum(c.requests for c in result.chunks) == 10 and len(result.chunks) == 5
@@ -71,7 +67,7 @@ def test_chunks_are_also_bounded_by_bytes() -> None:
         (line(None), "missing_custom_id", "custom_id"),
         (line(7), "missing_custom_id", "custom_id"),
         (line("x", method="GET"), "invalid_method", "method"),
-        (line("x", url="/v1/completions"), "mismatched_url", "url"),
+        (line("x", url=COMPLETIONS), "mismatched_url", "url"),
         (line("x", body=[1]), "invalid_body", "body"),
         (line("r0"), "duplicate_custom_id", "custom_id"),
     ],

@@ -14,7 +14,8 @@ from control_plane.models import Batch, FileObject
 from control_plane.store import BatchItem, Table, apikeys, keys
 from control_plane.store import batches as batch_store
 from control_plane.store import files as file_store
-from tests.control_plane.conftest import CHAT, TABLE
+from tests.support.api import TABLE
+from tests.support.lines import CHAT
 
 TENANT = "tenant-s"
 LIMITS = batch_store.Limits(max_active_batches=10, max_queued_requests=100)

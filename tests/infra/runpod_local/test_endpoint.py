@@ -1,13 +1,13 @@
 """The local RunPod endpoint driven by the real runpod SDK on both faces: `runpod.Endpoint` as
-the client, the SDK's worker loop (with a trivial handler, for speed) as the workers."""
+the client, the SDK's worker loop (the echo worker: a trivial handler around the stand-in
+engine, for speed) as the workers."""
 
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,10 @@ import requests
 import runpod
 
 from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
+from infra.wait import wait_for
+from tests.support.stack import ECHO_WORKER, worker_env
 
-ECHO_WORKER = [sys.executable, str(Path(__file__).with_name("echo_worker.py"))]
+pytestmark = pytest.mark.stack
 
 
 def make_endpoint(tmp_path: Path, **pool: Any) -> LocalEndpoint:
@@ -28,6 +30,7 @@ def make_endpoint(tmp_path: Path, **pool: Any) -> LocalEndpoint:
         log_dir=tmp_path / "logs",
         work_dir=tmp_path / "workers",
         stop_grace_s=3.0,
+        env=worker_env(),
         **pool,
     )
     return LocalEndpoint(config=config, pool_config=pool_config).start()
@@ -45,15 +48,6 @@ def client(local: LocalEndpoint) -> runpod.Endpoint:
     return runpod.Endpoint("local", api_key=local.api_key)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def test_run_sync_returns_the_handlers_output(endpoint: LocalEndpoint) -> None:
     output = client(endpoint).run_sync({"hello": "world"}, timeout=60)
     assert output["echo"] == {"hello": "world"}
@@ -63,46 +57,47 @@ def test_run_sync_returns_the_handlers_output(endpoint: LocalEndpoint) -> None:
 
 
 def test_run_status_output_walk_the_job_states(endpoint: LocalEndpoint) -> None:
-    job = client(endpoint).run({"sleep": 1.5})
+    slow = {"text": "standin-sleep=1.5"}
+    job = client(endpoint).run(slow)
     assert job.status() in ("IN_QUEUE", "IN_PROGRESS")
-    wait_for(lambda: job.status() == "IN_PROGRESS")
+    wait_for(lambda: job.status() == "IN_PROGRESS", "the job to start")
     assert client(endpoint).health()["jobs"]["inProgress"] == 1
-    assert job.output(timeout=30)["echo"] == {"sleep": 1.5}
+    assert job.output(timeout=30)["echo"] == slow
     state = job._fetch_job()
     assert state["status"] == "COMPLETED"
     assert state["executionTime"] >= 1500 and state["delayTime"] >= 0
 
 
 def test_handler_error_string_fails_the_job(endpoint: LocalEndpoint) -> None:
-    job = client(endpoint).run({"fail": "bad chunk"})
-    wait_for(lambda: job.status() == "FAILED")
-    assert job._fetch_job()["error"] == "bad chunk"
+    job = client(endpoint).run({"text": "standin-fail"})
+    wait_for(lambda: job.status() == "FAILED", "the job to fail")
+    assert job._fetch_job()["error"] == "upstream hiccup"  # the stand-in engine's message
     assert client(endpoint).health()["jobs"]["failed"] == 1
 
 
 def test_cancel_stops_the_running_job_and_the_worker_keeps_serving(
     endpoint: LocalEndpoint,
 ) -> None:
-    job = client(endpoint).run({"sleep": 60})
-    wait_for(lambda: job.status() == "IN_PROGRESS")
+    job = client(endpoint).run({"text": "standin-sleep=60"})
+    wait_for(lambda: job.status() == "IN_PROGRESS", "the job to start")
     assert job.cancel()["status"] == "CANCELLED"
     assert job.status() == "CANCELLED"
     # The worker got the stop signal: it is idle again and takes the next job at once.
     backend = endpoint.backend
     assert backend is not None
-    wait_for(lambda: backend.health()["workers"]["idle"] >= 1)
+    wait_for(lambda: backend.health()["workers"]["idle"] >= 1, "an idle worker")
     assert client(endpoint).run_sync({"after": "cancel"}, timeout=30)["echo"] == {"after": "cancel"}
 
 
 def test_execution_timeout_times_the_job_out(endpoint: LocalEndpoint) -> None:
     response = requests.post(
         f"{endpoint.client_base_url}/local/run",
-        json={"input": {"sleep": 60}, "policy": {"executionTimeout": 1500}},
+        json={"input": {"text": "standin-sleep=60"}, "policy": {"executionTimeout": 1500}},
         headers={"Authorization": f"Bearer {endpoint.api_key}"},
         timeout=10,
     )
     job = runpod.endpoint.Job("local", response.json()["id"], client(endpoint).rp_client)
-    wait_for(lambda: job.status() == "TIMED_OUT", timeout=15)
+    wait_for(lambda: job.status() == "TIMED_OUT", "the job to time out", timeout=15)
     assert client(endpoint).health()["jobs"]["failed"] == 1
     # The worker was told to stop the job: it is free again well before the 60 s sleep ends.
     assert client(endpoint).run_sync({"after": "timeout"}, timeout=30)["echo"] == {
@@ -113,15 +108,20 @@ def test_execution_timeout_times_the_job_out(endpoint: LocalEndpoint) -> None:
 def test_a_killed_worker_gets_its_job_retried_then_failed(endpoint: LocalEndpoint) -> None:
     assert endpoint.pool is not None and endpoint.backend is not None
     pool, backend = endpoint.pool, endpoint.backend
-    job = client(endpoint).run({"sleep": 60})
-    wait_for(lambda: job.status() == "IN_PROGRESS")
+    job = client(endpoint).run({"text": "standin-sleep=60"})
+    wait_for(lambda: job.status() == "IN_PROGRESS", "the job to start")
     first = job._fetch_job()["workerId"]
     pool.kill(first)
-    wait_for(lambda: job.status() == "IN_PROGRESS" and job._fetch_job()["workerId"] != first)
+
+    def on_another_worker() -> bool:
+        state = job._fetch_job()  # one read: on its way back it is queued, with no worker
+        return state["status"] == "IN_PROGRESS" and state.get("workerId") not in (None, first)
+
+    wait_for(on_another_worker, "the job to run again on another worker")
     assert job._fetch_job()["retries"] == 1
     assert client(endpoint).health()["jobs"]["retried"] == 1
     pool.kill(job._fetch_job()["workerId"])
-    wait_for(lambda: job.status() == "FAILED")
+    wait_for(lambda: job.status() == "FAILED", "the job to fail")
     assert "exited while running the job" in job._fetch_job()["error"]
     assert backend.jobs[job.job_id].status == "FAILED"  # never left IN_PROGRESS
 
@@ -130,7 +130,7 @@ def test_refresh_worker_retires_the_worker_after_its_job(endpoint: LocalEndpoint
     output = client(endpoint).run_sync({"refresh": True}, timeout=30)
     pool = endpoint.pool
     assert pool is not None
-    wait_for(lambda: output["worker"] not in pool.processes)
+    wait_for(lambda: output["worker"] not in pool.processes, "the worker to retire")
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -166,7 +166,7 @@ def test_webhook_gets_the_final_job_once_and_is_retried_on_failure(
                 headers=headers,
                 timeout=10,
             )
-        wait_for(lambda: len(_Receiver.received) == 2)
+        wait_for(lambda: len(_Receiver.received) == 2, "two webhooks")
         time.sleep(1.0)
         assert len(_Receiver.received) == 2  # once per job
         assert {hook["output"]["echo"]["n"] for hook in _Receiver.received} == {1, 2}
@@ -179,17 +179,17 @@ def test_webhook_gets_the_final_job_once_and_is_retried_on_failure(
             headers=headers,
             timeout=10,
         )
-        wait_for(lambda: len(_Receiver.received) == 2)  # a 500, then the retry
+        wait_for(lambda: len(_Receiver.received) == 2, "a webhook and its retry")  # 500, retry
         assert _Receiver.received[0]["id"] == _Receiver.received[1]["id"]
     finally:
         server.shutdown()
 
 
 def test_scale_out_is_bounded_by_max_workers(endpoint: LocalEndpoint) -> None:
-    jobs = [client(endpoint).run({"sleep": 2, "i": i}) for i in range(4)]
+    jobs = [client(endpoint).run({"text": "standin-sleep=2", "i": i}) for i in range(4)]
     pool = endpoint.pool
     assert pool is not None
-    wait_for(lambda: len(pool.processes) == 2)
+    wait_for(lambda: len(pool.processes) == 2, "two workers")
     time.sleep(1.0)
     assert len(pool.processes) == 2
     assert sorted(job.output(timeout=60)["echo"]["i"] for job in jobs) == [0, 1, 2, 3]
@@ -226,7 +226,7 @@ def test_scale_to_zero_after_idle_timeout_then_a_cold_start(
         started = time.monotonic()
         client(local).run_sync({"first": 1}, timeout=60)
         first_latency = time.monotonic() - started
-        wait_for(lambda: not pool.processes, timeout=20)  # scaled to zero
+        wait_for(lambda: not pool.processes, "scale to zero", timeout=20)
         assert client(local).health()["workers"]["idle"] == 0
         client(local).run_sync({"second": 1}, timeout=60)
         assert len(pool.cold_starts_s) == 2

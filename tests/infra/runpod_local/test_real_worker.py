@@ -12,9 +12,10 @@ import runpod
 
 from infra.blob_server import BlobServer
 from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
-from tests.conftest import TINY_MAX_MODEL_LEN
-from tests.handler.chunks import chat_line, read_lines, stage_chunk
-from tests.infra.test_runpod_local import wait_for
+from infra.wait import wait_for
+from tests.support.chunks import read_lines, stage_chunk
+from tests.support.lines import request_line
+from tests.support.tiny import TINY_MAX_MODEL_LEN
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
@@ -48,7 +49,7 @@ def sdk(real_endpoint: LocalEndpoint, monkeypatch: pytest.MonkeyPatch) -> runpod
     monkeypatch.setattr(runpod, "endpoint_url_base", real_endpoint.client_base_url)
     backend = real_endpoint.backend
     assert backend is not None
-    wait_for(lambda: backend.health()["workers"]["idle"] == 1, timeout=300)  # engine loaded
+    wait_for(lambda: backend.health()["workers"]["idle"] == 1, "the engine to load", timeout=300)
     return runpod.Endpoint("local", api_key=real_endpoint.api_key)
 
 
@@ -64,7 +65,9 @@ def test_process_chunk_job_through_run_status_output(
     sdk: runpod.Endpoint, blobs: BlobServer
 ) -> None:
     before = sdk.health()["jobs"]["completed"]
-    job_input = stage_chunk(blobs, [chat_line(f"r{i}", f"hi {i}", max_tokens=4) for i in range(20)])
+    job_input = stage_chunk(
+        blobs, [request_line(f"r{i}", f"hi {i}", max_tokens=4) for i in range(20)]
+    )
     job = sdk.run(job_input.model_dump())
     assert job.status() in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
     summary = job.output(timeout=120)
@@ -77,9 +80,11 @@ def test_process_chunk_job_through_run_status_output(
 def test_cancel_stops_a_running_chunk_and_the_worker_serves_the_next_job(
     sdk: runpod.Endpoint, blobs: BlobServer
 ) -> None:
-    lines = [chat_line(f"r{i}", f"long {i}", max_tokens=200, ignore_eos=True) for i in range(3000)]
+    lines = [
+        request_line(f"r{i}", f"long {i}", max_tokens=200, ignore_eos=True) for i in range(3000)
+    ]
     job = sdk.run(stage_chunk(blobs, lines, chunk_id="long").model_dump())
-    wait_for(lambda: job.status() == "IN_PROGRESS", timeout=60)
+    wait_for(lambda: job.status() == "IN_PROGRESS", "the chunk to start", timeout=60)
     time.sleep(1.0)
     assert job.cancel()["status"] == "CANCELLED"
     started = time.monotonic()
