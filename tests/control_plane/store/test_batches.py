@@ -1,4 +1,5 @@
-"""The DynamoDB store under moto: conditional transitions, the tenant's counters, API keys."""
+"""The batch items under moto: conditional transitions and the tenant's counters that move
+with them."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ import pytest
 from control_plane.aws import Aws
 from control_plane.errors import LimitExceeded, StateConflict
 from control_plane.ids import new_id, now_s
-from control_plane.models import Batch, FileObject
-from control_plane.store import BatchItem, Table, apikeys, keys
+from control_plane.models import Batch
+from control_plane.store import BatchItem, Table, keys
 from control_plane.store import batches as batch_store
-from control_plane.store import files as file_store
-from tests.support.api import TABLE
 from tests.support.lines import CHAT
 
 TENANT = "tenant-s"
@@ -208,75 +207,3 @@ def test_terminal_batches_leave_the_active_index(aws: Aws) -> None:
     assert item["gsi2pk"] == keys.ACTIVE_BATCHES
     done = batch_store.transition(aws.table, item, expect={"validating"}, to="failed", at=now_s())
     assert "gsi2pk" not in done and "gsi2sk" not in done
-
-
-def scan(aws: Aws) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"TableName": TABLE}
-    while True:
-        reply = aws.dynamodb.scan(**kwargs)
-        items.extend(reply["Items"])
-        if "LastEvaluatedKey" not in reply:
-            return items
-        kwargs["ExclusiveStartKey"] = reply["LastEvaluatedKey"]
-
-
-def test_api_keys_are_stored_only_as_digests(aws: Aws) -> None:
-    key = apikeys.create_key(aws.table, tenant_id=TENANT, name="ci")
-
-    items = scan(aws)
-
-    assert key.startswith(apikeys.KEY_PREFIX)
-    assert len(items) == 1
-    assert all(key not in str(item) for item in items)
-    assert items[0]["pk"]["S"] == f"APIKEY#{apikeys.digest(key)}"
-    assert apikeys.tenant_for(aws.table, key) == TENANT
-
-
-def test_a_fixed_key_cannot_be_registered_for_a_second_tenant(aws: Aws) -> None:
-    key = "hb-local-development-key"
-    assert apikeys.create_key(aws.table, tenant_id="first", key=key) == key
-    assert apikeys.create_key(aws.table, tenant_id="first", key=key) == key  # same tenant: fine
-
-    with pytest.raises(ValueError, match="another tenant"):
-        apikeys.create_key(aws.table, tenant_id="second", key=key)
-
-    assert apikeys.tenant_for(aws.table, key) == "first"
-
-
-def test_unknown_and_revoked_keys_have_no_tenant(aws: Aws) -> None:
-    key = apikeys.create_key(aws.table, tenant_id=TENANT)
-    assert apikeys.tenant_for(aws.table, "hb-unknown") is None
-    assert apikeys.revoke_key(aws.table, key) is True
-    assert apikeys.tenant_for(aws.table, key) is None
-
-
-def test_a_lost_conditional_put_carries_the_existing_item(aws: Aws) -> None:
-    file = FileObject(
-        id=new_id("file"), bytes=3, created_at=now_s(), filename="a.jsonl", purpose="batch"
-    )
-    file_store.put_file(aws.table, tenant_id=TENANT, file=file, line_count=1)
-    with pytest.raises(StateConflict) as lost:
-        file_store.put_file(aws.table, tenant_id="other", file=file, line_count=9)
-    assert lost.value.item is not None
-    assert (lost.value.item["tenant_id"], lost.value.item["line_count"]) == (TENANT, 1)
-
-
-def test_a_listing_of_exactly_limit_items_has_no_more(aws: Aws) -> None:
-    ids = []
-    for second in range(3):
-        file = FileObject(
-            id=new_id("file", now_ms=1_700_000_000_000 + second),
-            bytes=1,
-            created_at=now_s(),
-            filename="a.jsonl",
-            purpose="batch",
-        )
-        file_store.put_file(aws.table, tenant_id=TENANT, file=file, line_count=1)
-        ids.append(file.id)
-
-    page = file_store.list_files(
-        aws.table, tenant_id=TENANT, limit=3, after=None, newest_first=True, purpose=None
-    )
-
-    assert [f.id for f in page.data] == ids[::-1] and page.has_more is False
