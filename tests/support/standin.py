@@ -12,8 +12,8 @@ of a batch misbehaves beside good ones:
   exists (always, without `fail_while`), so a test can make it succeed on a redrive;
 - `exit_on`: the worker process dies on the spot (exit code 137), as an OOM-killed worker would.
 
-Worker processes build it from their environment (`from_env`): STANDIN_DELAY_S,
-STANDIN_EXIT_ON, STANDIN_FAIL_ON (default FLAKY) and STANDIN_FAIL_WHILE.
+Worker processes build it from their environment (`from_env`): STANDIN_DELAY_S, STANDIN_EXIT_ON
+and STANDIN_FAIL_WHILE (requests saying FLAKY fail while that file exists).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class StandinEngine:
         return cls(
             delay_s=float(env.get("STANDIN_DELAY_S", "0.01")),
             exit_on=env.get("STANDIN_EXIT_ON") or None,
-            fail_on=env.get("STANDIN_FAIL_ON", "FLAKY") if "STANDIN_FAIL_WHILE" in env else None,
+            fail_on="FLAKY" if "STANDIN_FAIL_WHILE" in env else None,
             fail_while=env.get("STANDIN_FAIL_WHILE"),
         )
 
