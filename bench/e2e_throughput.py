@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stack_runs import wait_until_done, worker_env
+from stack_runs import wait_for_idle_workers, wait_until_done, worker_env
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -82,8 +82,7 @@ def end_to_end(model: str, path: Path, chunk_size: int, workdir: Path) -> dict[s
     ).start()
     try:
         assert stack.endpoint is not None and stack.endpoint.backend is not None
-        while stack.endpoint.backend.health()["workers"]["idle"] < 1:
-            time.sleep(0.5)
+        wait_for_idle_workers(stack.endpoint.backend)
         client = OpenAI(base_url=stack.exports()["HOTBATCH_API_URL"], api_key=stack.api_key)
         started = time.perf_counter()
         with path.open("rb") as handle:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stack_runs import wait_until_done, worker_env
+from stack_runs import wait_for_idle_workers, wait_until_done, worker_env
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -39,8 +39,7 @@ def run(schedule: str, model: str, requests: int, idle_timeout: float, workdir: 
         assert stack.endpoint is not None and stack.endpoint.backend is not None
         backend = stack.endpoint.backend
         if schedule != "never":
-            while backend.health()["workers"]["idle"] + backend.health()["workers"]["running"] < 1:
-                time.sleep(0.5)  # keep-hot brings the first worker up
+            wait_for_idle_workers(backend, busy_too=True)  # keep-hot brings the first worker up
         time.sleep(3 * idle_timeout)
         warm = backend.health()["workers"]
         lines = "".join(

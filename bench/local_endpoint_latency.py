@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -18,6 +19,7 @@ import runpod
 
 from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
 from infra.tiny_model import generate
+from infra.wait import wait_for
 
 
 def timed_health(endpoint: runpod.Endpoint) -> float:
@@ -58,11 +60,11 @@ def main() -> None:
         for _ in range(args.warm_runs):
             time.sleep(1.5)  # let the worker finish its post-job pause and long-poll again
             warm.append(timed_health(endpoint))
-        assert local.pool is not None
-        while local.pool.processes:  # scale to zero after the idle timeout
-            time.sleep(0.5)
+        workers = local.pool
+        assert workers is not None
+        wait_for(lambda: not workers.processes, "scale to zero", timeout=math.inf, every=0.5)
         cold.append(timed_health(endpoint))
-        engine_starts = local.pool.cold_starts_s
+        engine_starts = workers.cold_starts_s
     finally:
         local.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")

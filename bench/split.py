@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infra.wait import wait_for
+
 BUCKET = "hotbatch-bench"
 TABLE = "hotbatch-bench"
 ENDPOINT = "/v1/chat/completions"
@@ -188,7 +190,7 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(url)
+        wait_for(lambda: _answers(url), f"moto's server at {url}", every=0.2)
         s3 = client(url)
         _create_resources(url)
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
@@ -247,18 +249,14 @@ def _child(mode: str, url: str, key: str, batch_id: str) -> dict[str, float]:
     return result
 
 
-def _wait_for(url: str) -> None:
+def _answers(url: str) -> bool:
     import urllib.request
 
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    try:
+        urllib.request.urlopen(url, timeout=1)
+    except OSError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""moto-backed fixtures: the table and bucket built from template.yaml, the app, tenant keys."""
+"""moto-backed fixtures: the table and bucket built from template.yaml, the app, tenant keys
+(the helpers that drive them are in `tests.support.api`)."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from moto import mock_aws
 
@@ -15,10 +16,13 @@ from control_plane.api import create_app
 from control_plane.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
+from infra import aws_resources
 from infra.aws_resources import create_resources
+from tests.support.api import BUCKET, TABLE, make_settings
 
-CHAT = "/v1/chat/completions"
-TABLE, BUCKET = "hotbatch-test", "hotbatch-test"
+# moto drops boto3's default session at each start by default, so every test would load the
+# S3 and DynamoDB service models afresh (~0.2 s a test); the mock is no less isolated without.
+KEEP_BOTO3_SESSION = {"core": {"reset_boto3_session": False}}
 
 
 @pytest.fixture()
@@ -35,10 +39,6 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def make_settings(**overrides: Any) -> Settings:
-    return Settings(table_name=TABLE, bucket_name=BUCKET, split_mode="inline", **overrides)
-
-
 @pytest.fixture()
 def settings(aws_credentials: None, request: pytest.FixtureRequest) -> Settings:
     """Default test settings; a test changes some with
@@ -46,9 +46,22 @@ def settings(aws_credentials: None, request: pytest.FixtureRequest) -> Settings:
     return make_settings(**getattr(request, "param", {}))
 
 
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    return aws_resources.load_template()
+
+
 @pytest.fixture()
-def aws(aws_credentials: None, settings: Settings) -> Iterator[Aws]:
-    with mock_aws():
+def aws(
+    aws_credentials: None,
+    settings: Settings,
+    template: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Aws]:
+    """A fresh moto account with the table and bucket of template.yaml (parsed once a session,
+    not once a test: create_resources only reads it)."""
+    monkeypatch.setattr(aws_resources, "load_template", lambda path=None: template)
+    with mock_aws(config=KEEP_BOTO3_SESSION):
         handle = Aws(settings)
         create_resources(
             dynamodb=handle.dynamodb, s3=handle.s3, table_name=TABLE, bucket_name=BUCKET
@@ -56,14 +69,18 @@ def aws(aws_credentials: None, settings: Settings) -> Iterator[Aws]:
         yield handle
 
 
+@pytest.fixture(scope="session")
+def app() -> FastAPI:
+    """The app, built once (FastAPI takes a tenth of a second to build its routes); each test
+    hands it its own AWS handle and an empty key cache."""
+    return create_app(make_settings())
+
+
 @pytest.fixture()
-def client(aws: Aws) -> Iterator[TestClient]:
-    with TestClient(create_app(aws=aws), raise_server_exceptions=False) as test_client:
+def client(app: FastAPI, aws: Aws) -> Iterator[TestClient]:
+    app.state.aws, app.state.key_cache = aws, {}
+    with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture()
@@ -74,82 +91,3 @@ def key_a(aws: Aws) -> str:
 @pytest.fixture()
 def key_b(aws: Aws) -> str:
     return apikeys.create_key(aws.table, tenant_id="tenant-b", name="b")
-
-
-class Reply(Protocol):
-    """What the tests read of a TestClient reply (httpx's or httpx2's `Response`, whichever
-    starlette uses)."""
-
-    @property
-    def status_code(self) -> int: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def content(self) -> bytes: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    def json(self, **kwargs: Any) -> Any: ...
-
-
-def upload(
-    client: TestClient,
-    key: str,
-    content: bytes,
-    *,
-    filename: str = "input.jsonl",
-    purpose: str = "batch",
-    **fields: str,
-) -> Reply:
-    return client.post(
-        "/v1/files",
-        headers=auth(key),
-        files={"file": (filename, content, "application/jsonl")},
-        data={"purpose": purpose, **fields},
-    )
-
-
-def upload_id(client: TestClient, key: str, content: bytes) -> str:
-    reply = upload(client, key, content)
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["id"])
-
-
-def create_batch(client: TestClient, key: str, file_id: str, **body: Any) -> Reply:
-    return client.post(
-        "/v1/batches",
-        headers=auth(key),
-        json={"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h", **body},
-    )
-
-
-def tick(aws: Aws) -> dict[str, Any]:
-    """One tick against a RunPod endpoint that does not answer (nothing in these tests is
-    dispatched on purpose: cancels and finalizes of chunks that never ran need no RunPod)."""
-    from control_plane.runpod import RunPodClient
-    from control_plane.scheduler.context import TickContext
-    from control_plane.scheduler.tick import run_tick
-
-    unreachable = RunPodClient(base_url="http://127.0.0.1:9/v2", endpoint_id="none", api_key="x")
-    return run_tick(TickContext(aws=aws, runpod=unreachable, now=int(time.time())))
-
-
-def stored_file(
-    aws: Aws, content: bytes, *, line_count: int | None, tenant_id: str = "tenant-a"
-) -> str:
-    """A file put straight into S3 and the table, as an upload leaves it (`line_count=None`:
-    unknown, as after an upload in parts)."""
-    from control_plane import layout
-    from control_plane.ids import new_id, now_s
-    from control_plane.models import FileObject
-    from control_plane.store import files as file_store
-
-    file = FileObject(
-        id=new_id("file"),
-        bytes=len(content),
-        created_at=now_s(),
-        filename="input.jsonl",
-        purpose="batch",
-    )
-    aws.s3.put_object(Bucket=BUCKET, Key=layout.file_key(file.id), Body=content)
-    file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=line_count)
-    return file.id

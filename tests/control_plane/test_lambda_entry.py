@@ -19,8 +19,8 @@ from control_plane.models import FileObject
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from control_plane.store import files as file_store
-from tests.control_plane.conftest import BUCKET, TABLE
-from tests.control_plane.requests import jsonl
+from tests.support.api import BUCKET, TABLE
+from tests.support.lines import jsonl
 
 
 @dataclass
@@ -112,6 +112,7 @@ def test_the_split_function_splits_logs_json_and_flushes_metrics(
     assert formatted["function_name"] == "hotbatch-test" and formatted["service"] == "hotbatch"
 
 
+@pytest.mark.stack  # a fresh interpreter: a subprocess
 def test_the_lambda_entry_points_import_nothing_heavy() -> None:
     """Cold starts: no vLLM, torch, runpod SDK, openai SDK or moto on the Lambda path."""
     heavy = {"vllm", "torch", "transformers", "runpod", "openai", "moto", "handler.engine"}

@@ -4,23 +4,24 @@ CPU build with the tiny model → webhooks → merged files read back through th
 
 from __future__ import annotations
 
+import functools
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
 
 import httpx
-import orjson
 import pytest
 from openai import OpenAI
 
+from infra.runpod_local.models import Job
 from infra.stack import LocalStack, StackConfig, worker_pool
-from tests.conftest import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME
+from infra.wait import wait_for
+from tests.support.lines import CHAT, request_line
+from tests.support.stack import file_lines, sdk
+from tests.support.tiny import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
-CHAT: Final = "/v1/chat/completions"
 SCHEMA = {
     "type": "json_schema",
     "json_schema": {
@@ -49,41 +50,27 @@ def stack(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         StackConfig(pool=pool, tick_interval_s=0.5, settings={"chunk_max_requests": 40})
     ).start()
     assert stack.endpoint is not None and stack.endpoint.backend is not None
-    deadline = time.monotonic() + 600
-    while stack.endpoint.backend.health()["workers"]["idle"] < 1:
-        assert time.monotonic() < deadline, "the worker never loaded its engine"
-        time.sleep(0.5)
+    backend = stack.endpoint.backend
+    wait_for(
+        lambda: backend.health()["workers"]["idle"] >= 1,
+        "the worker to load its engine",
+        timeout=600,
+        every=0.5,
+    )
     yield stack
     stack.stop()
 
 
-def sdk(stack: LocalStack) -> OpenAI:
-    return OpenAI(base_url=stack.exports()["HOTBATCH_API_URL"], api_key=stack.api_key)
-
-
-def line(custom_id: str, content: str, **body: Any) -> str:
-    request: dict[str, Any] = {
-        "model": TINY_MODEL_NAME,
-        "messages": [{"role": "user", "content": content}],
-    }
-    request.update({"max_tokens": 8, "temperature": 0.0, **body})
-    return json.dumps({"custom_id": custom_id, "method": "POST", "url": CHAT, "body": request})
+# Short, greedy answers unless a line says otherwise.
+line = functools.partial(request_line, max_tokens=8, temperature=0.0)
 
 
 def wait(client: OpenAI, batch_id: str, timeout: float = 600) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+    def ended() -> str | None:
         status = client.batches.retrieve(batch_id).status
-        if status in ("completed", "failed", "expired", "cancelled"):
-            return status
-        assert time.monotonic() < deadline, f"batch {batch_id} still {status}"
-        time.sleep(0.5)
+        return status if status in ("completed", "failed", "expired", "cancelled") else None
 
-
-def read(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    if file_id is None:
-        return []
-    return [orjson.loads(x) for x in client.files.content(file_id).content.splitlines()]
+    return wait_for(ended, f"batch {batch_id} to end", timeout=timeout, every=0.5)
 
 
 def test_a_batch_runs_to_completed_with_every_request_once_and_exact_counts(
@@ -99,7 +86,10 @@ def test_a_batch_runs_to_completed_with_every_request_once_and_exact_counts(
 
     assert wait(client, batch.id) == "completed"
     done = client.batches.retrieve(batch.id)
-    outputs, errors = read(client, done.output_file_id), read(client, done.error_file_id)
+    outputs, errors = (
+        file_lines(client, done.output_file_id),
+        file_lines(client, done.error_file_id),
+    )
     seen = [x["custom_id"] for x in outputs + errors]
     assert sorted(seen) == sorted(json.loads(x)["custom_id"] for x in lines)  # each exactly once
     assert {x["custom_id"] for x in errors} == {"bad-model", "too-long"}
@@ -130,11 +120,11 @@ def test_a_batch_runs_to_completed_with_every_request_once_and_exact_counts(
     redone = client.batches.retrieve(batch.id)
     assert redone.request_counts is not None
     assert (redone.request_counts.completed, redone.request_counts.failed) == (98, 2)
-    assert sorted(x["custom_id"] for x in read(client, redone.error_file_id)) == [
+    assert sorted(x["custom_id"] for x in file_lines(client, redone.error_file_id)) == [
         "bad-model",
         "too-long",
     ]
-    assert len(read(client, redone.output_file_id)) == 98
+    assert len(file_lines(client, redone.output_file_id)) == 98
 
 
 def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(stack: LocalStack) -> None:
@@ -148,20 +138,17 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(stack: LocalStac
     assert stack.endpoint is not None and stack.endpoint.backend and stack.endpoint.pool
     backend, pool = stack.endpoint.backend, stack.endpoint.pool
 
-    deadline = time.monotonic() + 120
-    victim = None
-    while victim is None:
-        assert time.monotonic() < deadline, "no chunk ever started"
-        running = [j for j in backend.jobs.values() if j.status == "IN_PROGRESS" and j.worker_id]
-        if running:
-            victim = running[0]
-        time.sleep(0.05)
+    def running() -> Job | None:
+        jobs = list(backend.jobs.values())
+        return next((j for j in jobs if j.status == "IN_PROGRESS" and j.worker_id), None)
+
+    victim = wait_for(running, "a chunk to start", timeout=120)
     assert victim.worker_id is not None
     pool.kill(victim.worker_id)  # as an OOM kill would
 
     assert wait(client, batch.id) == "completed"
     done = client.batches.retrieve(batch.id)
-    outputs = read(client, done.output_file_id)
+    outputs = file_lines(client, done.output_file_id)
     ids = [x["custom_id"] for x in outputs]
     assert len(ids) == len(set(ids)) == 80
     assert done.request_counts is not None and done.request_counts.completed == 80

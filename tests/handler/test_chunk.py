@@ -12,8 +12,9 @@ from handler.chunk import process_chunk
 from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
 from handler.transfer import TransferError
 from infra.blob_server import BlobServer
-from tests.handler.chunks import CHAT, chat_line, completion_line, read_lines, stage_chunk
-from tests.handler.standin import EchoEngine
+from tests.support.chunks import read_lines, stage_chunk
+from tests.support.lines import CHAT, COMPLETIONS, request_line
+from tests.support.standin import StandinEngine
 
 WORKER = WorkerIdentity(
     worker_id="w1", hostname="h", pid=1, model="tiny", vllm_version="x", hotbatch_version="y"
@@ -27,7 +28,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def run(
-    job: ProcessChunkInput, engine: EchoEngine, session: aiohttp.ClientSession, **kw: int
+    job: ProcessChunkInput, engine: StandinEngine, session: aiohttp.ClientSession, **kw: int
 ) -> ChunkSummary:
     return await process_chunk(
         job,
@@ -42,8 +43,8 @@ async def run(
 async def test_good_requests_go_to_output_with_summed_usage(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
-    job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(5)])
-    summary = await run(job, EchoEngine(), session)
+    job = stage_chunk(blobs, [request_line(f"r{i}", "hi") for i in range(5)])
+    summary = await run(job, StandinEngine(), session)
     assert summary.counts.model_dump() == {"total": 5, "completed": 5, "failed": 0}
     assert summary.usage.prompt_tokens == 15 and summary.usage.completion_tokens == 10
     assert summary.usage.cached_tokens == 5 and summary.usage.total_tokens == 25
@@ -58,15 +59,15 @@ async def test_bad_lines_become_error_lines_with_line_numbers(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
     lines = [
-        chat_line("ok-1", "hi"),
+        request_line("ok-1", "hi"),
         "{not json",
         json.dumps({"custom_id": "no-body", "method": "POST", "url": CHAT}),
-        completion_line("wrong-url", "hi"),
-        chat_line("streamer", "hi", stream=True),
-        chat_line("ok-2", "hi"),
+        request_line("wrong-url", "hi", url=COMPLETIONS),
+        request_line("streamer", "hi", stream=True),
+        request_line("ok-2", "hi"),
     ]
     job = stage_chunk(blobs, lines)
-    summary = await run(job, EchoEngine(), session)
+    summary = await run(job, StandinEngine(), session)
 
     assert summary.counts.completed == 2 and summary.counts.failed == 4
     failures = {failure.custom_id: failure for failure in summary.failures}
@@ -90,9 +91,9 @@ async def test_engine_error_on_one_request_is_a_500_line_not_a_failed_chunk(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
     job = stage_chunk(
-        blobs, [chat_line("a", "fine"), chat_line("b", "poison"), chat_line("c", "x")]
+        blobs, [request_line("a", "fine"), request_line("b", "poison"), request_line("c", "x")]
     )
-    summary = await run(job, EchoEngine(crash_on="poison"), session)
+    summary = await run(job, StandinEngine(crash_on="poison"), session)
     assert summary.counts.completed == 2
     assert [(f.custom_id, f.status_code, f.code) for f in summary.failures] == [
         ("b", 500, "engine_error")
@@ -102,8 +103,8 @@ async def test_engine_error_on_one_request_is_a_500_line_not_a_failed_chunk(
 async def test_engine_reported_error_keeps_its_status(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
-    job = stage_chunk(blobs, [chat_line("a", "x", model="other")])
-    summary = await run(job, EchoEngine(), session)
+    job = stage_chunk(blobs, [request_line("a", "x", model="other")])
+    summary = await run(job, StandinEngine(), session)
     assert [(f.status_code, f.code, f.type) for f in summary.failures] == [
         (404, "not_found", "NotFoundError")
     ]
@@ -112,8 +113,8 @@ async def test_engine_reported_error_keeps_its_status(
 async def test_all_requests_are_in_flight_together(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
-    job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(300)])
-    engine = EchoEngine(delay_s=0.05)
+    job = stage_chunk(blobs, [request_line(f"r{i}", "hi") for i in range(300)])
+    engine = StandinEngine(delay_s=0.05)
     summary = await run(job, engine, session)
     assert summary.counts.completed == 300
     assert engine.peak_in_flight == 300
@@ -124,8 +125,8 @@ async def test_all_requests_are_in_flight_together(
 async def test_in_flight_bound_is_respected(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
-    job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(50)])
-    engine = EchoEngine()
+    job = stage_chunk(blobs, [request_line(f"r{i}", "hi") for i in range(50)])
+    engine = StandinEngine()
     await run(job, engine, session, max_in_flight=7)
     assert engine.peak_in_flight == 7
 
@@ -133,12 +134,12 @@ async def test_in_flight_bound_is_respected(
 async def test_unreadable_input_url_fails_the_job_with_a_clear_error(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
-    job = stage_chunk(blobs, [chat_line("a", "hi")])
+    job = stage_chunk(blobs, [request_line("a", "hi")])
     broken = job.model_copy(
         update={"input_url": job.input_url.replace("signature=", "signature=0")}
     )
     with pytest.raises(TransferError) as caught:
-        await run(broken, EchoEngine(), session)
+        await run(broken, StandinEngine(), session)
     message = str(caught.value)
     assert "input download failed" in message and "403" in message
     assert "signature=" not in message  # the signature is redacted
@@ -147,16 +148,16 @@ async def test_unreadable_input_url_fails_the_job_with_a_clear_error(
 async def test_unreachable_output_url_fails_the_job(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
-    job = stage_chunk(blobs, [chat_line("a", "hi")])
+    job = stage_chunk(blobs, [request_line("a", "hi")])
     dead = job.model_copy(update={"output_url": "http://127.0.0.1:9/nowhere?signature=x"})
     with pytest.raises(TransferError, match="output upload failed"):
-        await run(dead, EchoEngine(), session, retries=2)
+        await run(dead, StandinEngine(), session, retries=2)
 
 
 async def test_transient_5xx_on_upload_is_retried(
     blobs: BlobServer, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = stage_chunk(blobs, [chat_line("a", "hi")])
+    job = stage_chunk(blobs, [request_line("a", "hi")])
     original = blobs.check
     failures = {"left": 1}
 
@@ -167,6 +168,6 @@ async def test_transient_5xx_on_upload_is_retried(
         return original(method, key, query)
 
     monkeypatch.setattr(blobs, "check", flaky)
-    summary = await run(job, EchoEngine(), session, retries=3)
+    summary = await run(job, StandinEngine(), session, retries=3)
     assert summary.counts.completed == 1
     assert len(read_lines(blobs, job, "output")) == 1

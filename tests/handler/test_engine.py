@@ -17,14 +17,9 @@ from handler.contract import ChunkSummary
 from handler.runtime import Runtime
 from handler.settings import WorkerSettings
 from infra.blob_server import BlobServer
-from tests.conftest import TINY_MAX_MODEL_LEN
-from tests.handler.chunks import (
-    COMPLETIONS,
-    chat_line,
-    completion_line,
-    read_lines,
-    stage_chunk,
-)
+from tests.support.chunks import read_lines, stage_chunk
+from tests.support.lines import COMPLETIONS, request_line
+from tests.support.tiny import TINY_MAX_MODEL_LEN
 
 pytestmark = pytest.mark.engine
 
@@ -83,7 +78,7 @@ async def test_chat_chunk_end_to_end_parses_as_openai_objects(
 ) -> None:
     prompts = [f"question {i}: evaluate candidate {i}" for i in range(12)]
     lines = [
-        chat_line(f"chat-{i}", text, max_tokens=6, logprobs=True, top_logprobs=2)
+        request_line(f"chat-{i}", text, max_tokens=6, logprobs=True, top_logprobs=2)
         for i, text in enumerate(prompts)
     ]
     job = stage_chunk(blobs, lines)
@@ -125,7 +120,9 @@ async def test_completion_chunk_end_to_end_parses_as_openai_objects(
     engine_runtime: Runtime, blobs: BlobServer, tokenizer: Any
 ) -> None:
     prompts = [f"the batch item {i} is" for i in range(6)]
-    lines = [completion_line(f"c-{i}", p, max_tokens=5) for i, p in enumerate(prompts)]
+    lines = [
+        request_line(f"c-{i}", p, max_tokens=5, url=COMPLETIONS) for i, p in enumerate(prompts)
+    ]
     job = stage_chunk(blobs, lines, endpoint=COMPLETIONS)
     summary = await engine_runtime.process(job)
     assert summary.counts.completed == 6
@@ -142,13 +139,13 @@ async def test_mixed_chunk_bad_requests_get_error_lines_good_ones_succeed(
     engine_runtime: Runtime, blobs: BlobServer
 ) -> None:
     lines = [
-        chat_line("good-1", "hello", max_tokens=4),
-        chat_line("unknown-model", "hello", model="gpt-nope", max_tokens=4),
-        completion_line("wrong-url", "hello"),
-        chat_line("streaming", "hello", stream=True),
-        chat_line("too-long", "json " * (TINY_MAX_MODEL_LEN + 50), max_tokens=4),
-        chat_line("bad-param", "hello", temperature="hot"),
-        chat_line("good-2", "world", max_tokens=4),
+        request_line("good-1", "hello", max_tokens=4),
+        request_line("unknown-model", "hello", model="gpt-nope", max_tokens=4),
+        request_line("wrong-url", "hello", url=COMPLETIONS),
+        request_line("streaming", "hello", stream=True),
+        request_line("too-long", "json " * (TINY_MAX_MODEL_LEN + 50), max_tokens=4),
+        request_line("bad-param", "hello", temperature="hot"),
+        request_line("good-2", "world", max_tokens=4),
     ]
     job = stage_chunk(blobs, lines)
     summary = await engine_runtime.process(job)
@@ -189,7 +186,7 @@ async def test_mixed_chunk_bad_requests_get_error_lines_good_ones_succeed(
 async def test_thousand_requests_run_in_one_engine_pass(
     engine_runtime: Runtime, blobs: BlobServer
 ) -> None:
-    lines = [chat_line(f"r{i:04d}", f"item {i}", max_tokens=4) for i in range(1000)]
+    lines = [request_line(f"r{i:04d}", f"item {i}", max_tokens=4) for i in range(1000)]
     job = stage_chunk(blobs, lines)
     peak = 0
 
@@ -235,12 +232,14 @@ async def test_structured_output_seed_n_and_penalties_behave_as_in_vllm_serve(
         # A random-weight model pads JSON with any whitespace the grammar allows, so give it
         # room; seeds keep the outcome the same from run to run.
         *(
-            chat_line(f"json-{i}", "judge", response_format=response_format, max_tokens=200, seed=i)
+            request_line(
+                f"json-{i}", "judge", response_format=response_format, max_tokens=200, seed=i
+            )
             for i in range(4)
         ),
-        chat_line("seed-a", "tell", **sampled),
-        chat_line("seed-b", "tell", **sampled),
-        chat_line("n-2", "two", n=2, max_tokens=4, frequency_penalty=0.5, presence_penalty=0.5),
+        request_line("seed-a", "tell", **sampled),
+        request_line("seed-b", "tell", **sampled),
+        request_line("n-2", "two", n=2, max_tokens=4, frequency_penalty=0.5, presence_penalty=0.5),
     ]
     job = stage_chunk(blobs, lines)
     summary = await engine_runtime.process(job)
@@ -263,10 +262,10 @@ async def test_prefix_cache_hits_show_as_cached_tokens(
     engine_runtime: Runtime, blobs: BlobServer
 ) -> None:
     shared = "system rules: " + "evaluate the candidate and answer in json. " * 12
-    first = stage_chunk(blobs, [chat_line("warm", shared, max_tokens=2)], chunk_id="warm")
+    first = stage_chunk(blobs, [request_line("warm", shared, max_tokens=2)], chunk_id="warm")
     await engine_runtime.process(first)
     second = stage_chunk(
-        blobs, [chat_line(f"hit-{i}", shared, max_tokens=2) for i in range(3)], chunk_id="hits"
+        blobs, [request_line(f"hit-{i}", shared, max_tokens=2) for i in range(3)], chunk_id="hits"
     )
     summary = await engine_runtime.process(second)
     assert summary.usage.cached_tokens >= 3 * 16
@@ -293,7 +292,7 @@ async def test_seeded_requests_split_across_prefill_steps_do_not_kill_the_engine
     # which CPU generators refuse ("CPU Generator does not use offset"): the engine died. Many
     # seeded requests with long prompts force prefills past one scheduler step.
     prompt = "evaluate the candidate and answer in json " * 20
-    lines = [chat_line(f"s{i}", f"{i} {prompt}", seed=i, max_tokens=4) for i in range(48)]
+    lines = [request_line(f"s{i}", f"{i} {prompt}", seed=i, max_tokens=4) for i in range(48)]
     summary = await engine_runtime.process(stage_chunk(blobs, lines, chunk_id="seeded"))
     assert summary.counts.completed == 48
     assert engine_runtime.health().status == "ok"

@@ -12,22 +12,20 @@ import pytest
 
 from handler import main
 from handler.engine import EngineDead
-from handler.runtime import EngineFactory, Runtime, start_runtime
+from handler.runtime import Runtime, start_runtime
 from handler.settings import WorkerSettings
 from infra.blob_server import BlobServer
-from tests.handler.chunks import chat_line, read_lines, stage_chunk
-from tests.handler.standin import EchoEngine
+from tests.support.chunks import read_lines, stage_chunk
+from tests.support.lines import request_line
+from tests.support.standin import StandinEngine, engine_factory
 
 
 @pytest.fixture()
 def standin_runtime() -> Iterator[Runtime]:
-    engine = EchoEngine(delay_s=0.02)
-
-    @contextlib.asynccontextmanager
-    async def factory(_settings: WorkerSettings) -> AsyncIterator[EchoEngine]:
-        yield engine
-
-    runtime = start_runtime(WorkerSettings(worker_id="w-test"), engine_factory=factory)
+    engine = StandinEngine(delay_s=0.02)
+    runtime = start_runtime(
+        WorkerSettings(worker_id="w-test"), engine_factory=engine_factory(engine)
+    )
     main.install(runtime)
     yield runtime
     main.install(None)
@@ -53,7 +51,7 @@ async def test_invalid_chunk_input_names_the_field(standin_runtime: Runtime) -> 
 async def test_process_chunk_returns_the_summary(
     standin_runtime: Runtime, blobs: BlobServer
 ) -> None:
-    job = stage_chunk(blobs, [chat_line("a", "hi"), chat_line("b", "hi")])
+    job = stage_chunk(blobs, [request_line("a", "hi"), request_line("b", "hi")])
     result = await main.handler({"id": "j1", "input": job.model_dump()})
     assert result["counts"] == {"total": 2, "completed": 2, "failed": 0}
     assert result["worker"]["worker_id"] == "w-test"
@@ -64,7 +62,7 @@ async def test_process_chunk_returns_the_summary(
 async def test_transfer_failure_is_an_error_string_and_recorded(
     standin_runtime: Runtime, blobs: BlobServer
 ) -> None:
-    job = stage_chunk(blobs, [chat_line("a", "hi")])
+    job = stage_chunk(blobs, [request_line("a", "hi")])
     job = job.model_copy(update={"input_url": blobs.presign("GET", "missing/key")})
     result = await main.handler({"id": "j1", "input": job.model_dump()})
     assert isinstance(result["error"], str) and "404" in result["error"]
@@ -75,9 +73,9 @@ async def test_cancelled_job_reraises_and_stops_its_requests(
     standin_runtime: Runtime, blobs: BlobServer
 ) -> None:
     engine = standin_runtime.engine
-    assert isinstance(engine, EchoEngine)
+    assert isinstance(engine, StandinEngine)
     engine.delay_s = 5.0
-    job = stage_chunk(blobs, [chat_line(f"r{i}", "hi") for i in range(20)])
+    job = stage_chunk(blobs, [request_line(f"r{i}", "hi") for i in range(20)])
     task = asyncio.ensure_future(main.handler({"id": "j1", "input": job.model_dump()}))
     await asyncio.sleep(0.5)
     assert engine.in_flight == 20
@@ -105,18 +103,10 @@ async def test_handler_without_runtime_asks_for_a_new_worker() -> None:
     assert result["refresh_worker"] is True and "not loaded" in result["error"]
 
 
-def standin_factory(engine: EchoEngine) -> EngineFactory:
-    @contextlib.asynccontextmanager
-    async def factory(_settings: WorkerSettings) -> AsyncIterator[EchoEngine]:
-        yield engine
-
-    return factory
-
-
 def test_ready_file_exists_only_while_the_engine_is_loaded(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     settings = WorkerSettings(hotbatch_ready_file=str(ready))
-    runtime = start_runtime(settings, engine_factory=standin_factory(EchoEngine()))
+    runtime = start_runtime(settings, engine_factory=engine_factory(StandinEngine()))
     assert ready.exists()
     runtime.stop()
     assert not ready.exists()
@@ -125,7 +115,7 @@ def test_ready_file_exists_only_while_the_engine_is_loaded(tmp_path: Path) -> No
 def test_monitor_logs_health_periodically(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="handler")
     settings = WorkerSettings(enable_vllm_monitor=True, vllm_monitor_interval=0.05)
-    runtime = start_runtime(settings, engine_factory=standin_factory(EchoEngine()))
+    runtime = start_runtime(settings, engine_factory=engine_factory(StandinEngine()))
     try:
         time.sleep(0.4)
     finally:
@@ -137,9 +127,9 @@ def test_monitor_logs_health_periodically(caplog: pytest.LogCaptureFixture) -> N
 
 def test_engine_start_failure_is_raised_with_its_cause() -> None:
     @contextlib.asynccontextmanager
-    async def broken(_settings: WorkerSettings) -> AsyncIterator[EchoEngine]:
+    async def broken(_settings: WorkerSettings) -> AsyncIterator[StandinEngine]:
         raise ValueError("max_model_len 99999 is larger than the KV cache")
-        yield EchoEngine()  # pragma: no cover
+        yield StandinEngine()  # pragma: no cover
 
     with pytest.raises(RuntimeError, match="engine failed to start: max_model_len"):
         start_runtime(WorkerSettings(), engine_factory=broken)
@@ -152,7 +142,7 @@ async def test_dead_engine_fails_the_job_and_asks_for_a_fresh_worker(
         raise EngineDead("EngineCore died: CUDA out of memory")
 
     monkeypatch.setattr(standin_runtime.engine, "run", dead)
-    job = stage_chunk(blobs, [chat_line("a", "hi"), chat_line("b", "hi")])
+    job = stage_chunk(blobs, [request_line("a", "hi"), request_line("b", "hi")])
     result = await main.handler({"id": "j1", "input": job.model_dump()})
     assert result["refresh_worker"] is True
     assert "engine dead" in result["error"] and "out of memory" in result["error"]

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from infra.blob_server import BlobServer
-from tests.conftest import TINY_MAX_MODEL_LEN
-from tests.handler.chunks import chat_line, read_lines, stage_chunk
+from tests.support.chunks import read_lines, stage_chunk
+from tests.support.lines import request_line
+from tests.support.tiny import TINY_MAX_MODEL_LEN
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
@@ -20,8 +21,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 def test_worker_runs_a_test_input_json_chunk_through_the_runpod_sdk(
     tiny_model: Path, blobs: BlobServer, tmp_path: Path
 ) -> None:
-    lines = [chat_line(f"r{i}", f"hello {i}", max_tokens=4) for i in range(8)]
-    lines.append(chat_line("missing-model", "hello", model="nope"))
+    lines = [request_line(f"r{i}", f"hello {i}", max_tokens=4) for i in range(8)]
+    lines.append(request_line("missing-model", "hello", model="nope"))
     job = stage_chunk(blobs, lines)
     (tmp_path / "test_input.json").write_text(json.dumps({"input": job.model_dump()}))
     env = {

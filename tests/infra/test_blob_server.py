@@ -11,6 +11,8 @@ import pytest
 
 from infra.blob_server import BlobServer
 
+pytestmark = pytest.mark.stack
+
 
 @pytest.fixture()
 def store() -> Iterator[BlobServer]:

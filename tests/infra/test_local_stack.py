@@ -21,7 +21,8 @@ import pytest
 import runpod
 from openai import OpenAI
 
-from tests.control_plane.requests import CHAT, jsonl
+from infra.wait import wait_for
+from tests.support.lines import CHAT, jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,10 +96,11 @@ def test_local_up_prints_exports_then_ready_and_stops_cleanly(
         client = OpenAI(base_url=exports["HOTBATCH_API_URL"], api_key=exports["HOTBATCH_API_KEY"])
         file = client.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
         batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
-        deadline_split = time.monotonic() + 30
-        while client.batches.retrieve(batch.id).status == "validating":
-            assert time.monotonic() < deadline_split
-            time.sleep(0.1)
+        wait_for(
+            lambda: client.batches.retrieve(batch.id).status != "validating",
+            "the split",
+            every=0.1,
+        )
         assert client.batches.retrieve(batch.id).request_counts.total == 3  # type: ignore[union-attr]
         s3 = boto3.client(
             "s3",

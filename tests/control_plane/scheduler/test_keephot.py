@@ -1,0 +1,297 @@
+"""Keep-hot in the tick: the ping rounds against a scripted endpoint (moto), then real runpod
+SDK workers (stand-in engine) kept warm on the local stack, measured against cold starts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from control_plane.aws import Aws
+from control_plane.health.sample import HealthSample, WorkerCounts
+from control_plane.models import ChunkRef
+from control_plane.runpod import RunPodClient
+from control_plane.scheduler.context import TickContext
+from control_plane.scheduler.keephot import PING_GIVE_UP_S, keep_hot
+from control_plane.scheduler.policy import SchedulerState
+from control_plane.store import health as health_store
+from control_plane.store.chunks import put_chunks
+from infra.runpod_local.models import FINAL
+from infra.stack import LocalStack, StackConfig
+from infra.wait import wait_for
+from tests.support.lines import CHAT, jsonl
+from tests.support.stack import sdk, standin_pool
+
+log = logging.getLogger(__name__)
+IDLE_TIMEOUT_S = 2.0
+COLD_START_DELAY_S = 3.0
+TICK_S = 0.25
+
+
+# --- ping bookkeeping against a scripted endpoint (moto) -------------------------------------
+
+
+@dataclass
+class ScriptedRunPod(RunPodClient):
+    """Answers like RunPod would, as the test scripts it; counts every call."""
+
+    job_status: str = "IN_QUEUE"
+    sent: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    health_reads: int = 0
+
+    def run(self, job_input: dict[str, Any], **policy: Any) -> str:
+        assert job_input == {"action": "health"}
+        self.sent.append(f"ping-{len(self.sent)}")
+        return self.sent[-1]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        report = {"status": "ok", "worker_id": "w1", "engine": {"kv_cache_usage_percent": 12.5}}
+        return {"id": job_id, "status": self.job_status, "output": report}
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        self.cancelled.append(job_id)
+        return {"id": job_id, "status": "CANCELLED"}
+
+    def health(self) -> dict[str, Any]:
+        self.health_reads += 1
+        return {"workers": {"idle": 1, "running": 0}, "jobs": {"inQueue": 0}}
+
+
+ALWAYS_TWO = [{"keep_hot_schedule": "always", "keep_hot_workers": 2}]
+
+
+@pytest.mark.parametrize("settings", ALWAYS_TWO, indirect=True)
+def test_a_round_of_pings_goes_out_only_once_the_last_one_finished(aws: Aws) -> None:
+    runpod = ScriptedRunPod(base_url="http://unused", endpoint_id="e", api_key="k")
+    closed = SchedulerState(window=4)
+
+    def step(now: int, state: SchedulerState = closed) -> dict[str, Any]:
+        return keep_hot(TickContext(aws=aws, runpod=runpod, now=now), state)
+
+    assert step(1000)["pings_sent"] == 2
+    stalled = step(1001)
+    assert (stalled["pings_sent"], stalled["pings_outstanding"]) == (0, 2)
+    assert stalled["skipped"] == "previous round unfinished"
+    runpod.job_status = "COMPLETED"
+    harvested = step(1002)
+    assert (harvested["readings"], harvested["pings_sent"]) == (2, 2)
+    runpod.job_status = "IN_QUEUE"  # a cold start that never ends: given up, then resent
+    assert step(1003)["pings_sent"] == 0
+    resent = step(1002 + PING_GIVE_UP_S + 1)
+    assert runpod.cancelled == ["ping-2", "ping-3"] and resent["pings_sent"] == 2
+    assert len(runpod.sent) == 6
+    reads = runpod.health_reads
+    opened = step(5000, SchedulerState(window=1, breaker="open", opened_at=4990))
+    assert opened["skipped"] == "breaker open" and len(runpod.sent) == 6
+    assert runpod.health_reads == reads  # an open breaker leaves the endpoint alone
+    samples = health_store.samples_since(aws.table, since=0, limit=100)
+    assert len(samples) == 6 and all(s["expires_at"] == s["at"] + 2 * 86400 for s in samples)
+    kept = HealthSample.model_validate(next(s for s in samples if s["at"] == 1002))
+    assert kept.readings[0].kv_cache_usage_percent == 12.5 and kept.workers == WorkerCounts(idle=1)
+
+
+@pytest.mark.parametrize("settings", ALWAYS_TWO, indirect=True)
+def test_waiting_chunks_keep_workers_busy_so_no_ping_is_sent(aws: Aws) -> None:
+    runpod = ScriptedRunPod(base_url="http://unused", endpoint_id="e", api_key="k")
+    ref = ChunkRef(
+        index=0, key="batches/b/chunks/00000/input.jsonl", requests=1, bytes=9, first_line=1
+    )
+    put_chunks(aws.table, batch_id="batch_x", priority="normal", chunks=[ref], created_at=900)
+    report = keep_hot(TickContext(aws=aws, runpod=runpod, now=1000), SchedulerState(window=4))
+    assert report["skipped"] == "chunks keep the workers busy" and runpod.sent == []
+    [item] = health_store.samples_since(aws.table, since=0, limit=10)
+    assert (item["pending_chunks"], item["oldest_pending_age_s"]) == (1, 100)
+    assert item["work_waiting"] and item["in_schedule"]
+
+
+# --- the tick on a local stack (stack tier) ------------------------------------------------
+
+
+def make_stack(workdir: Path, schedule: str) -> LocalStack:
+    pool = standin_pool(
+        workdir,
+        workers=0,
+        max_workers=2,
+        idle_timeout_s=IDLE_TIMEOUT_S,
+        cold_start_delay_s=COLD_START_DELAY_S,
+    )
+    settings = {"keep_hot_schedule": schedule, "keep_hot_workers": 1}
+    return LocalStack(StackConfig(pool=pool, tick_interval_s=None, settings=settings)).start()
+
+
+@pytest.fixture(scope="module")
+def hot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = make_stack(tmp_path_factory.mktemp("hot"), "always")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = make_stack(tmp_path_factory.mktemp("cold"), "never")
+    yield stack
+    stack.stop()
+
+
+def runpod_health(stack: LocalStack) -> dict[str, Any]:
+    assert stack.endpoint is not None
+    client = RunPodClient(
+        base_url=stack.endpoint.client_base_url,
+        endpoint_id=stack.endpoint.config.endpoint_id,
+        api_key=stack.endpoint.api_key,
+    )
+    return client.health()
+
+
+def warm(stack: LocalStack) -> int:
+    workers = runpod_health(stack)["workers"]
+    return int(workers["idle"]) + int(workers["running"])
+
+
+def health_jobs(stack: LocalStack) -> list[Any]:
+    """Every ping the endpoint received (a C-level copy: the endpoint's thread mutates it)."""
+    assert stack.endpoint is not None and stack.endpoint.backend is not None
+    jobs = list(stack.endpoint.backend.jobs.values())
+    return [job for job in jobs if job.input == {"action": "health"}]
+
+
+def tick_until(
+    stack: LocalStack, done: Callable[[], bool], *, timeout: float, every: float = TICK_S
+) -> list[dict[str, Any]]:
+    """Tick every `every` seconds until `done`; the tick reports."""
+    reports: list[dict[str, Any]] = []
+
+    def ticked() -> bool:
+        if done():
+            return True
+        reports.append(stack.tick())
+        return False
+
+    wait_for(ticked, lambda: f"keep-hot, last reports {reports[-3:]}", timeout=timeout, every=every)
+    return reports
+
+
+def run_batch(stack: LocalStack) -> float:
+    """Seconds from batch creation to `completed`, ticking every 0.2 s."""
+    client = sdk(stack)
+    file = client.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
+    started = time.monotonic()
+    batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    tick_until(
+        stack,
+        lambda: client.batches.retrieve(batch.id).status == "completed",
+        timeout=60,
+        every=0.2,
+    )
+    return time.monotonic() - started
+
+
+@pytest.mark.stack
+def test_always_keeps_a_worker_warm_past_the_idle_timeout_without_piling_up_pings(
+    hot: LocalStack,
+) -> None:
+    tick_until(hot, lambda: warm(hot) >= 1, timeout=30)
+    assert hot.endpoint is not None and hot.endpoint.backend is not None
+    spawned = set(hot.endpoint.backend.workers)
+    pings_before = len(health_jobs(hot))
+    ticks, watched = 0, time.monotonic()
+    while time.monotonic() - watched < 4 * IDLE_TIMEOUT_S:
+        report = hot.tick()["keep_hot"]
+        ticks += 1
+        outstanding = [job for job in health_jobs(hot) if job.status not in FINAL]
+        assert len(outstanding) <= 1, outstanding
+        assert report["pings_outstanding"] <= 1 and report["in_schedule"]
+        assert warm(hot) >= 1
+        time.sleep(TICK_S)
+    # The same worker all along: none retired at its idle timeout and none cold-started again.
+    assert set(hot.endpoint.backend.workers) == spawned and len(spawned) == 1
+    sent = len(health_jobs(hot)) - pings_before
+    assert 4 <= sent <= ticks, (sent, ticks)  # one ping a tick at most, and it did ping
+
+
+@pytest.mark.stack
+def test_a_cold_start_holds_one_ping_and_samples_keep_readings_with_a_ttl(
+    hot: LocalStack,
+) -> None:
+    assert hot.aws is not None
+    table, start = hot.aws.table, int(time.time())
+    tick_until(
+        hot,
+        lambda: any(
+            s["readings"] for s in health_store.samples_since(table, since=start, limit=99)
+        ),
+        timeout=30,
+    )
+    samples = health_store.samples_since(table, since=start - 120, limit=10_000)
+    assert samples and all(s["expires_at"] - s["at"] == 2 * 24 * 3600 for s in samples)
+    read = [HealthSample.model_validate(s) for s in samples if s["readings"]]
+    reading = read[0].readings[0]
+    assert reading.worker_id.startswith("local-worker-") and reading.status
+    assert read[0].workers is not None and read[0].in_schedule and not read[0].work_waiting
+    # Every ping ever sent on this stack overlapped no other one, the cold start included.
+    pings = sorted(health_jobs(hot), key=lambda job: job.created_at)
+    for earlier, later in zip(pings, pings[1:], strict=False):
+        assert earlier.completed_at is not None and earlier.completed_at <= later.created_at
+
+
+@pytest.mark.stack
+def test_health_endpoint_answers_with_the_components(hot: LocalStack) -> None:
+    tick_until(hot, lambda: warm(hot) >= 1, timeout=30)
+    hot.tick()
+    assert hot.api is not None
+    url = f"{hot.api.url}/v1/health"
+    assert httpx.get(url).status_code == 401
+    reply = httpx.get(url, headers={"Authorization": f"Bearer {hot.api_key}"})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    components = body["components"]
+    assert set(components) == {"gpu", "workers", "queue", "endpoint"}
+    assert components["endpoint"] == {
+        "status": "healthy",
+        "note": None,
+        "metrics": components["endpoint"]["metrics"],
+    }
+    assert components["endpoint"]["metrics"]["breaker"] == "closed"
+    assert components["workers"]["metrics"]["warm_latest"] >= 1
+    assert body["samples"] >= 1 and body["object"] == "health"
+    order = ["healthy", "degraded", "down"]
+    worst = max((c["status"] for c in components.values()), key=order.index)
+    assert body["status"] == worst
+
+
+@pytest.mark.stack
+def test_keep_hot_starts_the_next_batch_sooner_than_a_cold_start(
+    hot: LocalStack, cold: LocalStack
+) -> None:
+    tick_until(hot, lambda: warm(hot) >= 1, timeout=30)
+    for _ in range(3):  # a few keep-hot rounds, as between two batches
+        hot.tick()
+        time.sleep(TICK_S)
+    hot_s = run_batch(hot)
+    tick_until(cold, lambda: warm(cold) == 0, timeout=30)
+    cold_s = run_batch(cold)
+    log.warning("batch creation to completion: keep-hot %.2f s, cold %.2f s", hot_s, cold_s)
+    assert hot_s + 2.0 < cold_s, (hot_s, cold_s)
+
+
+@pytest.mark.stack
+def test_never_sends_no_pings_and_workers_scale_to_zero(cold: LocalStack) -> None:
+    assert cold.endpoint is not None and cold.endpoint.backend is not None
+    if not cold.endpoint.backend.workers:
+        run_batch(cold)  # a worker to scale down (the latency test usually left one)
+    assert cold.endpoint.backend.workers
+    reports = tick_until(cold, lambda: warm(cold) == 0, timeout=4 * IDLE_TIMEOUT_S + 10)
+    for _ in range(int(2 * IDLE_TIMEOUT_S / TICK_S)):  # and it stays at zero
+        reports.append(cold.tick())
+        assert warm(cold) == 0 and runpod_health(cold)["workers"]["initializing"] == 0
+        time.sleep(TICK_S)
+    assert health_jobs(cold) == []
+    assert all(not r["keep_hot"]["in_schedule"] for r in reports)
+    assert all(r["keep_hot"]["pings_sent"] == 0 for r in reports)

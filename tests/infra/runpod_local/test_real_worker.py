@@ -1,0 +1,95 @@
+"""The real handler (`python -m handler` on vLLM's CPU build) behind the local RunPod endpoint,
+driven by the runpod SDK: what users do to call the worker's health action locally."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import runpod
+
+from infra.blob_server import BlobServer
+from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
+from infra.wait import wait_for
+from tests.support.chunks import read_lines, stage_chunk
+from tests.support.lines import request_line
+from tests.support.tiny import TINY_MAX_MODEL_LEN
+
+pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+
+
+@pytest.fixture(scope="module")
+def real_endpoint(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalEndpoint]:
+    root = tmp_path_factory.mktemp("runpod-local")
+    pool = PoolConfig(
+        min_workers=1,
+        max_workers=1,
+        idle_timeout_s=600,
+        stop_grace_s=20,
+        log_dir=root / "logs",
+        work_dir=root / "workers",
+        env={
+            "MODEL_NAME": str(tiny_model),
+            "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny",
+            "MAX_MODEL_LEN": str(TINY_MAX_MODEL_LEN),
+        },
+    )
+    local = LocalEndpoint(config=EndpointConfig(take_poll_s=2, stop_poll_s=2), pool_config=pool)
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture()
+def sdk(real_endpoint: LocalEndpoint, monkeypatch: pytest.MonkeyPatch) -> runpod.Endpoint:
+    monkeypatch.setattr(runpod, "endpoint_url_base", real_endpoint.client_base_url)
+    backend = real_endpoint.backend
+    assert backend is not None
+    wait_for(lambda: backend.health()["workers"]["idle"] == 1, "the engine to load", timeout=300)
+    return runpod.Endpoint("local", api_key=real_endpoint.api_key)
+
+
+def test_run_sync_health_returns_the_handlers_health_payload(sdk: runpod.Endpoint) -> None:
+    report = sdk.run_sync({"action": "health"}, timeout=60)
+    assert report["status"] == "ok" and report["worker_id"] == "local-worker-1"
+    assert report["engine"]["model"] == "tiny"
+    assert report["engine"]["max_model_len"] == TINY_MAX_MODEL_LEN
+    assert report["gpus"] == [] or report["gpu_error"] is None
+
+
+def test_process_chunk_job_through_run_status_output(
+    sdk: runpod.Endpoint, blobs: BlobServer
+) -> None:
+    before = sdk.health()["jobs"]["completed"]
+    job_input = stage_chunk(
+        blobs, [request_line(f"r{i}", f"hi {i}", max_tokens=4) for i in range(20)]
+    )
+    job = sdk.run(job_input.model_dump())
+    assert job.status() in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
+    summary = job.output(timeout=120)
+    assert job.status() == "COMPLETED"
+    assert summary["counts"] == {"total": 20, "completed": 20, "failed": 0}
+    assert len(read_lines(blobs, job_input, "output")) == 20
+    assert sdk.health()["jobs"]["completed"] == before + 1
+
+
+def test_cancel_stops_a_running_chunk_and_the_worker_serves_the_next_job(
+    sdk: runpod.Endpoint, blobs: BlobServer
+) -> None:
+    lines = [
+        request_line(f"r{i}", f"long {i}", max_tokens=200, ignore_eos=True) for i in range(3000)
+    ]
+    job = sdk.run(stage_chunk(blobs, lines, chunk_id="long").model_dump())
+    wait_for(lambda: job.status() == "IN_PROGRESS", "the chunk to start", timeout=60)
+    time.sleep(1.0)
+    assert job.cancel()["status"] == "CANCELLED"
+    started = time.monotonic()
+    report = sdk.run_sync({"action": "health"}, timeout=120)
+    # The chunk alone would take minutes on 2 cores; the worker let go of it at once.
+    assert time.monotonic() - started < 30
+    assert report["jobs_in_progress"] == 0 and report["engine"]["running"] == 0
+    assert blobs.get("batches/batch_test/chunks/long/output.jsonl") is None
