@@ -480,17 +480,18 @@ def note_tick_failure(table: Table, batch_id: str, *, reason: str, at: int) -> B
     counters (`tick_failures`, `tick_failing_since`), None when there is no such batch. Only the
     counters are read back, so a batch whose item cannot be parsed is still counted."""
     try:
-        updated = table.update(
+        table.update(
             keys.batch(batch_id),
             "ADD tick_failures :one SET last_tick_error = :reason, "
             "tick_failing_since = if_not_exists(tick_failing_since, :at)",
             condition="attribute_exists(pk)",
             values={":one": 1, ":reason": reason[:1000], ":at": at},
-            returns="UPDATED_NEW",
+            returns="NONE",
         )
     except StateConflict:
         return None
-    return cast(BatchItem, {"id": batch_id, **updated})
+    counters = table.get(keys.batch(batch_id), attributes=["tick_failures", "tick_failing_since"])
+    return cast(BatchItem, {"id": batch_id, **(counters or {})})
 
 
 def clear_tick_failures(table: Table, batch_id: str) -> None:
