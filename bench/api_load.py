@@ -1,6 +1,6 @@
-"""API load: concurrent clients against the local control plane (uvicorn + moto's server, in a
-child process; no workers and no tick, so batches stay in progress) mixing upload + create,
-retrieve, list and file content, for a while.
+"""API load: concurrent clients against the local control plane (the app under uvicorn in one
+child process, moto's server in another; no workers and no tick, so batches stay in progress)
+mixing upload + create, retrieve, list and file content, for a while.
 
 Prints p50 / p99 latency per operation, first for one client alone (the baseline, measured in
 the same run) and then under load, with the ratio; the count of 5xx answers (must be 0); and
@@ -40,17 +40,28 @@ WEIGHTS = {"create": 2, "retrieve": 4, "list": 3, "content": 2}
 # --- the server (child process) ---------------------------------------------------------------
 
 
-def serve(args: argparse.Namespace) -> None:
-    """moto's server and the app under uvicorn, tenants and keys; print where, then wait."""
+def serve_aws() -> None:
+    """moto's server with the template's table and bucket: its own process, as DynamoDB and S3
+    are not in the API's process in AWS either."""
+    from infra.local_control_plane import LocalAws
+
+    local_aws = LocalAws(table_name=TABLE, bucket_name=BUCKET).start()
+    print(json.dumps({"aws": local_aws.url}), flush=True)
+    _wait_for_sigterm()
+    local_aws.stop()
+
+
+def serve_api(args: argparse.Namespace) -> None:
+    """The app under uvicorn (one process, as `hotbatch local up` runs it), tenants and keys."""
     from control_plane.api import create_app
     from control_plane.aws import Aws
     from control_plane.settings import Settings
     from control_plane.store import apikeys
-    from infra.local_control_plane import LocalApi, LocalAws
+    from infra.local_control_plane import LocalApi, use_local_credentials
 
-    local_aws = LocalAws(table_name=TABLE, bucket_name=BUCKET).start()
+    use_local_credentials()
     settings = Settings(
-        aws_endpoint_url=local_aws.url,
+        aws_endpoint_url=args.aws_url,
         table_name=TABLE,
         bucket_name=BUCKET,
         split_mode="inline",
@@ -61,12 +72,22 @@ def serve(args: argparse.Namespace) -> None:
     tenants = [f"tenant-{n}" for n in range(args.tenants)] + ["baseline"]
     keys = {tenant: apikeys.create_key(aws.table, tenant_id=tenant) for tenant in tenants}
     api = LocalApi(app=create_app(settings, aws=aws)).start()
-    print(json.dumps({"api": api.url, "aws": local_aws.url, "keys": keys}), flush=True)
+    print(json.dumps({"api": api.url, "keys": keys}), flush=True)
+    _wait_for_sigterm()
+    api.stop()
+
+
+def _wait_for_sigterm() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
-    api.stop()
-    local_aws.stop()
+
+
+def start_child(*flags: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    child = subprocess.Popen([sys.executable, __file__, *flags], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    announced: dict[str, Any] = json.loads(child.stdout.readline())
+    return child, announced
 
 
 # --- the clients --------------------------------------------------------------------------------
@@ -291,7 +312,8 @@ def report(base: Tally, load: Tally, load_s: float, args: argparse.Namespace) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["aws", "api"], help=argparse.SUPPRESS)
+    parser.add_argument("--aws-url", help=argparse.SUPPRESS)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--tenants", type=int, default=8)
     parser.add_argument("--duration", type=float, default=60.0)
@@ -300,26 +322,32 @@ def main() -> None:
     parser.add_argument("--max-queued", type=int, default=60)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    if args.serve:
-        serve(args)
+    if args.serve == "aws":
+        serve_aws()
+        return
+    if args.serve == "api":
+        serve_api(args)
         return
 
     from infra.local_control_plane import use_local_credentials
 
     use_local_credentials()  # the monitor reads moto's server with the same fake credentials
-    child_args = [f"--tenants={args.tenants}", f"--max-active={args.max_active}"]
-    child_args.append(f"--max-queued={args.max_queued}")
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", *child_args], stdout=subprocess.PIPE, text=True
-    )
+    aws_server, aws_at = start_child("--serve=aws")
+    children = [aws_server]
     try:
-        assert server.stdout is not None
-        where = json.loads(server.stdout.readline())
+        api_server, where = start_child(
+            "--serve=api",
+            f"--aws-url={aws_at['aws']}",
+            f"--tenants={args.tenants}",
+            f"--max-active={args.max_active}",
+            f"--max-queued={args.max_queued}",
+        )
+        children.append(api_server)
         keys: dict[str, str] = where["keys"]
         # The baseline runs as a tenant of its own, so its batches use none of the load's limits.
         baseline = {"baseline": keys.pop("baseline")}
         base, _ = run_clients(where["api"], baseline, 1, args.baseline, args.seed)
-        watch = LimitWatch(where["aws"], list(keys), args.max_active, args.max_queued)
+        watch = LimitWatch(aws_at["aws"], list(keys), args.max_active, args.max_queued)
         watcher = threading.Thread(target=watch.watch, daemon=True)
         watcher.start()
         load, load_s = run_clients(where["api"], keys, args.clients, args.duration, args.seed)
@@ -327,8 +355,9 @@ def main() -> None:
         watcher.join()
         final = watch.final()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for child in reversed(children):
+            child.terminate()
+            child.wait(timeout=30)
     errors = report(base, load, load_s, args)
     print(f"limit samples: {watch.samples} rounds over {len(watch.tenants)} tenants")
     for tenant in sorted(final):
