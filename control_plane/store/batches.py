@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from pydantic import ValidationError
 
 from control_plane.errors import LimitExceeded, NotFound, StateConflict, Unreadable
 from control_plane.models import (
@@ -38,12 +37,17 @@ from control_plane.models import (
 )
 from control_plane.store import keys
 from control_plane.store.items import BatchCounters, BatchItem
-from control_plane.store.table import UNREADABLE, Item, Table, TransactionConflict, to_attrs
+from control_plane.store.table import (
+    UNREADABLE,
+    UNREADABLE_OBJECT,
+    Item,
+    Table,
+    TransactionConflict,
+    to_attrs,
+)
 
 log = logging.getLogger("control_plane.store")
 
-# What reading a batch object out of its item raises when the item is corrupt.
-UNREADABLE_OBJECT: tuple[type[Exception], ...] = (ValidationError, *UNREADABLE)
 # What a batch needs to be failed when the rest of its item cannot be read.
 CORE_ATTRIBUTES = ("id", "tenant_id", "status", "queued")
 

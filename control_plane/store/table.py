@@ -16,6 +16,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
+from pydantic import ValidationError
 
 from control_plane.errors import StateConflict
 
@@ -32,6 +33,8 @@ UNREADABLE: tuple[type[Exception], ...] = (
     KeyError,
     ArithmeticError,
 )
+# ...and what mapping an item onto an API object raises when the item is corrupt.
+UNREADABLE_OBJECT: tuple[type[Exception], ...] = (ValidationError, *UNREADABLE)
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()

@@ -300,3 +300,22 @@ def test_an_item_the_parser_refuses_is_skipped_in_listings_and_failed_by_the_tic
     assert failed is not None and failed["status"] == "failed"
     assert failed["errors"][0]["code"] == "batch_unprocessable"
     assert "Unreadable" in failed["errors"][0]["message"]
+
+
+def test_a_corrupt_file_item_is_skipped_in_the_listing_and_answers_a_clear_error(
+    aws: Aws, client: TestClient, key_a: str
+) -> None:
+    good = upload_id(client, key_a, jsonl(1))
+    bad = upload_id(client, key_a, jsonl(1))
+    aws.dynamodb.update_item(
+        TableName=aws.settings.table_name,
+        Key={"pk": {"S": f"FILE#{bad}"}, "sk": {"S": "META"}},
+        UpdateExpression="SET #b = :b",
+        ExpressionAttributeNames={"#b": "bytes"},
+        ExpressionAttributeValues={":b": {"S": "many"}},
+    )
+    listed = client.get("/v1/files", headers=auth(key_a))
+    assert listed.status_code == 200, listed.text
+    assert [f["id"] for f in listed.json()["data"]] == [good]
+    reply = client.get(f"/v1/files/{bad}", headers=auth(key_a))
+    assert (reply.status_code, reply.json()["error"]["code"]) == (500, "unreadable_object")
