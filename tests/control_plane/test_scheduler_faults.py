@@ -28,8 +28,8 @@ import pytest
 import urllib3
 from openai import OpenAI
 
+from control_plane import results as webhook_results
 from control_plane import secrets
-from control_plane.api.routes import internal
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler import finalize, policy
@@ -553,7 +553,7 @@ def test_expiry_records_a_chunk_that_finished_while_its_webhook_was_on_the_way(
 ) -> None:
     custom_ids = [f"late{i}" for i in range(CHUNK)]
     # The webhook is lost: the result reaches RunPod, not the control plane.
-    monkeypatch.setattr(internal, "record_webhook", lambda *_, **__: "stale")
+    monkeypatch.setattr(webhook_results, "record_webhook", lambda *_, **__: "stale")
     batch_id = submit(stack, custom_ids)
     tick(stack)
     wait_for(lambda: job_in(stack, batch_id, "00000", "COMPLETED"), "the chunk's job")
