@@ -5,12 +5,15 @@ on 405s. Its stateful phase follows the document's links (upload a file, create 
 it, cancel it...), so fuzzed metadata and filenames reach the table. Afterwards the tenant
 still lists its batches and creates a new one, and a tick moves every batch without a failure.
 
-Nothing is started: the app is called in process, so the test needs no `stack` marker.
+The app is called in process. With mock_aws nothing is started (no `stack` marker); the same
+run against moto's server (real HTTP, where the issue's fuzz run got an item back that botocore
+could not parse) starts that server and is marked `stack`.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,17 @@ from schemathesis.engine import events, from_schema
 
 from control_plane.api import create_app
 from control_plane.aws import Aws
-from tests.control_plane.conftest import auth, create_batch, tick, upload_id
+from control_plane.store import apikeys
+from infra.local_control_plane import LocalAws
+from tests.control_plane.conftest import (
+    BUCKET,
+    TABLE,
+    auth,
+    create_batch,
+    make_settings,
+    tick,
+    upload_id,
+)
 from tests.control_plane.requests import jsonl
 
 SEED = 20261203
@@ -88,8 +101,25 @@ def _record(run: FuzzRun, event: events.ScenarioFinished | events.FuzzScenarioFi
 
 
 # The fuzzer creates batches by the dozen; the new one at the end must not meet the limit.
-@pytest.mark.parametrize("settings", [{"max_active_batches": 100_000}], indirect=True)
-def test_fuzzer_finds_no_server_error_and_nothing_undocumented(aws: Aws, key_a: str) -> None:
+UNLIMITED = {"max_active_batches": 100_000}
+
+
+@pytest.fixture(params=["mock_aws", pytest.param("moto_server", marks=pytest.mark.stack)])
+def backend(request: pytest.FixtureRequest, aws_credentials: None) -> Iterator[Aws]:
+    if request.param == "mock_aws":
+        aws: Aws = request.getfixturevalue("aws")
+        yield Aws(aws.settings.model_copy(update=UNLIMITED))
+        return
+    local = LocalAws(table_name=TABLE, bucket_name=BUCKET).start()
+    try:
+        yield Aws(make_settings(aws_endpoint_url=local.url, **UNLIMITED))
+    finally:
+        local.stop()
+
+
+def test_fuzzer_finds_no_server_error_and_nothing_undocumented(backend: Aws) -> None:
+    aws = backend
+    key_a = apikeys.create_key(aws.table, tenant_id="tenant-a", name="a")
     app = create_app(aws=aws)
     with TestClient(app) as client:
         before = create_batch(client, key_a, upload_id(client, key_a, jsonl(3)))
