@@ -83,7 +83,7 @@ def _allowed_methods(request: Request) -> list[str]:
     route's (GET /v1/files/{id} and DELETE /v1/files/{id} are two routes)."""
     methods: set[str] = set()
     for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
+        match, _ = route.matches(request.scope)  # PARTIAL: the path, another method
         if match != Match.NONE:
             methods.update(getattr(route, "methods", None) or ())
     order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -46,7 +46,7 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
     outcomes: dict[str, int] = {}
     for chunk in chunk_store.in_flight(table):
         outcome: str = "error"
-        with isolate.step(ctx, "poll", batch_id=_batch_of(chunk), chunk_id=chunk.get("sk")):
+        with isolate.step(ctx, "poll", batch_id=_batch_of(chunk), chunk_id=chunk.get("chunk_id")):
             outcome, state = poll_chunk(ctx, chunk, state)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome == "unreachable":
