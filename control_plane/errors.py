@@ -62,6 +62,23 @@ class Unavailable(ApiError):
     type = "service_unavailable"
 
 
+class Unreadable(ApiError):
+    """A stored item that cannot be read (corrupt, or in a shape this version does not know):
+    the one object answers this clear error, and listings skip it, instead of every request of
+    its tenant failing."""
+
+    status_code = 500
+    type = "server_error"
+
+    def __init__(self, kind: str, object_id: str):
+        super().__init__(
+            f"The stored {kind} '{object_id}' could not be read; the server's log names it for "
+            "the operator.",
+            code="unreadable_object",
+        )
+        self.kind, self.object_id = kind, object_id
+
+
 class StateConflict(Exception):
     """A conditional write lost: the item was not in the expected state. Carries the item as the
     winner left it (None when it does not exist), so callers need no second read; its shape is

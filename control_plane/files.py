@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import IO, Literal
+from urllib.parse import quote
 
 from control_plane import layout
 from control_plane.aws import Aws
@@ -114,11 +115,19 @@ def file_content(
         Params={
             "Bucket": aws.settings.bucket_name,
             "Key": item["s3_key"],
-            "ResponseContentDisposition": f'attachment; filename="{item["filename"]}"',
+            "ResponseContentDisposition": content_disposition(str(item["filename"])),
         },
         ExpiresIn=aws.settings.presign_expires_s,
     )
     return "redirect", str(url)
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback and the exact name percent-encoded, so a client's filename
+    (quotes, line breaks, any script) cannot break the header S3 sends back."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    exact = quote(filename.encode("utf-8", "backslashreplace"), safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
 
 
 def delete_file(aws: Aws, *, tenant_id: str, file_id: str) -> None:

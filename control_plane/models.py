@@ -6,9 +6,9 @@ onto them, and the `openai` SDK parses them with its own models in the integrati
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 BatchStatus = Literal[
     "validating",
@@ -25,6 +25,49 @@ SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 Priority = Literal["high", "normal", "backfill"]
 
 T = TypeVar("T")
+
+# OpenAI's metadata rules: 16 pairs, keys up to 64 characters, values up to 512.
+METADATA_MAX_PAIRS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512
+
+
+def _well_formed(value: str) -> str:
+    # JSON may carry an escaped unpaired surrogate ("\ud800"), which Python decodes into a str
+    # that no UTF-8 store can hold: DynamoDB refuses it and moto's server crashes on it.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text (it holds an unpaired surrogate)") from exc
+    return value
+
+
+# A string a client sends that may be stored: refused (400) unless it is encodable as UTF-8.
+Text = Annotated[str, AfterValidator(_well_formed)]
+
+# The validators below give the messages; these schemas tell clients (and fuzzers) the same
+# rules, so a request the schema allows is one the server accepts.
+Metadata = Annotated[
+    dict[Text, Text],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": METADATA_MAX_PAIRS,
+            "propertyNames": {"maxLength": METADATA_KEY_MAX},
+            "additionalProperties": {"type": "string", "maxLength": METADATA_VALUE_MAX},
+            "description": "Up to 16 key-value pairs: keys up to 64 characters, values up to 512.",
+        }
+    ),
+]
+BatchEndpoint = Annotated[
+    str, WithJsonSchema({"type": "string", "enum": list(SUPPORTED_ENDPOINTS)})
+]
+BatchPurpose = Annotated[
+    Text,
+    WithJsonSchema(
+        {"type": "string", "enum": ["batch"], "description": "Only `batch` files are accepted."}
+    ),
+]
+# S3 stores it as the object's Content-Type header: printable ASCII only (no line breaks).
+MIME_TYPE_PATTERN = r"^[!-~][ -~]{0,254}$"
 
 
 class FileObject(BaseModel):
@@ -125,10 +168,10 @@ class CreateBatchBody(BaseModel):
     # Unknown fields are ignored: a newer SDK may send parameters this server does not know.
     model_config = ConfigDict(extra="ignore")
 
-    input_file_id: str
-    endpoint: str
+    input_file_id: Text
+    endpoint: BatchEndpoint
     completion_window: Literal["24h"]
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     output_expires_after: ExpiresAfter | None = None
     priority: Priority = "normal"
 
@@ -142,16 +185,19 @@ class CreateBatchBody(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        # OpenAI's metadata rules: 16 pairs, keys up to 64 characters, values up to 512.
         if value is None:
             return None
-        if len(value) > 16:
-            raise ValueError("metadata holds at most 16 key-value pairs")
+        if len(value) > METADATA_MAX_PAIRS:
+            raise ValueError(f"metadata holds at most {METADATA_MAX_PAIRS} key-value pairs")
         for key, item in value.items():
-            if len(key) > 64:
-                raise ValueError(f"metadata key {key[:20]!r}… is longer than 64 characters")
-            if len(item) > 512:
-                raise ValueError(f"metadata value for {key!r} is longer than 512 characters")
+            if len(key) > METADATA_KEY_MAX:
+                raise ValueError(
+                    f"metadata key {key[:20]!r}… is longer than {METADATA_KEY_MAX} characters"
+                )
+            if len(item) > METADATA_VALUE_MAX:
+                raise ValueError(
+                    f"metadata value for {key!r} is longer than {METADATA_VALUE_MAX} characters"
+                )
         return value
 
 
@@ -159,10 +205,11 @@ class CreateUploadBody(BaseModel):
     # Unknown fields are ignored: a newer SDK may send parameters this server does not know.
     model_config = ConfigDict(extra="ignore")
 
+    # The API's schema also gets `maximum: HOTBATCH_MAX_FILE_BYTES` (api/openapi.py).
     bytes: int = Field(ge=1)
-    filename: str = Field(min_length=1, max_length=512)
-    mime_type: str
-    purpose: str
+    filename: Text = Field(min_length=1, max_length=512)
+    mime_type: str = Field(pattern=MIME_TYPE_PATTERN)
+    purpose: BatchPurpose
     expires_after: ExpiresAfter | None = None
 
 
@@ -197,11 +244,10 @@ class UploadPart(BaseModel):
 
 
 class CompleteUploadBody(BaseModel):
-    # OpenAI's clients send the ids of the parts they sent through the API, in file order;
-    # after presigned `part_urls` PUTs there are none (S3 lists those parts), so both fields
-    # are optional.
-    part_ids: list[str] | None = None
-    md5: str | None = None
+    # OpenAI's clients send the part ids they got back; with presigned parts the store lists
+    # the parts itself, so both fields are optional.
+    part_ids: list[Text] | None = None
+    md5: Text | None = None
 
 
 class ChunkRef(BaseModel):
@@ -234,7 +280,7 @@ class RetryBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    custom_ids: list[str] | None = Field(default=None, min_length=1, max_length=50_000)
+    custom_ids: list[Text] | None = Field(default=None, min_length=1, max_length=50_000)
 
 
 class ErrorDetail(BaseModel):

@@ -15,7 +15,7 @@ import orjson
 
 from control_plane import layout
 from control_plane.aws import Aws
-from control_plane.errors import Conflict, InvalidRequest
+from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.ids import now_s
 from control_plane.models import Batch, ChunkRef
 from control_plane.store import BatchItem, ChunkItem, Item, TransactionConflict, deadletters
@@ -82,17 +82,13 @@ def _letters(aws: Aws, batch_id: str, custom_ids: list[str] | None) -> list[Item
         found = deadletters.get_dead_letters(aws.table, batch_id=batch_id, custom_ids=custom_ids)
         missing = [cid for cid, item in zip(custom_ids, found, strict=True) if item is None]
         if missing:
-            raise InvalidRequest(
-                f"No dead letter for custom_id {missing[0]!r} in batch {batch_id}.",
-                code="dead_letter_not_found",
-                param="custom_ids",
-            )
+            raise NotFound("dead letter", missing[0], param="custom_ids")
         return [item for item in found if item is not None]
     letters, _ = deadletters.list_dead_letters(
         aws.table, batch_id=batch_id, limit=MAX_REDRIVE, after=None
     )
     if not letters:
-        raise InvalidRequest(f"Batch {batch_id} has no dead letters.", code="no_dead_letters")
+        raise Conflict(f"Batch {batch_id} has no dead letters.", code="no_dead_letters")
     return letters
 
 

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from control_plane import layout, upload_parts
 from control_plane.aws import Aws
-from control_plane.errors import Conflict, InvalidRequest, LimitExceeded, StateConflict
+from control_plane.errors import Conflict, LimitExceeded, StateConflict
 from control_plane.files import check_purpose
 from control_plane.ids import new_id, now_s
 from control_plane.models import CreateUploadBody, FileObject, Upload, UploadPart, UploadPartUrl
@@ -131,7 +131,8 @@ def _complete_presigned(aws: Aws, item: Item) -> int:
     parts = _list_parts(aws, item["s3_key"], item["s3_upload_id"])
     uploaded = sum(part["Size"] for part in parts)
     if uploaded != item["bytes"]:
-        raise InvalidRequest(
+        # 409: the request is fine, the upload's state is not (yet): PUT the parts and retry.
+        raise Conflict(
             f"The upload declared {item['bytes']} bytes but its parts hold {uploaded}; PUT every "
             "part before completing.",
             code="upload_incomplete",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from control_plane.api import errors
+from control_plane.api import errors, openapi
 from control_plane.api.routes import (
     batches,
     dashboard,
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, *, aws: Aws | None = None) -> F
     app.state.aws = aws
     app.state.key_cache = {}
     errors.install(app)
+    openapi.install(app, aws.settings)
     for module in (files, uploads, batches, health, webhook_endpoints):
         app.include_router(module.router, prefix="/v1")
     app.include_router(internal.router)

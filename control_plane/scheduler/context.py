@@ -1,4 +1,5 @@
-"""What one tick works with: AWS, the RunPod client, the profile, the clock, the webhook."""
+"""What one tick works with: AWS, the RunPod client, the profile, the clock, the webhook, and
+the batches that something failed on during this tick (`isolate.py`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ class TickContext:
     now: int
     webhook_secret: str = ""
     profile: Profile = field(default_factory=lambda: PROFILES["medium"])
+    # batch id -> what failed on it during this tick (isolate.step fills it, isolate.close
+    # counts it on the batch item)
+    failures: dict[str, str] = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:

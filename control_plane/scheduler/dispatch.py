@@ -8,7 +8,7 @@ from control_plane.layout import error_key, output_key
 from control_plane.models import TERMINAL_STATUSES
 from control_plane.observability import count
 from control_plane.runpod import EndpointError
-from control_plane.scheduler import policy
+from control_plane.scheduler import isolate, policy
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.policy import SchedulerState
 from control_plane.store import BatchItem, ChunkItem, TransactionConflict
@@ -35,61 +35,82 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
             break
         if int(chunk.get("not_before", 0)) > ctx.now:
             continue
-        batch = _batch(table, batches, chunk["batch_id"])
-        if batch is None or batch["status"] in TERMINAL_STATUSES:
-            _drop(table, chunk)  # left over by a batch that ended: keep the queue clear
-            continue
-        if batch["status"] != "in_progress":
-            continue  # cancelling or finalizing: the finalizer settles its chunks
-        try:
-            claimed = chunk_store.claim(
-                table, chunk, lease_until=ctx.now + ctx.lease_s(), now=ctx.now
-            )
-        except TransactionConflict:
-            continue  # another tick took it, or the batch just stopped
-        try:
-            job_id = ctx.runpod.run(
-                _job_input(ctx, claimed, batch).model_dump(),
-                webhook=ctx.webhook_url(
-                    claimed["batch_id"], claimed["chunk_id"], claimed["attempts"]
-                ),
-                execution_timeout_s=ctx.profile.execution_timeout_s,
-                ttl_s=ctx.lease_s() + 3600,
-                low_priority=batch.get("priority") == "backfill",
-            )
-        except EndpointError as exc:
-            log.warning(
-                "dispatch failed",
-                extra={
-                    "batch_id": claimed["batch_id"],
-                    "chunk_id": claimed["chunk_id"],
-                    "error": str(exc),
-                },
-            )
-            chunk_store.release(
-                table,
-                claimed,
-                not_before=ctx.now,
-                reason=f"dispatch failed: {exc}",
-                priority=batch.get("priority", "normal"),
-                refund_attempt=True,
-            )
-            return policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
-        chunk_store.set_job(table, claimed, job_id)
-        count("ChunksDispatched")
-        state = policy.on_endpoint_success(state)
-        room -= 1
-        log.info(
-            "chunk dispatched",
+        sent = False
+        with isolate.step(
+            ctx, "dispatch", batch_id=chunk["batch_id"], chunk_id=chunk.get("chunk_id")
+        ):
+            sent, failure = _dispatch_chunk(ctx, chunk, batches)
+            if failure is not None:
+                return policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
+        if sent:
+            state = policy.on_endpoint_success(state)
+            room -= 1
+    return state
+
+
+def _dispatch_chunk(
+    ctx: TickContext, chunk: ChunkItem, batches: dict[str, BatchItem | None]
+) -> tuple[bool, EndpointError | None]:
+    """Claim one chunk and queue it on RunPod: (sent, the endpoint's error if it refused)."""
+    table = ctx.aws.table
+    batch = _batch(table, batches, chunk["batch_id"])
+    if batch is None or batch["status"] in TERMINAL_STATUSES:
+        _drop(table, chunk)  # left over by a batch that ended: keep the queue clear
+        return False, None
+    if batch["status"] != "in_progress":
+        return False, None  # cancelling or finalizing: the finalizer settles its chunks
+    try:
+        claimed = chunk_store.claim(table, chunk, lease_until=ctx.now + ctx.lease_s(), now=ctx.now)
+    except TransactionConflict:
+        return False, None  # another tick took it, or the batch just stopped
+    try:
+        job_id = ctx.runpod.run(
+            _job_input(ctx, claimed, batch).model_dump(),
+            webhook=ctx.webhook_url(claimed["batch_id"], claimed["chunk_id"], claimed["attempts"]),
+            execution_timeout_s=ctx.profile.execution_timeout_s,
+            ttl_s=ctx.lease_s() + 3600,
+            low_priority=batch.get("priority") == "backfill",
+        )
+    except EndpointError as exc:
+        log.warning(
+            "dispatch failed",
             extra={
                 "batch_id": claimed["batch_id"],
                 "chunk_id": claimed["chunk_id"],
-                "attempt": claimed["attempts"],
-                "job_id": job_id,
-                "requests": claimed["requests"],
+                "error": str(exc),
             },
         )
-    return state
+        _give_back(ctx, claimed, batch, f"dispatch failed: {exc}")
+        return False, exc
+    except Exception:
+        # Not the endpoint's doing (a batch item missing a field, a bug): the chunk goes back
+        # unspent and the tick's isolation logs and counts the failure on its batch.
+        _give_back(ctx, claimed, batch, "dispatch error")
+        raise
+    chunk_store.set_job(table, claimed, job_id)
+    count("ChunksDispatched")
+    log.info(
+        "chunk dispatched",
+        extra={
+            "batch_id": claimed["batch_id"],
+            "chunk_id": claimed["chunk_id"],
+            "attempt": claimed["attempts"],
+            "job_id": job_id,
+            "requests": claimed["requests"],
+        },
+    )
+    return True, None
+
+
+def _give_back(ctx: TickContext, claimed: ChunkItem, batch: BatchItem, reason: str) -> None:
+    chunk_store.release(
+        ctx.aws.table,
+        claimed,
+        not_before=ctx.now,
+        reason=reason,
+        priority=str(batch.get("priority", "normal")),
+        refund_attempt=True,
+    )
 
 
 def _drop(table: Table, chunk: ChunkItem) -> None:

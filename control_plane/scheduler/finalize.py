@@ -82,7 +82,7 @@ def _unused(*_: object) -> None:
 def cancel(ctx: TickContext, batch: BatchItem) -> BatchItem:
     """Cancel the RunPod jobs of running chunks, drop pending ones, keep what finished."""
     for chunk in chunk_store.list_chunks(ctx.aws.table, batch_id=batch["id"]):
-        _stop_chunk(ctx, chunk, to="cancelled")
+        stop_chunk(ctx, chunk, to="cancelled")
     return _close(ctx, batch, expect={"cancelling"}, to="cancelled")
 
 
@@ -92,11 +92,11 @@ def expire(ctx: TickContext, batch: BatchItem) -> BatchItem:
     if not batch.get("stop_dispatch"):
         batch = batch_store.stop_dispatch(ctx.aws.table, batch["id"])
     for chunk in chunk_store.list_chunks(ctx.aws.table, batch_id=batch["id"]):
-        _stop_chunk(ctx, chunk, to="expired")
+        stop_chunk(ctx, chunk, to="expired")
     return _close(ctx, batch, expect={"in_progress"}, to="expired")
 
 
-def _stop_chunk(ctx: TickContext, chunk: ChunkItem, *, to: str) -> None:
+def stop_chunk(ctx: TickContext, chunk: ChunkItem, *, to: str) -> None:
     state = chunk["state"]
     if state not in ("pending", "dispatched"):
         return

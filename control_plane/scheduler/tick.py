@@ -2,7 +2,8 @@
 
 Run every minute by EventBridge Scheduler in AWS and every second or so by the local stack.
 Two ticks at once are safe (every move is a conditional write); a tick killed anywhere leaves
-state the next one finishes.
+state the next one finishes. Each chunk and each batch is one isolated step (`isolate.py`):
+what fails on one is logged and skipped, and the others move on.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 from control_plane import secrets
 from control_plane.aws import Aws
 from control_plane.runpod import EndpointError, JobGone, RunPodClient
-from control_plane.scheduler import dispatch, finalize, keephot, policy, record, upkeep
+from control_plane.scheduler import dispatch, finalize, isolate, keephot, policy, record, upkeep
 from control_plane.scheduler.context import TickContext
-from control_plane.store import ChunkItem, TransactionConflict
+from control_plane.store import BatchItem, ChunkItem, TransactionConflict, keys
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 
@@ -44,26 +45,53 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
     state = before
     outcomes: dict[str, int] = {}
     for chunk in chunk_store.in_flight(table):
-        outcome, state = poll_chunk(ctx, chunk, state)
+        outcome: str = "error"
+        with isolate.step(ctx, "poll", batch_id=_batch_of(chunk), chunk_id=chunk.get("chunk_id")):
+            outcome, state = poll_chunk(ctx, chunk, state)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         if outcome == "unreachable":
             break  # one failure per tick for the breaker, not one per chunk in flight
-    settled = [finalize.settle(ctx, batch) for batch in batch_store.active_batches(table)]
+    seen, settled = settle_all(ctx)
     running = len(chunk_store.in_flight(table))
     state = dispatch.dispatch(ctx, state, running=running)
-    keep_hot = keephot.keep_hot(ctx, state)
+    keep_hot: dict[str, Any] = {}
+    with isolate.step(ctx, "keep hot", batch_id=None):
+        keep_hot = keephot.keep_hot(ctx, state)
+    failures = isolate.close(ctx, seen)
     policy.save(table, before, state, now=ctx.now)
     report = {
         "outcomes": outcomes,
-        "batches": {b["id"]: b["status"] for b in settled},
+        "batches": settled,
         "in_flight_before_dispatch": running,
         "window": state.window,
         "breaker": state.breaker,
         "keep_hot": keep_hot,
+        "failures": failures,
     }
-    report["upkeep"] = upkeep.run(ctx)  # webhooks, file checks, file expiry: after dispatch
+    # Webhooks, file checks, file expiry: after dispatch, and no failure of theirs stops a tick.
+    with isolate.step(ctx, "upkeep", batch_id=None):
+        report["upkeep"] = upkeep.run(ctx)
     log.info("tick", extra=report)
     return report
+
+
+def settle_all(ctx: TickContext) -> tuple[list[BatchItem], dict[str, str]]:
+    """Settle every unfinished batch, each read and moved on its own step. Returns the items
+    read and each batch's status after this tick."""
+    seen: list[BatchItem] = []
+    settled: dict[str, str] = {}
+    for batch_id in batch_store.active_batch_ids(ctx.aws.table):
+        with isolate.step(ctx, "settle", batch_id=batch_id):
+            batch = batch_store.get_batch(ctx.aws.table, batch_id)
+            if batch is None:
+                continue
+            seen.append(batch)
+            settled[batch_id] = finalize.settle(ctx, batch)["status"]
+    return seen, settled
+
+
+def _batch_of(chunk: ChunkItem) -> str:
+    return chunk.get("batch_id") or keys.batch_id_of(str(chunk.get("pk", "")))
 
 
 def poll_chunk(

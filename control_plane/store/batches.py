@@ -11,14 +11,20 @@ Timeline of one batch item and the tenant item beside it:
   redrive     completed → in_progress with new chunks, tenant counters taken again
 Every step is a conditional write naming the state it expects, in one transaction with the
 tenant counters where they move, so a retried or concurrent writer can never apply it twice.
+
+What a client sends is stored so that no value can change the item's shape: the metadata map is
+one JSON string (`metadata_json`), decoded on read (items written before keep a map, still read).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
-from control_plane.errors import LimitExceeded, NotFound, StateConflict
+import orjson
+
+from control_plane.errors import LimitExceeded, NotFound, StateConflict, Unreadable
 from control_plane.models import (
     TERMINAL_STATUSES,
     Batch,
@@ -32,7 +38,19 @@ from control_plane.models import (
 )
 from control_plane.store import events, keys
 from control_plane.store.items import BatchCounters, BatchItem
-from control_plane.store.table import Item, Table, TransactionConflict, to_attrs
+from control_plane.store.table import (
+    UNREADABLE,
+    UNREADABLE_OBJECT,
+    Item,
+    Table,
+    TransactionConflict,
+    to_attrs,
+)
+
+log = logging.getLogger("control_plane.store")
+
+# What a batch needs to be failed when the rest of its item cannot be read.
+CORE_ATTRIBUTES = ("id", "tenant_id", "status", "queued")
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,7 @@ def create_batch(
         **extra,
     }
     if batch.metadata is not None:
-        item["metadata"] = batch.metadata
+        item["metadata_json"] = orjson.dumps(batch.metadata).decode()
     if queued > limits.max_queued_requests:
         # The tenant condition below passes while the tenant item has no counter yet (its
         # first batch), so a batch larger than the whole allowance is refused here.
@@ -130,13 +148,25 @@ def tenant_stats(table: Table, tenant_id: str) -> Item:
 
 
 def get_batch(table: Table, batch_id: str) -> BatchItem | None:
-    return cast(BatchItem | None, table.get(keys.batch(batch_id)))
+    """The batch's item (raises `Unreadable` when it cannot be parsed)."""
+    try:
+        return cast(BatchItem | None, table.get(keys.batch(batch_id)))
+    except UNREADABLE as exc:
+        log.error("unreadable batch item", extra={"batch_id": batch_id, "error": repr(exc)[:500]})
+        raise Unreadable("batch", batch_id) from exc
 
 
 def get_batch_item(table: Table, *, batch_id: str, tenant_id: str | None) -> BatchItem:
-    """The batch's item; another tenant's batch is as absent as a missing one (404)."""
-    item = get_batch(table, batch_id)
-    if item is None or (tenant_id is not None and item["tenant_id"] != tenant_id):
+    """The batch's item; another tenant's batch is as absent as a missing one (404). One that
+    cannot be read is `Unreadable` — for its own tenant only, so nobody learns it exists."""
+    try:
+        item = get_batch(table, batch_id)
+    except Unreadable:
+        owner = table.get(keys.batch(batch_id), attributes=["tenant_id"])
+        if owner is not None and tenant_id in (None, owner.get("tenant_id")):
+            raise
+        raise NotFound("batch", batch_id, param="batch_id") from None
+    if item is None or (tenant_id is not None and item.get("tenant_id") != tenant_id):
         raise NotFound("batch", batch_id, param="batch_id")
     return item
 
@@ -153,7 +183,12 @@ def list_batches(
     items, has_more = table.query_page(
         index="gsi1", key_name="gsi1pk", key_value=listing, limit=limit, start_key=start
     )
-    data = [batch_from_item(cast(BatchItem, item)) for item in items]
+    data: list[Batch] = []
+    for item in items:
+        try:
+            data.append(batch_from_item(cast(BatchItem, item)))
+        except Unreadable:
+            continue  # logged by batch_from_item; the rest of the listing still answers
     return CursorPage[Batch](
         data=data,
         first_id=data[0].id if data else None,
@@ -259,6 +294,35 @@ def _move_tenant(
 
 
 def batch_from_item(item: BatchItem) -> Batch:
+    """The OpenAI batch object of an item; `Unreadable` (logged with its ids) when the item
+    does not make one."""
+    try:
+        return _batch_of(item)
+    except UNREADABLE_OBJECT as exc:
+        batch_id = str(item.get("id") or item.get("pk", "?"))
+        log.error(
+            "unreadable batch item",
+            extra={
+                "batch_id": batch_id,
+                "tenant_id": item.get("tenant_id"),
+                "error": repr(exc)[:500],
+            },
+        )
+        raise Unreadable("batch", batch_id) from exc
+
+
+def metadata_of(item: BatchItem) -> dict[str, str] | None:
+    if "metadata_json" in item:
+        decoded = orjson.loads(item["metadata_json"])
+        if decoded is not None and not (
+            isinstance(decoded, dict) and all(isinstance(v, str) for v in decoded.values())
+        ):
+            raise ValueError("metadata_json is not an object of strings")
+        return cast(dict[str, str] | None, decoded)
+    return item.get("metadata")  # written before metadata_json
+
+
+def _batch_of(item: BatchItem) -> Batch:
     errors = item.get("errors")
     return Batch(
         id=item["id"],
@@ -293,7 +357,7 @@ def batch_from_item(item: BatchItem) -> Batch:
             ),
             total_tokens=item.get("tok_input", 0) + item.get("tok_output", 0),
         ),
-        metadata=item.get("metadata"),
+        metadata=metadata_of(item),
         priority=item.get("priority", "normal"),
     )
 
@@ -308,6 +372,20 @@ def active_batches(table: Table, *, limit: int = 100_000) -> list[BatchItem]:
         newest_first=False,
     )
     return cast(list[BatchItem], items)
+
+
+def active_batch_ids(table: Table, *, limit: int = 100_000) -> list[str]:
+    """The ids of unfinished batches, oldest first: the tick then reads each batch on its own,
+    so one that cannot be read fails alone."""
+    items, _ = table.query_page(
+        index="gsi2",
+        key_name="gsi2pk",
+        key_value=keys.ACTIVE_BATCHES,
+        limit=limit,
+        newest_first=False,
+        attributes=["pk"],
+    )
+    return [keys.batch_id_of(str(item["pk"])) for item in items]
 
 
 def add_to_batch(
@@ -408,3 +486,60 @@ def reopen_for_redrive(
         }
     }
     table.transact([update, tenant, *new_chunks])
+
+
+def note_tick_failure(table: Table, batch_id: str, *, reason: str, at: int) -> BatchItem | None:
+    """Count one more consecutive tick that failed on this batch; return the batch's failure
+    counters (`tick_failures`, `tick_failing_since`), None when there is no such batch. Only the
+    counters are read back, so a batch whose item cannot be parsed is still counted."""
+    try:
+        table.update(
+            keys.batch(batch_id),
+            "ADD tick_failures :one SET last_tick_error = :reason, "
+            "tick_failing_since = if_not_exists(tick_failing_since, :at)",
+            condition="attribute_exists(pk)",
+            values={":one": 1, ":reason": reason[:1000], ":at": at},
+            returns="NONE",
+        )
+    except StateConflict:
+        return None
+    counters = table.get(keys.batch(batch_id), attributes=["tick_failures", "tick_failing_since"])
+    return cast(BatchItem, {"id": batch_id, **(counters or {})})
+
+
+def clear_tick_failures(table: Table, batch_id: str) -> None:
+    """A tick went through this batch without a failure: the count starts again."""
+    try:
+        table.update(
+            keys.batch(batch_id),
+            "REMOVE tick_failures, tick_failing_since, last_tick_error",
+            condition="attribute_exists(tick_failures)",
+            returns="NONE",
+        )
+    except StateConflict:
+        pass  # already cleared
+
+
+def fail_unprocessable(table: Table, batch_id: str, *, message: str, at: int) -> BatchItem | None:
+    """Fail a batch the tick cannot move on (an unreadable item, a bug, data that has gone),
+    with one `errors` entry saying so, giving its tenant counters back. Reads only the few
+    attributes that needs, so a batch whose other attributes are corrupt can still be failed.
+    None when the batch is gone or already finished."""
+    core = table.get(keys.batch(batch_id), attributes=CORE_ATTRIBUTES)
+    if core is None or core.get("status") in TERMINAL_STATUSES:
+        return None
+    error = {"code": "batch_unprocessable", "line": None, "message": message, "param": None}
+    try:
+        transition(
+            table,
+            cast(BatchItem, {"id": batch_id, **core}),
+            expect={str(core["status"])},
+            to="failed",
+            at=at,
+            sets={"errors": [error]},
+        )
+    except StateConflict:
+        return None  # it moved on after all (or another tick failed it first)
+    except Unreadable:
+        pass  # failed; only the read-back of the whole item did not parse
+    return cast(BatchItem, core)

@@ -9,14 +9,17 @@ kept as `file_expires_at` (not the TTL attribute) and the tick deletes object an
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from control_plane.errors import NotFound, StateConflict
+from control_plane.errors import NotFound, StateConflict, Unreadable
 from control_plane.ids import now_s
 from control_plane.layout import file_key
 from control_plane.models import CursorPage, FileObject
 from control_plane.store import keys
-from control_plane.store.table import Item, Table
+from control_plane.store.table import UNREADABLE_OBJECT, Item, Table
+
+log = logging.getLogger("control_plane.store")
 
 
 def _queue(status: str, expires_at: int | None, file_id: str) -> dict[str, str]:
@@ -67,7 +70,24 @@ def get_file_item(table: Table, *, file_id: str, tenant_id: str | None) -> Item:
 
 
 def file_from_item(item: Item) -> FileObject:
-    return FileObject.model_validate({**item, "expires_at": item.get("file_expires_at")})
+    """The file object of an item; `Unreadable` (logged with its id) when it does not make one."""
+    try:
+        return FileObject.model_validate({**item, "expires_at": item.get("file_expires_at")})
+    except UNREADABLE_OBJECT as exc:
+        file_id = str(item.get("id") or item.get("pk", "?"))
+        log.error("unreadable file item", extra={"file_id": file_id, "error": repr(exc)[:500]})
+        raise Unreadable("file", file_id) from exc
+
+
+def _readable(items: list[Item]) -> list[FileObject]:
+    """A listing's files, without the ones that cannot be read (each logged)."""
+    files = []
+    for item in items:
+        try:
+            files.append(file_from_item(item))
+        except Unreadable:
+            continue
+    return files
 
 
 def list_files(
@@ -97,9 +117,9 @@ def list_files(
         if items:
             start = _start_key(tenant_id, str(items[-1]["id"]))
         files.extend(
-            file_from_item(i)
-            for i in items
-            if purpose in (None, i["purpose"]) and not is_expired(i, now)
+            _readable(
+                [i for i in items if purpose in (None, i.get("purpose")) and not is_expired(i, now)]
+            )
         )
     return CursorPage[FileObject](
         data=files,

@@ -38,7 +38,8 @@ class BatchItem(BatchCounters, total=False):
     completion_window: str
     priority: str
     model: str
-    metadata: dict[str, str]
+    metadata_json: str  # the client's metadata as one JSON string: no value can shape the item
+    metadata: dict[str, str]  # items written before metadata_json: a map, still read
     errors: list[dict[str, Any]]
     output_file_id: str | None
     error_file_id: str | None
@@ -59,6 +60,9 @@ class BatchItem(BatchCounters, total=False):
     redrives: int  # redrive generations so far
     stop_dispatch: bool  # set once the completion window ran out
     split_restarted_at: int
+    tick_failures: int  # consecutive ticks that failed on this batch (reset by a good tick)
+    tick_failing_since: int  # when the first of those failed
+    last_tick_error: str
 
 
 class ChunkFields(TypedDict, total=False):

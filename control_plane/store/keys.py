@@ -7,7 +7,11 @@ has something to do with it (`ACTIVE` batches, `CHUNKS#pending` and `CHUNKS#disp
 
 from __future__ import annotations
 
+import hashlib
+
 Key = dict[str, str]
+
+SORT_KEY_MAX_BYTES = 1024
 
 META = "META"
 HEALTH = "HEALTH"
@@ -67,12 +71,23 @@ def batch(batch_id: str) -> Key:
     return {"pk": f"BATCH#{batch_id}", "sk": META}
 
 
+def batch_id_of(pk: str) -> str:
+    """The batch id in the `pk` of a batch, chunk or dead-letter item."""
+    return pk.removeprefix("BATCH#")
+
+
 def chunk(batch_id: str, index: int) -> Key:
     return {"pk": f"BATCH#{batch_id}", "sk": f"{CHUNK_PREFIX}{index:05d}"}
 
 
 def dead_letter(batch_id: str, custom_id: str) -> Key:
-    return {"pk": f"BATCH#{batch_id}", "sk": f"{DEAD_PREFIX}{custom_id}"}
+    sk = f"{DEAD_PREFIX}{custom_id}"
+    if len(sk.encode("utf-8", "surrogatepass")) > SORT_KEY_MAX_BYTES:
+        # A custom_id longer than a sort key may be (DynamoDB: 1024 bytes) keeps a readable
+        # head and a digest of the whole, so every id still has exactly one key.
+        digest = hashlib.sha256(custom_id.encode("utf-8", "surrogatepass")).hexdigest()
+        sk = f"{DEAD_PREFIX}{custom_id[:200]}#{digest}"
+    return {"pk": f"BATCH#{batch_id}", "sk": sk}
 
 
 def scheduler_state() -> Key:

@@ -1,21 +1,40 @@
 """A thin typed layer over one DynamoDB table through an injected boto3 client.
 
 Items cross this boundary as plain dicts of Python values (numbers come back as int). A lost
-condition becomes `StateConflict` carrying the item as the winner left it, never a crash.
+condition becomes `StateConflict` carrying the item as the winner left it, never a crash. A page
+that cannot be read (one item in a shape the parser refuses) is read again item by item, so one
+bad item is skipped with a log line instead of hiding every other item of the page.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
+from pydantic import ValidationError
 
 from control_plane.errors import StateConflict
 
+log = logging.getLogger("control_plane.store")
+
 Item = dict[str, Any]
+
+# What reading a reply or an item raises when it is malformed: botocore's parser, the
+# deserializer on a type it does not know, a number that is not one.
+UNREADABLE: tuple[type[Exception], ...] = (
+    ResponseParserError,
+    TypeError,
+    ValueError,
+    KeyError,
+    ArithmeticError,
+)
+# ...and what mapping an item onto an API object raises when the item is corrupt.
+UNREADABLE_OBJECT: tuple[type[Exception], ...] = (ValidationError, *UNREADABLE)
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -59,10 +78,24 @@ class Table:
     def __init__(self, client: Any, name: str) -> None:
         self.client, self.name = client, name
 
-    def get(self, key: Mapping[str, str], *, consistent: bool = True) -> Item | None:
-        reply = self.client.get_item(
-            TableName=self.name, Key=to_attrs(key), ConsistentRead=consistent
-        )
+    def get(
+        self,
+        key: Mapping[str, str],
+        *,
+        consistent: bool = True,
+        attributes: Iterable[str] | None = None,
+    ) -> Item | None:
+        """The item, or only `attributes` of it (a projection: the others are never parsed)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "Key": to_attrs(key),
+            "ConsistentRead": consistent,
+        }
+        if attributes is not None:
+            names = {f"#a{i}": name for i, name in enumerate(attributes)}
+            kwargs["ProjectionExpression"] = ", ".join(names)
+            kwargs["ExpressionAttributeNames"] = names
+        reply = self.client.get_item(**kwargs)
         return from_attrs(reply["Item"]) if "Item" in reply else None
 
     def put(
@@ -107,13 +140,15 @@ class Table:
         condition: str | None = None,
         names: Mapping[str, str] | None = None,
         values: Mapping[str, Any] | None = None,
+        returns: str = "ALL_NEW",
     ) -> Item:
-        """Apply `expression` under `condition`; return the item as it is afterwards."""
+        """Apply `expression` under `condition`; return the item as it is afterwards (or only
+        the attributes it changed, with `returns="UPDATED_NEW"`)."""
         kwargs: dict[str, Any] = {
             "TableName": self.name,
             "Key": to_attrs(key),
             "UpdateExpression": expression,
-            "ReturnValues": "ALL_NEW",
+            "ReturnValues": returns,
         }
         if condition:
             kwargs["ConditionExpression"] = condition
@@ -128,7 +163,7 @@ class Table:
             if _is_condition_failure(exc):
                 raise StateConflict(_old_item(exc)) from exc
             raise
-        return from_attrs(reply["Attributes"])
+        return from_attrs(reply.get("Attributes", {}))
 
     def delete(self, key: Mapping[str, str], *, condition: str | None = None) -> None:
         kwargs: dict[str, Any] = {"TableName": self.name, "Key": to_attrs(key)}
@@ -189,8 +224,10 @@ class Table:
         newest_first: bool = True,
         start_key: Mapping[str, str] | None = None,
         sort_condition: tuple[str, str, str] | None = None,
+        attributes: Iterable[str] | None = None,
     ) -> tuple[list[Item], bool]:
-        """One page of a partition (up to `limit` items) and whether more follow."""
+        """One page of a partition (up to `limit` items) and whether more follow. Items that
+        cannot be read are left out (each with a log line naming its key)."""
         names = {"#k": key_name}
         values: dict[str, Any] = {":k": key_value}
         expression = "#k = :k"
@@ -214,15 +251,49 @@ class Table:
             kwargs["IndexName"] = index
         if start_key:
             kwargs["ExclusiveStartKey"] = to_attrs(start_key)
+        if attributes is not None:
+            projected = {f"#p{i}": name for i, name in enumerate(attributes)}
+            kwargs["ProjectionExpression"] = ", ".join(projected)
+            names.update(projected)
+        try:
+            items = self._pages(kwargs, limit)
+        except UNREADABLE as exc:
+            log.error(
+                "unreadable page: reading its items one by one",
+                extra={"partition": key_value, "index": index, "error": repr(exc)[:500]},
+            )
+            items = self._readable_items(kwargs, limit)
+        return items[:limit], len(items) > limit
+
+    def _pages(self, kwargs: dict[str, Any], limit: int) -> list[Item]:
+        """Up to `limit + 1` items, page after page."""
         items: list[Item] = []
         while True:
             reply = self.client.query(**kwargs)
             items.extend(from_attrs(item) for item in reply.get("Items", []))
             last = reply.get("LastEvaluatedKey")
             if len(items) > limit or not last:
-                break
-            kwargs["ExclusiveStartKey"] = last
-        return items[:limit], len(items) > limit
+                return items
+            kwargs = {**kwargs, "ExclusiveStartKey": last}
+
+    def _readable_items(self, kwargs: dict[str, Any], limit: int) -> list[Item]:
+        """The same query for the keys alone, then each item on its own: one that still cannot
+        be read is skipped and named in the log; the next tick or page finds the others."""
+        names = {**kwargs["ExpressionAttributeNames"], "#pk": "pk", "#sk": "sk"}
+        key_only = {**kwargs, "ProjectionExpression": "#pk, #sk", "ExpressionAttributeNames": names}
+        items: list[Item] = []
+        for key in self._pages(key_only, limit):
+            try:
+                item = self.get({"pk": key["pk"], "sk": key["sk"]})
+            except UNREADABLE as exc:
+                log.error(
+                    "unreadable item skipped",
+                    extra={"pk": key["pk"], "sk": key["sk"], "error": repr(exc)[:500]},
+                )
+                continue
+            if item is not None:
+                items.append(item)
+        return items
 
     def count(self, *, index: str | None, key_name: str, key_value: str, cap: int) -> int:
         """Items in a partition (`Select=COUNT`: none crosses the wire), stopping once `cap` is

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi import APIRouter, BackgroundTasks, Path, Query
 
 from control_plane import batches as batch_service
 from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.api.openapi import errors
 from control_plane.models import Batch, CreateBatchBody, CursorPage, DeadLetter, RetryBody
 from control_plane.redrive import redrive
 
 router = APIRouter(tags=["batches"])
 
+# Ids are ~31 characters; a longer one cannot exist (and would not fit a DynamoDB key).
+BatchId = Annotated[str, Path(max_length=64)]
+After = Annotated[str | None, Query(max_length=64)]
 
-@router.post("/batches")
+
+@router.post("/batches", responses=errors(404, 429, 503))
 def create_batch(
     aws: AwsDep, tenant: TenantDep, body: CreateBatchBody, background: BackgroundTasks
 ) -> Batch:
@@ -27,28 +32,28 @@ def create_batch(
 def list_batches(
     aws: AwsDep,
     tenant: TenantDep,
-    after: str | None = None,
+    after: After = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> CursorPage[Batch]:
     return batch_service.list_batches(aws, tenant_id=tenant, limit=limit, after=after)
 
 
-@router.get("/batches/{batch_id}")
-def retrieve_batch(aws: AwsDep, tenant: TenantDep, batch_id: str) -> Batch:
+@router.get("/batches/{batch_id}", responses=errors(404))
+def retrieve_batch(aws: AwsDep, tenant: TenantDep, batch_id: BatchId) -> Batch:
     return batch_service.get_batch(aws, tenant_id=tenant, batch_id=batch_id)
 
 
-@router.post("/batches/{batch_id}/cancel")
-def cancel_batch(aws: AwsDep, tenant: TenantDep, batch_id: str) -> Batch:
+@router.post("/batches/{batch_id}/cancel", responses=errors(404, 409))
+def cancel_batch(aws: AwsDep, tenant: TenantDep, batch_id: BatchId) -> Batch:
     return batch_service.cancel_batch(aws, tenant_id=tenant, batch_id=batch_id)
 
 
-@router.get("/batches/{batch_id}/dead_letters")
+@router.get("/batches/{batch_id}/dead_letters", responses=errors(404))
 def list_dead_letters(
     aws: AwsDep,
     tenant: TenantDep,
-    batch_id: str,
-    after: str | None = None,
+    batch_id: BatchId,
+    after: Annotated[str | None, Query(max_length=1000)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CursorPage[DeadLetter]:
     """hotbatch extra: the requests that failed for good, by custom_id (cursor: `after`)."""
@@ -57,9 +62,9 @@ def list_dead_letters(
     )
 
 
-@router.post("/batches/{batch_id}/retry")
+@router.post("/batches/{batch_id}/retry", responses=errors(404, 409))
 def retry_dead_letters(
-    aws: AwsDep, tenant: TenantDep, batch_id: str, body: RetryBody | None = None
+    aws: AwsDep, tenant: TenantDep, batch_id: BatchId, body: RetryBody | None = None
 ) -> Batch:
     """hotbatch extra: redrive the dead letters (all, or `custom_ids`) of a completed batch."""
     return redrive(

@@ -3,17 +3,22 @@ presigned `part_urls`, or (parts that fit a request) through `POST /v1/uploads/{
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from control_plane import upload_parts
 from control_plane import uploads as upload_service
 from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.api.openapi import errors
 from control_plane.errors import InvalidRequest
 from control_plane.models import CompleteUploadBody, CreateUploadBody, Upload, UploadPart
 
 router = APIRouter(tags=["uploads"])
+
+UploadId = Annotated[str, Path(max_length=64)]
 
 # Room for the multipart framing around the part's bytes (boundaries, headers, the filename).
 FORM_OVERHEAD = 64 * 1024
@@ -38,9 +43,11 @@ def create_upload(aws: AwsDep, tenant: TenantDep, body: CreateUploadBody) -> Upl
     return upload_service.create_upload(aws, tenant_id=tenant, body=body)
 
 
-@router.post("/uploads/{upload_id}/parts", openapi_extra=PART_FORM)
+@router.post(
+    "/uploads/{upload_id}/parts", openapi_extra=PART_FORM, responses=errors(400, 404, 409, 413)
+)
 async def add_upload_part(
-    request: Request, aws: AwsDep, tenant: TenantDep, upload_id: str
+    request: Request, aws: AwsDep, tenant: TenantDep, upload_id: UploadId
 ) -> UploadPart:
     """One part (multipart field `data`). The form is parsed here rather than declared, so a
     request announcing too many bytes is refused before its body is read."""
@@ -73,15 +80,15 @@ async def add_upload_part(
         await form.close()
 
 
-@router.post("/uploads/{upload_id}/complete")
+@router.post("/uploads/{upload_id}/complete", responses=errors(404, 409))
 def complete_upload(
-    aws: AwsDep, tenant: TenantDep, upload_id: str, body: CompleteUploadBody | None = None
+    aws: AwsDep, tenant: TenantDep, upload_id: UploadId, body: CompleteUploadBody | None = None
 ) -> Upload:
     return upload_service.complete_upload(
         aws, tenant_id=tenant, upload_id=upload_id, part_ids=body.part_ids if body else None
     )
 
 
-@router.post("/uploads/{upload_id}/cancel")
-def cancel_upload(aws: AwsDep, tenant: TenantDep, upload_id: str) -> Upload:
+@router.post("/uploads/{upload_id}/cancel", responses=errors(404, 409))
+def cancel_upload(aws: AwsDep, tenant: TenantDep, upload_id: UploadId) -> Upload:
     return upload_service.cancel_upload(aws, tenant_id=tenant, upload_id=upload_id)

@@ -182,7 +182,7 @@ def test_incomplete_upload_is_refused_and_can_be_cancelled(stack: Stack) -> None
     upload = client.uploads.create(
         bytes=100, filename="x.jsonl", mime_type="application/jsonl", purpose="batch"
     )
-    with pytest.raises(openai.BadRequestError, match="declared 100 bytes"):
+    with pytest.raises(openai.ConflictError, match="declared 100 bytes"):
         client.uploads.complete(upload.id, part_ids=[])
     assert client.uploads.cancel(upload.id).status == "cancelled"
     with pytest.raises(openai.ConflictError):
