@@ -19,7 +19,7 @@ from control_plane.models import ChunkRef
 from control_plane.observability import count, seconds
 from control_plane.scheduler import policy
 from control_plane.scheduler.context import TickContext
-from control_plane.store import ChunkItem, TransactionConflict, deadletters
+from control_plane.store import ChunkItem, TransactionConflict, deadletters, throughput
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from handler.contract import BatchRequestOutput, BatchResponseData, ChunkSummary, error_body
@@ -98,12 +98,14 @@ def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) ->
                 "tok_input": summary.usage.prompt_tokens,
                 "tok_output": summary.usage.completion_tokens,
                 "tok_cached": summary.usage.cached_tokens,
+                "engine_s": summary.timings.engine_s,
                 "chunks_open": -1,
                 "chunks_in_flight": -1,
             },
         )
     except TransactionConflict:
         return "stale"
+    _measure(ctx, chunk, summary)
     count("RequestsCompleted", summary.counts.completed)
     count("RequestsFailed", summary.counts.failed)
     count("DeadLetters", len(summary.failures))
@@ -124,6 +126,30 @@ def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) ->
         },
     )
     return "done"
+
+
+def _measure(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> None:
+    """Add the chunk to the endpoint's measured throughput (estimates, first ETAs)."""
+    figures: throughput.ChunkFigures = {
+        "chunks": 1,
+        "requests": summary.counts.completed + summary.counts.failed,
+        "bytes": int(chunk.get("bytes", 0)),
+        "tok_input": summary.usage.prompt_tokens,
+        "tok_output": summary.usage.completion_tokens,
+        "tok_cached": summary.usage.cached_tokens,
+        "engine_s": summary.timings.engine_s,
+        "latency_s": float(max(0, ctx.now - int(chunk.get("dispatched_at", ctx.now)))),
+    }
+    try:
+        throughput.add_chunk(
+            ctx.aws.table, at=ctx.now, figures=figures, worker_id=summary.worker.worker_id
+        )
+    except Exception:
+        # The result is recorded already; a lost sample only thins the next estimate's basis.
+        log.exception(
+            "throughput sample not stored",
+            extra={"batch_id": chunk["batch_id"], "chunk_id": chunk["chunk_id"]},
+        )
 
 
 def fail_chunk(

@@ -23,6 +23,7 @@ from control_plane.models import (
     Batch,
     BatchError,
     BatchErrors,
+    BatchFigures,
     BatchRequestCounts,
     BatchUsage,
     CursorPage,
@@ -286,6 +287,8 @@ def batch_from_item(item: BatchItem) -> Batch:
         ),
         metadata=item.get("metadata"),
         priority=item.get("priority", "normal"),
+        # The stored counter only; the services add cost, rates and ETA (control_plane/metering).
+        hotbatch=BatchFigures(engine_seconds=float(item.get("engine_s", 0.0))),
     )
 
 

@@ -1,0 +1,59 @@
+"""The endpoint's measured throughput: one `THROUGHPUT` / `BUCKET#{start:010d}` item per five
+minutes, to which the tick adds the figures of every chunk it records (requests, bytes, tokens,
+engine and wall seconds, the worker that ran it). Estimates and first ETAs read the newest ones.
+
+Plain `ADD` updates, outside the chunk's transaction: concurrent writers never conflict on this
+one hot item, and a sample lost to a crash between the two writes only makes an estimate rest
+on one chunk fewer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from control_plane.store import keys
+from control_plane.store.table import Item, Table
+
+BUCKET_S = 300
+TTL_S = 2 * 24 * 3600
+
+
+class ChunkFigures(TypedDict):
+    chunks: int
+    requests: int
+    bytes: int
+    tok_input: int
+    tok_output: int
+    tok_cached: int
+    engine_s: float
+    latency_s: float  # dispatch → result recorded: what a chunk takes in wall time
+
+
+def add_chunk(table: Table, *, at: int, figures: ChunkFigures, worker_id: str) -> None:
+    start = at - at % BUCKET_S
+    names = {f"#f{i}": name for i, name in enumerate(figures)}
+    values: dict[str, Any] = {f":f{i}": value for i, value in enumerate(figures.values())}
+    adds = [f"#f{i} :f{i}" for i in range(len(figures))]
+    if worker_id:
+        adds.append("workers :worker")  # a string set: the distinct workers that ran chunks
+        values[":worker"] = {worker_id}
+    values.update({":start": start, ":ttl": start + BUCKET_S + TTL_S})
+    table.update(
+        keys.throughput_bucket(start),
+        "ADD " + ", ".join(adds) + " SET started_at = :start, expires_at = :ttl",
+        names=names,
+        values=values,
+    )
+
+
+def buckets_since(table: Table, *, since: int, limit: int = 600) -> list[Item]:
+    """The buckets that started at or after `since`, newest first."""
+    items, _ = table.query_page(
+        index=None,
+        key_name="pk",
+        key_value=keys.THROUGHPUT,
+        limit=limit,
+        newest_first=True,
+        sort_condition=("sk", ">=", keys.throughput_bucket(since - since % BUCKET_S)["sk"]),
+    )
+    return items
