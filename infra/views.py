@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -174,16 +174,12 @@ def transfer_bar(console: Console, description: str, total: int) -> tuple[Progre
     return bar, bar.add_task(description, total=total)
 
 
-def _when(at: int | None) -> str:
-    if at is None:
-        return "–"
-    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%d %H:%M")
-
-
 def batches_table(batches: Iterable[Batch]) -> Table:
-    table = Table(title="batches")
-    for column in ("id", "status", "created (UTC)", "done", "failed", "tok/s", "ETA", "cost"):
-        table.add_column(column, justify="right" if column in ("done", "failed") else "left")
+    table = Table(title="batches", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True)  # ids are copied from here: never cut one
+    table.add_column("status", no_wrap=True)
+    for column in ("done", "failed", "tok/s", "ETA", "cost"):
+        table.add_column(column, justify="right", no_wrap=column in ("done", "cost"))
     for batch in batches:
         total, completed, failed = counts(batch)
         extra = figures(batch)
@@ -191,7 +187,6 @@ def batches_table(batches: Iterable[Batch]) -> Table:
         table.add_row(
             batch.id,
             f"[{STATUS_STYLE.get(batch.status, 'white')}]{batch.status}[/]",
-            _when(batch.created_at),
             f"{completed + failed}/{total}",
             str(failed),
             f"{rate:,.0f}" if rate else "–",
@@ -203,7 +198,8 @@ def batches_table(batches: Iterable[Batch]) -> Table:
 
 def dead_letters_table(batch_id: str, letters: list[dict[str, Any]]) -> Table:
     table = Table(title=f"dead letters of {batch_id}")
-    for column in ("custom_id", "status", "code", "attempts", "message"):
+    table.add_column("custom_id", no_wrap=True)
+    for column in ("status", "code", "attempts", "message"):
         table.add_column(column, overflow="fold")
     for letter in letters:
         table.add_row(
