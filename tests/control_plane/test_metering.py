@@ -178,7 +178,7 @@ def test_before_a_chunk_of_its_own_finishes_the_eta_comes_from_the_endpoint() ->
 
 
 def test_aggregate_takes_the_newest_buckets_until_enough_chunks() -> None:
-    buckets = [
+    buckets: list[dict[str, Any]] = [
         {"chunks": 15, "requests": 150, "engine_s": 15.0, "started_at": 900, "workers": {"a"}},
         {"chunks": 10, "requests": 100, "engine_s": 50.0, "started_at": 600, "workers": {"b"}},
         {"chunks": 99, "requests": 990, "engine_s": 999.0, "started_at": 300},
