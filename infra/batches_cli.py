@@ -43,7 +43,7 @@ def _out() -> Console:
 
 
 def _err() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # messages are not cut into lines
 
 
 def deployment(ctx: typer.Context) -> api.Deployment:

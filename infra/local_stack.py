@@ -92,7 +92,7 @@ def run(args: LocalOptions) -> int:
         return 2
     stop = _stop_on_signals()
     stack = _stack(args, ports=False)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         stack.start()
         console.print("starting the local stack (moto, control plane, RunPod endpoint, workers)")
