@@ -27,6 +27,7 @@ class Rates:
     cached_tokens: int
     engine_s: float
     latency_s: float
+    queued_s: float
     workers: int  # distinct workers that ran those chunks
     since: int
 
@@ -45,9 +46,12 @@ class Rates:
 
     @property
     def overhead_per_chunk_s(self) -> float:
-        """Wall time a chunk takes beyond its engine time: RunPod's queue, the transfers, the
-        result's way back."""
-        return max(0.0, (self.latency_s - self.engine_s) / self.chunks) if self.chunks else 0.0
+        """Wall time a chunk takes on a free worker beyond its engine time: dispatch, the
+        transfers, the result's way back (time waiting in RunPod's queue for a busy worker is
+        left out: the prediction's waves account for it)."""
+        if not self.chunks:
+            return 0.0
+        return max(0.0, (self.latency_s - self.queued_s - self.engine_s) / self.chunks)
 
     def basis(self) -> EstimateBasis:
         return EstimateBasis(
@@ -76,7 +80,7 @@ def recent_rates(table: Table, *, now: int) -> Rates | None:
 def aggregate(buckets: Iterable[Item], *, min_chunks: int = MIN_CHUNKS) -> Rates | None:
     """Sum buckets (newest first) until `min_chunks` chunks are covered."""
     totals = {"chunks": 0, "requests": 0, "bytes": 0, "tok_input": 0, "tok_output": 0}
-    cached, engine, latency, since = 0, 0.0, 0.0, 0
+    cached, engine, latency, queued, since = 0, 0.0, 0.0, 0.0, 0
     workers: set[str] = set()
     for bucket in buckets:
         for name in totals:
@@ -84,6 +88,7 @@ def aggregate(buckets: Iterable[Item], *, min_chunks: int = MIN_CHUNKS) -> Rates
         cached += int(bucket.get("tok_cached", 0))
         engine += float(bucket.get("engine_s", 0.0))
         latency += float(bucket.get("latency_s", 0.0))
+        queued += float(bucket.get("queued_s", 0.0))
         workers |= set(bucket.get("workers", ()))
         since = int(bucket.get("started_at", 0))
         if totals["chunks"] >= min_chunks:
@@ -99,6 +104,7 @@ def aggregate(buckets: Iterable[Item], *, min_chunks: int = MIN_CHUNKS) -> Rates
         cached_tokens=cached,
         engine_s=engine,
         latency_s=latency,
+        queued_s=queued,
         workers=len(workers),
         since=since,
     )

@@ -48,14 +48,16 @@ def record_job(
             )
         if summary.attempt != chunk["attempts"] or summary.chunk_id != chunk["chunk_id"]:
             return "stale", state
-        outcome = complete_chunk(ctx, chunk, summary)
+        outcome = complete_chunk(ctx, chunk, summary, job=job)
         seconds = float(job.get("executionTime", 0)) / 1000 or summary.timings.total_s
         return outcome, policy.on_success(state, ctx.profile, seconds=seconds)
     reason = f"{status}: {str(job.get('error') or '')[:500]}"
     return fail_chunk(ctx, chunk, reason, state)
 
 
-def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> Outcome:
+def complete_chunk(
+    ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary, *, job: dict[str, Any] | None = None
+) -> Outcome:
     table = ctx.aws.table
     batch_id, chunk_id, attempt = chunk["batch_id"], chunk["chunk_id"], int(chunk["attempts"])
     # Dead letters first: puts are idempotent, so a crash before the transaction below only
@@ -105,7 +107,7 @@ def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) ->
         )
     except TransactionConflict:
         return "stale"
-    _measure(ctx, chunk, summary)
+    _measure(ctx, chunk, summary, job or {})
     count("RequestsCompleted", summary.counts.completed)
     count("RequestsFailed", summary.counts.failed)
     count("DeadLetters", len(summary.failures))
@@ -128,8 +130,11 @@ def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) ->
     return "done"
 
 
-def _measure(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> None:
+def _measure(
+    ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary, job: dict[str, Any]
+) -> None:
     """Add the chunk to the endpoint's measured throughput (estimates, first ETAs)."""
+    latency = float(max(0, ctx.now - int(chunk.get("dispatched_at", ctx.now))))
     figures: throughput.ChunkFigures = {
         "chunks": 1,
         "requests": summary.counts.completed + summary.counts.failed,
@@ -138,7 +143,9 @@ def _measure(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> None:
         "tok_output": summary.usage.completion_tokens,
         "tok_cached": summary.usage.cached_tokens,
         "engine_s": summary.timings.engine_s,
-        "latency_s": float(max(0, ctx.now - int(chunk.get("dispatched_at", ctx.now)))),
+        "latency_s": latency,
+        # RunPod's delayTime: waiting for a worker is not what a chunk costs on a free one.
+        "queued_s": min(latency, float(job.get("delayTime") or 0) / 1000),
     }
     try:
         throughput.add_chunk(

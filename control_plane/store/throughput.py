@@ -1,6 +1,7 @@
 """The endpoint's measured throughput: one `THROUGHPUT` / `BUCKET#{start:010d}` item per five
 minutes, to which the tick adds the figures of every chunk it records (requests, bytes, tokens,
-engine and wall seconds, the worker that ran it). Estimates and first ETAs read the newest ones.
+engine, wall and queued seconds, the worker that ran it). Estimates and first ETAs read the
+newest ones.
 
 Plain `ADD` updates, outside the chunk's transaction: concurrent writers never conflict on this
 one hot item, and a sample lost to a crash between the two writes only makes an estimate rest
@@ -26,7 +27,8 @@ class ChunkFigures(TypedDict):
     tok_output: int
     tok_cached: int
     engine_s: float
-    latency_s: float  # dispatch → result recorded: what a chunk takes in wall time
+    latency_s: float  # dispatch → result recorded
+    queued_s: float  # of which in RunPod's queue, waiting for a worker
 
 
 def add_chunk(table: Table, *, at: int, figures: ChunkFigures, worker_id: str) -> None:

@@ -87,7 +87,8 @@ def test_recorded_chunks_add_engine_time_once_and_fill_the_batch_figures(
     start = now_s()
     first = dispatched(aws, batch_id, 0, at=start)
     ctx = tick_context(aws, start + 7)
-    assert record.complete_chunk(ctx, first, summary(first, engine_s=5.5)) == "done"
+    job = {"status": "COMPLETED", "delayTime": 500, "executionTime": 6000}
+    assert record.complete_chunk(ctx, first, summary(first, engine_s=5.5), job=job) == "done"
     # The same result delivered again (webhook and poll) counts once: time, tokens and sample.
     assert record.complete_chunk(ctx, first, summary(first, engine_s=5.5)) == "stale"
 
@@ -105,7 +106,8 @@ def test_recorded_chunks_add_engine_time_once_and_fill_the_batch_figures(
     assert (measured.chunks, measured.requests, measured.input_tokens) == (1, 10, 400)
     assert measured.engine_s == 5.5 and measured.latency_s == 7.0
     assert measured.workers == 1
-    assert measured.overhead_per_chunk_s == pytest.approx(1.5)
+    assert measured.queued_s == 0.5
+    assert measured.overhead_per_chunk_s == pytest.approx(7 - 0.5 - 5.5)
     assert measured.input_tokens_per_byte == pytest.approx(400 / int(first["bytes"]))
 
 
@@ -134,7 +136,8 @@ def measured_rates(**changes: Any) -> rates.Rates:
         "output_tokens": 10_000,
         "cached_tokens": 0,
         "engine_s": 40.0,
-        "latency_s": 48.0,
+        "latency_s": 58.0,
+        "queued_s": 10.0,
         "workers": 2,
         "since": 0,
     }
