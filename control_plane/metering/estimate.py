@@ -188,6 +188,8 @@ def build_estimate(
     )
     if prediction is None:
         notes.append("no measured throughput yet: duration and cost appear once chunks have run")
+    elif rates is not None and rates.cold:
+        notes.append("measured only on workers' first chunks (one-time engine costs): likely high")
     engine = prediction.engine_s if prediction else None
     if sampled:
         notes.append(f"estimated from the first {found.size} bytes, scaled to {size}")

@@ -98,9 +98,10 @@ def eta(
         return None
     done = counts.completed + counts.failed
     remaining = max(0, counts.total - done)
-    elapsed = now - started
-    if done and elapsed > 0:
-        return now + math.ceil(remaining * elapsed / done)
+    if not remaining:
+        return now  # every request is done: it ends as soon as it is finalized
+    if done:
+        return now + math.ceil(remaining * max(1, now - started) / done)
     measured = rates()
     if measured is None or not measured.requests:
         return None

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control_plane.models import EstimateBasis
 from control_plane.store import Item, Table
 from control_plane.store import throughput as throughput_store
+from control_plane.store.throughput import COLD_PREFIX
 
 # Newest buckets first until this many chunks are covered: recent enough to follow a new
 # model or GPU, enough chunks that one slow one does not swing the figures.
@@ -30,6 +31,7 @@ class Rates:
     queued_s: float
     workers: int  # distinct workers that ran those chunks
     since: int
+    cold: bool = False  # only workers' first chunks were measured: estimates run high
 
     @property
     def tokens_per_engine_second(self) -> float | None:
@@ -78,36 +80,64 @@ def recent_rates(table: Table, *, now: int) -> Rates | None:
 
 
 def aggregate(buckets: Iterable[Item], *, min_chunks: int = MIN_CHUNKS) -> Rates | None:
-    """Sum buckets (newest first) until `min_chunks` chunks are covered."""
-    totals = {"chunks": 0, "requests": 0, "bytes": 0, "tok_input": 0, "tok_output": 0}
-    cached, engine, latency, queued, since = 0, 0.0, 0.0, 0.0, 0
-    workers: set[str] = set()
+    """Sum buckets (newest first) until `min_chunks` chunks are covered. Workers' first chunks
+    (stored apart) count only while nothing else was measured."""
+    warm, cold = _Totals(), _Totals()
     for bucket in buckets:
-        for name in totals:
-            totals[name] += int(bucket.get(name, 0))
-        cached += int(bucket.get("tok_cached", 0))
-        engine += float(bucket.get("engine_s", 0.0))
-        latency += float(bucket.get("latency_s", 0.0))
-        queued += float(bucket.get("queued_s", 0.0))
-        workers |= set(bucket.get("workers", ()))
-        since = int(bucket.get("started_at", 0))
-        if totals["chunks"] >= min_chunks:
+        warm.add(bucket, "")
+        cold.add(bucket, COLD_PREFIX)
+        if warm.chunks >= min_chunks:
             break
-    if not totals["chunks"]:
-        return None
-    return Rates(
-        chunks=totals["chunks"],
-        requests=totals["requests"],
-        bytes=totals["bytes"],
-        input_tokens=totals["tok_input"],
-        output_tokens=totals["tok_output"],
-        cached_tokens=cached,
-        engine_s=engine,
-        latency_s=latency,
-        queued_s=queued,
-        workers=len(workers),
-        since=since,
-    )
+    if warm.chunks:
+        return warm.rates(cold=False)
+    return cold.rates(cold=True) if cold.chunks else None
+
+
+@dataclass
+class _Totals:
+    chunks: int = 0
+    requests: int = 0
+    bytes: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    engine_s: float = 0.0
+    latency_s: float = 0.0
+    queued_s: float = 0.0
+    since: int = 0
+    workers: set[str] = field(default_factory=set)
+
+    def add(self, bucket: Item, prefix: str) -> None:
+        def number(name: str) -> float:
+            return float(bucket.get(prefix + name, 0))
+
+        self.chunks += int(number("chunks"))
+        self.requests += int(number("requests"))
+        self.bytes += int(number("bytes"))
+        self.input_tokens += int(number("tok_input"))
+        self.output_tokens += int(number("tok_output"))
+        self.cached_tokens += int(number("tok_cached"))
+        self.engine_s += number("engine_s")
+        self.latency_s += number("latency_s")
+        self.queued_s += number("queued_s")
+        self.workers |= set(bucket.get("workers", ()))
+        self.since = int(bucket.get("started_at", 0))
+
+    def rates(self, *, cold: bool) -> Rates:
+        return Rates(
+            chunks=self.chunks,
+            requests=self.requests,
+            bytes=self.bytes,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_tokens=self.cached_tokens,
+            engine_s=self.engine_s,
+            latency_s=self.latency_s,
+            queued_s=self.queued_s,
+            workers=len(self.workers),
+            since=self.since,
+            cold=cold,
+        )
 
 
 def predict(rates: Rates, *, tokens: float, chunks: int) -> Prediction | None:

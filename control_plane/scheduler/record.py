@@ -147,9 +147,13 @@ def _measure(
         # RunPod's delayTime: waiting for a worker is not what a chunk costs on a free one.
         "queued_s": min(latency, float(job.get("delayTime") or 0) / 1000),
     }
+    worker = summary.worker
     try:
+        cold = throughput.first_chunk_of(
+            ctx.aws.table, worker=f"{worker.worker_id}#{worker.hostname}#{worker.pid}", at=ctx.now
+        )
         throughput.add_chunk(
-            ctx.aws.table, at=ctx.now, figures=figures, worker_id=summary.worker.worker_id
+            ctx.aws.table, at=ctx.now, figures=figures, worker_id=worker.worker_id, cold=cold
         )
     except Exception:
         # The result is recorded already; a lost sample only thins the next estimate's basis.

@@ -16,6 +16,7 @@ CHUNK_PREFIX = "CHUNK#"
 DEAD_PREFIX = "DEAD#"
 THROUGHPUT = "THROUGHPUT"
 BUCKET_PREFIX = "BUCKET#"
+WORKER_PREFIX = "WORKER#"
 
 # gsi1: a tenant's listings.
 FILE_LISTING = "FILE"
@@ -78,6 +79,11 @@ def throughput_bucket(start: int) -> Key:
     """The figures of every chunk recorded in the bucket starting at `start` (Unix seconds,
     zero-padded so a range of `sk` is a range of time)."""
     return {"pk": THROUGHPUT, "sk": f"{BUCKET_PREFIX}{start:010d}"}
+
+
+def throughput_worker(worker: str) -> Key:
+    """How many chunks one worker process has run (its first one is measured apart)."""
+    return {"pk": f"{WORKER_PREFIX}{worker}", "sk": THROUGHPUT}
 
 
 def tenant_listing(tenant_id: str, kind: str) -> str:

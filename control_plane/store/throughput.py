@@ -16,6 +16,7 @@ from control_plane.store import keys
 from control_plane.store.table import Item, Table
 
 BUCKET_S = 300
+COLD_PREFIX = "cold_"
 TTL_S = 2 * 24 * 3600
 
 
@@ -31,12 +32,28 @@ class ChunkFigures(TypedDict):
     queued_s: float  # of which in RunPod's queue, waiting for a worker
 
 
-def add_chunk(table: Table, *, at: int, figures: ChunkFigures, worker_id: str) -> None:
+def first_chunk_of(table: Table, *, worker: str, at: int) -> bool:
+    """Count a chunk for the worker process `worker`; True for its first one, which pays for
+    what a fresh engine does once (grammar compilation, empty caches)."""
+    item = table.update(
+        keys.throughput_worker(worker),
+        "ADD chunks :one SET expires_at = :ttl",
+        values={":one": 1, ":ttl": at + TTL_S},
+    )
+    return int(item["chunks"]) == 1
+
+
+def add_chunk(
+    table: Table, *, at: int, figures: ChunkFigures, worker_id: str, cold: bool = False
+) -> None:
+    """Add a chunk's figures to its bucket; a worker's first chunk under `cold_…` names, which
+    estimates fall back on only while nothing else was measured."""
     start = at - at % BUCKET_S
-    names = {f"#f{i}": name for i, name in enumerate(figures)}
+    prefix = COLD_PREFIX if cold else ""
+    names = {f"#f{i}": prefix + name for i, name in enumerate(figures)}
     values: dict[str, Any] = {f":f{i}": value for i, value in enumerate(figures.values())}
     adds = [f"#f{i} :f{i}" for i in range(len(figures))]
-    if worker_id:
+    if worker_id and not cold:
         adds.append("workers :worker")  # a string set: the distinct workers that ran chunks
         values[":worker"] = {worker_id}
     values.update({":start": start, ":ttl": start + BUCKET_S + TTL_S})

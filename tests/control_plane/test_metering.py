@@ -102,13 +102,23 @@ def test_recorded_chunks_add_engine_time_once_and_fill_the_batch_figures(
 
     buckets = throughput_store.buckets_since(aws.table, since=start - 600)
     measured = rates.aggregate(buckets)
-    assert measured is not None
+    assert measured is not None and measured.cold  # the worker's first chunk, and only it
     assert (measured.chunks, measured.requests, measured.input_tokens) == (1, 10, 400)
     assert measured.engine_s == 5.5 and measured.latency_s == 7.0
-    assert measured.workers == 1
     assert measured.queued_s == 0.5
     assert measured.overhead_per_chunk_s == pytest.approx(7 - 0.5 - 5.5)
     assert measured.input_tokens_per_byte == pytest.approx(400 / int(first["bytes"]))
+
+    # The same worker's next chunk is measured as a warm one: from then on only those count.
+    second = dispatched(aws, batch_id, 1, at=start)
+    ctx = tick_context(aws, start + 4)
+    assert record.complete_chunk(ctx, second, summary(second, engine_s=3.0), job=job) == "done"
+    measured = rates.aggregate(throughput_store.buckets_since(aws.table, since=start - 600))
+    assert measured is not None and not measured.cold
+    assert (measured.chunks, measured.engine_s, measured.workers) == (1, 3.0, 1)
+    extra = client.get(f"/v1/batches/{batch_id}", headers=auth(key_a)).json()["hotbatch"]
+    assert extra["engine_seconds"] == 8.5
+    assert extra["eta_at"] <= now_s() + 1  # every request done: due as soon as it finalizes
 
 
 def test_a_batch_without_a_price_has_no_cost_and_no_eta_before_anything_ran(
@@ -191,6 +201,9 @@ def test_aggregate_takes_the_newest_buckets_until_enough_chunks() -> None:
     assert (measured.chunks, measured.requests, measured.engine_s) == (25, 250, 65.0)
     assert (measured.workers, measured.since) == (2, 600)
     assert rates.aggregate([]) is None
+    only_cold: list[dict[str, Any]] = [{"cold_chunks": 2, "cold_engine_s": 9.0, "started_at": 1}]
+    fallback = rates.aggregate(only_cold)
+    assert fallback is not None and fallback.cold and fallback.engine_s == 9.0
 
 
 def lines_with(count: int, *, max_tokens: int | None, n: int = 1) -> list[bytes]:
