@@ -21,9 +21,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "batch.jsonl"
 PRICE = 2.0
-# How far the estimate may be from the actual, as a ratio either way. Measured here: see
-# README (Cost, ETA and estimates) for the figures of a run.
-WITHIN = 2.0
+# How far the estimate may be from the actual, as a ratio either way: token counts follow from
+# the file, times from a shared CPU whose speed varies from minute to minute (README, "Cost,
+# ETA and estimates", has the figures of runs).
+TOKENS_WITHIN = 1.25
+TIME_WITHIN = 2.5
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
@@ -87,10 +89,11 @@ def hotbatch(exports: dict[str, str], *args: str, cwd: Path) -> subprocess.Compl
 
 
 def warm_up_file(path: Path) -> Path:
-    """The example's first 100 requests under other ids, their user messages changed so the
-    batch measured afterwards gets no prefix-cache hits from them: earlier chunks to measure."""
+    """150 of the example's requests under other ids, their user messages changed so the batch
+    measured afterwards gets no prefix-cache hits from them: three earlier chunks, the first of
+    which (the worker's first) is kept apart, two to measure."""
     lines = []
-    for raw in EXAMPLE.read_text().splitlines()[:100]:
+    for raw in EXAMPLE.read_text().splitlines()[:150]:
         request = json.loads(raw)
         request["custom_id"] = "warm-" + request["custom_id"]
         request["body"]["messages"][-1]["content"] = (
@@ -117,7 +120,9 @@ def test_estimate_submit_wait_download_on_the_real_engine(
     shown = hotbatch(exports, "batches", "estimate", str(EXAMPLE), "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-3000:]
     estimate: dict[str, Any] = json.loads(shown.stdout)
-    assert estimate["basis"]["chunks"] == 2
+    assert estimate["basis"]["chunks"] == 2 and estimate["input_tokens_method"] == (
+        "measured_per_byte"
+    )
 
     submitted = hotbatch(
         exports, "batches", "submit", str(EXAMPLE), "--wait", "--interval", "1", cwd=tmp_path
@@ -152,8 +157,14 @@ def test_estimate_submit_wait_download_on_the_real_engine(
     for name, value in actual.items():
         print(f"  {name:17} estimate {estimate[name]!s:>10}  actual {value!s:>10}")  # noqa: T201
     assert estimate["requests"] == actual["requests"]
-    for name in ("input_tokens", "output_tokens", "engine_seconds", "duration_seconds"):
+    for name, within in (
+        ("input_tokens", TOKENS_WITHIN),
+        ("output_tokens", TOKENS_WITHIN),
+        ("engine_seconds", TIME_WITHIN),
+        ("duration_seconds", TIME_WITHIN),
+        ("cost_usd", TIME_WITHIN),
+    ):
         ratio = estimate[name] / actual[name]
-        assert 1 / WITHIN <= ratio <= WITHIN, (name, estimate[name], actual[name])
+        assert 1 / within <= ratio <= within, (name, estimate[name], actual[name])
     # max_tokens is an upper bound on what was generated.
     assert estimate["output_tokens"] >= actual["output_tokens"]
