@@ -211,7 +211,7 @@ def build_estimate(
         engine_seconds=round(engine, 3) if engine is not None else None,
         duration_seconds=round(prediction.duration_s, 1) if prediction else None,
         cost_usd=(
-            round(engine * price_per_hour / 3600, 6)
+            round(round(engine, 3) * price_per_hour / 3600, 9)
             if engine is not None and price_per_hour > 0
             else None
         ),

@@ -49,13 +49,15 @@ def with_figures(
     rates: Callable[[], Rates | None],
     chunk_requests: int,
 ) -> Batch:
-    engine = batch.hotbatch.engine_seconds
+    # Cost from the engine time as shown, so the two always agree; 9 decimals keep a cent's
+    # millionths on a short batch.
+    engine = round(batch.hotbatch.engine_seconds, 3)
     usage = batch.usage
     tokens = usage.input_tokens + usage.output_tokens
     running = _running_seconds(batch, now)
     figures = BatchFigures(
-        engine_seconds=round(engine, 3),
-        cost_usd=round(engine * price_per_hour / 3600, 6) if price_per_hour > 0 else None,
+        engine_seconds=engine,
+        cost_usd=round(engine * price_per_hour / 3600, 9) if price_per_hour > 0 else None,
         cache_hit_rate=(
             round(usage.input_tokens_details.cached_tokens / usage.input_tokens, 4)
             if usage.input_tokens
