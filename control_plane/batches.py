@@ -16,6 +16,7 @@ from control_plane.errors import (
     Unavailable,
 )
 from control_plane.ids import new_id, now_s
+from control_plane.metering.figures import Figures
 from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody, CursorPage, DeadLetter
 from control_plane.split.launch import start_split
 from control_plane.store import Item, deadletters
@@ -33,7 +34,7 @@ def submit_batch(
     """`POST /v1/batches`: admit the batch, then start its split without waiting for it."""
     batch = create_batch(aws, tenant_id=tenant_id, body=body)
     start_split(aws, batch.id, background=background)
-    return batch
+    return Figures(aws)(batch)
 
 
 def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
@@ -102,7 +103,7 @@ def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
     to cancelled."""
     item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
     if item["status"] in ("cancelling", "cancelled"):
-        return batch_store.batch_from_item(item)  # cancel is idempotent, as OpenAI's is
+        return Figures(aws)(batch_store.batch_from_item(item))  # idempotent, as OpenAI's is
     if item["status"] in TERMINAL_STATUSES:
         raise Conflict(
             f"Batch {batch_id} is {item['status']} and can no longer be cancelled.",
@@ -117,22 +118,24 @@ def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
         except StateConflict as exc:
             item = exc.item or item
             if item["status"] in ("cancelling", "cancelled"):
-                return batch_store.batch_from_item(item)
+                return Figures(aws)(batch_store.batch_from_item(item))
             if item["status"] not in CANCELLABLE:
                 raise Conflict(
                     f"Batch {batch_id} is {item['status']} and can no longer be cancelled.",
                     code="batch_not_cancellable",
                 ) from exc
-    return batch_store.batch_from_item(item)
+    return Figures(aws)(batch_store.batch_from_item(item))
 
 
 def get_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
     item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
-    return batch_store.batch_from_item(item)
+    return Figures(aws)(batch_store.batch_from_item(item))
 
 
 def list_batches(aws: Aws, *, tenant_id: str, limit: int, after: str | None) -> CursorPage[Batch]:
-    return batch_store.list_batches(aws.table, tenant_id=tenant_id, limit=limit, after=after)
+    page = batch_store.list_batches(aws.table, tenant_id=tenant_id, limit=limit, after=after)
+    figures = Figures(aws)
+    return page.model_copy(update={"data": [figures(batch) for batch in page.data]})
 
 
 def list_dead_letters(

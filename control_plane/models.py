@@ -137,6 +137,21 @@ class BatchUsage(BaseModel):
     total_tokens: int = 0
 
 
+class BatchFigures(BaseModel):
+    """hotbatch extra `hotbatch` on a Batch: what it has cost so far and when it should end."""
+
+    # Engine time its chunks took, summed from the workers' chunk summaries.
+    engine_seconds: float = 0.0
+    # engine_seconds at HOTBATCH_GPU_PRICE_PER_HOUR; null when no price is configured.
+    cost_usd: float | None = None
+    # Prompt tokens served from vLLM's prefix cache / prompt tokens.
+    cache_hit_rate: float | None = None
+    # Input + output tokens per second of wall time since the batch started running.
+    tokens_per_second: float | None = None
+    # While in_progress: when the last request should be done (Unix seconds).
+    eta_at: int | None = None
+
+
 class Batch(BaseModel):
     id: str
     object: Literal["batch"] = "batch"
@@ -162,6 +177,8 @@ class Batch(BaseModel):
     metadata: dict[str, str] | None = None
     # hotbatch extra: dispatch priority (backfill runs only when nothing else waits).
     priority: Priority = "normal"
+    # hotbatch extra: engine time, cost, cache hit rate, throughput and ETA.
+    hotbatch: BatchFigures = Field(default_factory=BatchFigures)
 
 
 class CreateBatchBody(BaseModel):
@@ -281,6 +298,63 @@ class RetryBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     custom_ids: list[Text] | None = Field(default=None, min_length=1, max_length=50_000)
+
+
+class EstimateBody(BaseModel):
+    """hotbatch extra `POST /v1/batches/estimate`: what a file would take, before submitting it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input_file_id: str
+    endpoint: str = "/v1/chat/completions"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _supported_endpoint(cls, value: str) -> str:
+        if value not in SUPPORTED_ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {', '.join(SUPPORTED_ENDPOINTS)}")
+        return value
+
+
+class EstimateBasis(BaseModel):
+    """The throughput an estimate rests on, measured on the endpoint's recent chunks."""
+
+    chunks: int
+    since: int  # the oldest figures used (Unix seconds)
+    tokens_per_engine_second: float | None
+    input_tokens_per_byte: float | None
+    output_tokens_per_request: float | None
+    overhead_per_chunk_seconds: float
+    workers: int
+
+
+class BatchEstimate(BaseModel):
+    """hotbatch extra: the expected size, duration and cost of a batch file.
+
+    Input tokens come from the request lines' bytes at the input tokens per byte measured on
+    recent chunks (without history: 4 characters of message text per token plus 4 per
+    message); output tokens are each request's `max_completion_tokens` / `max_tokens` times
+    `n` (an upper bound: generation may stop earlier), else the recent mean per request.
+    Duration and cost need measured throughput: null until a chunk has run."""
+
+    object: Literal["batch.estimate"] = "batch.estimate"
+    input_file_id: str
+    endpoint: str
+    requests: int
+    bytes: int
+    sampled: bool  # only the first `sampled_bytes` were read; counts are scaled to the file
+    sampled_bytes: int
+    invalid_lines: int
+    input_tokens: int
+    input_tokens_method: Literal["measured_per_byte", "characters"]
+    output_tokens: int
+    requests_with_max_tokens: int
+    chunks: int
+    engine_seconds: float | None
+    duration_seconds: float | None
+    cost_usd: float | None
+    basis: EstimateBasis | None
+    notes: list[str] = Field(default_factory=list)
 
 
 class ErrorDetail(BaseModel):

@@ -17,6 +17,7 @@ from control_plane import layout
 from control_plane.aws import Aws
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.ids import now_s
+from control_plane.metering.figures import Figures
 from control_plane.models import Batch, ChunkRef
 from control_plane.store import BatchItem, ChunkItem, Item, TransactionConflict, deadletters
 from control_plane.store import batches as batch_store
@@ -72,8 +73,10 @@ def redrive(aws: Aws, *, tenant_id: str, batch_id: str, custom_ids: list[str] | 
     deadletters.delete_dead_letters(
         table, batch_id=batch_id, custom_ids=[letter["custom_id"] for letter in letters]
     )
-    return batch_store.batch_from_item(
-        batch_store.get_batch_item(table, batch_id=batch_id, tenant_id=None)
+    return Figures(aws)(
+        batch_store.batch_from_item(
+            batch_store.get_batch_item(table, batch_id=batch_id, tenant_id=None)
+        )
     )
 
 

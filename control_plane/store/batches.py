@@ -30,6 +30,7 @@ from control_plane.models import (
     Batch,
     BatchError,
     BatchErrors,
+    BatchFigures,
     BatchRequestCounts,
     BatchUsage,
     CursorPage,
@@ -359,6 +360,8 @@ def _batch_of(item: BatchItem) -> Batch:
         ),
         metadata=metadata_of(item),
         priority=item.get("priority", "normal"),
+        # The stored counter only; the services add cost, rates and ETA (control_plane/metering).
+        hotbatch=BatchFigures(engine_seconds=float(item.get("engine_s", 0.0))),
     )
 
 

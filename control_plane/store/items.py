@@ -17,6 +17,7 @@ class BatchCounters(TypedDict, total=False):
     tok_output: int
     tok_cached: int
     tok_reasoning: int
+    engine_s: float  # engine time from the workers' chunk summaries (hotbatch.engine_seconds)
     chunks_open: int  # chunks not in a final state; bisect and redrive add to it
     chunks_in_flight: int  # chunks dispatched and not yet recorded
 

@@ -18,6 +18,9 @@ HEALTH = "HEALTH"
 SAMPLE_PREFIX = "SAMPLE#"
 CHUNK_PREFIX = "CHUNK#"
 DEAD_PREFIX = "DEAD#"
+THROUGHPUT = "THROUGHPUT"
+BUCKET_PREFIX = "BUCKET#"
+WORKER_PREFIX = "WORKER#"
 
 # gsi1: a tenant's listings.
 FILE_LISTING = "FILE"
@@ -106,6 +109,17 @@ def health_sample(at: int, suffix: str = "") -> Key:
     """Zero-padded seconds, so a range of `sk` is a range of time; the suffix keeps both
     samples of two ticks in one second (a kick after a split beside the scheduled tick)."""
     return {"pk": HEALTH, "sk": f"{SAMPLE_PREFIX}{at:010d}{'#' + suffix if suffix else ''}"}
+
+
+def throughput_bucket(start: int) -> Key:
+    """The figures of every chunk recorded in the bucket starting at `start` (Unix seconds,
+    zero-padded so a range of `sk` is a range of time)."""
+    return {"pk": THROUGHPUT, "sk": f"{BUCKET_PREFIX}{start:010d}"}
+
+
+def throughput_worker(worker: str) -> Key:
+    """How many chunks one worker process has run (its first one is measured apart)."""
+    return {"pk": f"{WORKER_PREFIX}{worker}", "sk": THROUGHPUT}
 
 
 def tenant_listing(tenant_id: str, kind: str) -> str:

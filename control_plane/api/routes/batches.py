@@ -9,7 +9,16 @@ from fastapi import APIRouter, BackgroundTasks, Path, Query
 from control_plane import batches as batch_service
 from control_plane.api.deps import AwsDep, TenantDep
 from control_plane.api.openapi import errors
-from control_plane.models import Batch, CreateBatchBody, CursorPage, DeadLetter, RetryBody
+from control_plane.metering.estimate import estimate_file
+from control_plane.models import (
+    Batch,
+    BatchEstimate,
+    CreateBatchBody,
+    CursorPage,
+    DeadLetter,
+    EstimateBody,
+    RetryBody,
+)
 from control_plane.redrive import redrive
 
 router = APIRouter(tags=["batches"])
@@ -26,6 +35,12 @@ def create_batch(
     return batch_service.submit_batch(
         aws, tenant_id=tenant, body=body, background=background.add_task
     )
+
+
+@router.post("/batches/estimate", responses=errors(400, 404))
+def estimate_batch(aws: AwsDep, tenant: TenantDep, body: EstimateBody) -> BatchEstimate:
+    """hotbatch extra: requests, tokens, duration and cost of a file before it is submitted."""
+    return estimate_file(aws, tenant_id=tenant, body=body)
 
 
 @router.get("/batches")

@@ -1,0 +1,170 @@
+"""The CLI as an operator runs it, against `hotbatch local up` on real parts (a `python -m
+handler` worker on vLLM's CPU build with the tiny model): `batches estimate FILE`, then
+`batches submit FILE --wait` exits 0, `batches download` writes the results, the batch carries
+its engine time and cost, and the estimate is compared with what the batch really took."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "batch.jsonl"
+PRICE = 2.0
+# How far the estimate may be from the actual, as a ratio either way: token counts follow from
+# the file, times from a shared CPU whose speed varies from minute to minute (README, "Cost,
+# ETA and estimates", has the figures of runs).
+TOKENS_WITHIN = 1.25
+TIME_WITHIN = 2.5
+
+pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    workdir = tmp_path_factory.mktemp("cli-e2e")
+    command = [sys.executable, "-m", "infra.cli", "local", "up", "--workers", "1"]
+    command += ["--chunk-size", "50", "--gpu-price-per-hour", str(PRICE)]
+    for flag in ("--port", "--aws-port", "--runpod-port"):
+        command += [flag, str(free_port())]
+    command += ["--api-key", "hb-cli-e2e", "--workdir", str(workdir / "stack")]
+    stack = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        found: dict[str, str] = {}
+        assert stack.stdout is not None
+        for line in stack.stdout:
+            if line.strip() == "ready":
+                break
+            if line.startswith("export "):
+                key, _, value = line.removeprefix("export ").strip().partition("=")
+                found[key] = shlex.split(value)[0]
+        assert "HOTBATCH_API_URL" in found, "the stack never printed ready"
+        yield found
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        try:
+            stack.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            stack.kill()
+
+
+def hotbatch(exports: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HOTBATCH_API_URL": exports["HOTBATCH_API_URL"],
+        "HOTBATCH_API_KEY": exports["HOTBATCH_API_KEY"],
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def warm_up_file(path: Path) -> Path:
+    """150 of the example's requests under other ids, their user messages changed so the batch
+    measured afterwards gets no prefix-cache hits from them: three earlier chunks, the first of
+    which (the worker's first) is kept apart, two to measure."""
+    lines = []
+    for raw in EXAMPLE.read_text().splitlines()[:150]:
+        request = json.loads(raw)
+        request["custom_id"] = "warm-" + request["custom_id"]
+        request["body"]["messages"][-1]["content"] = (
+            "Earlier: " + request["body"]["messages"][-1]["content"]
+        )
+        lines.append(json.dumps(request))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_estimate_submit_wait_download_on_the_real_engine(
+    exports: dict[str, str], tmp_path: Path
+) -> None:
+    warm = hotbatch(
+        exports,
+        "batches",
+        "submit",
+        str(warm_up_file(tmp_path / "warm.jsonl")),
+        "--wait",
+        cwd=tmp_path,
+    )
+    assert warm.returncode == 0, warm.stderr[-3000:]
+
+    shown = hotbatch(exports, "batches", "estimate", str(EXAMPLE), "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    estimate: dict[str, Any] = json.loads(shown.stdout)
+    assert estimate["basis"]["chunks"] == 2 and estimate["input_tokens_method"] == (
+        "measured_per_byte"
+    )
+
+    submitted = hotbatch(
+        exports, "batches", "submit", str(EXAMPLE), "--wait", "--interval", "1", cwd=tmp_path
+    )
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    batch = json.loads(submitted.stdout)
+    assert batch["status"] == "completed"
+    figures = batch["hotbatch"]
+    assert figures["engine_seconds"] > 0
+    assert figures["cost_usd"] == pytest.approx(figures["engine_seconds"] * PRICE / 3600, rel=1e-3)
+
+    out = tmp_path / "results"
+    fetched = hotbatch(exports, "batches", "download", batch["id"], "--out", str(out), cwd=tmp_path)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    written = [
+        json.loads(line)["custom_id"]
+        for name in ("output.jsonl", "errors.jsonl")
+        for line in (out / name).read_text().splitlines()
+    ]
+    sent = [json.loads(line)["custom_id"] for line in EXAMPLE.read_text().splitlines()]
+    assert sorted(written) == sorted(sent)
+
+    actual = {
+        "requests": batch["request_counts"]["total"],
+        "input_tokens": batch["usage"]["input_tokens"],
+        "output_tokens": batch["usage"]["output_tokens"],
+        "engine_seconds": figures["engine_seconds"],
+        "duration_seconds": batch["completed_at"] - batch["created_at"],
+        "cost_usd": figures["cost_usd"],
+    }
+    print("\nestimate vs actual (hotbatch local up, vLLM CPU, tiny model):")  # noqa: T201
+    for name, value in actual.items():
+        print(f"  {name:17} estimate {estimate[name]!s:>10}  actual {value!s:>10}")  # noqa: T201
+    assert estimate["requests"] == actual["requests"]
+    for name, within in (
+        ("input_tokens", TOKENS_WITHIN),
+        ("output_tokens", TOKENS_WITHIN),
+        ("engine_seconds", TIME_WITHIN),
+        ("duration_seconds", TIME_WITHIN),
+        ("cost_usd", TIME_WITHIN),
+    ):
+        ratio = estimate[name] / actual[name]
+        assert 1 / within <= ratio <= within, (name, estimate[name], actual[name])
+    # max_tokens is an upper bound on what was generated.
+    assert estimate["output_tokens"] >= actual["output_tokens"]
