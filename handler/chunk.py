@@ -92,7 +92,11 @@ async def process_chunk(
         output_lines, error_lines = _jsonl_split(outcomes, rendered)
         await asyncio.gather(
             transfer.upload(
-                session, job.output_url, output_lines, retries=transfer_retries, what="output upload"
+                session,
+                job.output_url,
+                output_lines,
+                retries=transfer_retries,
+                what="output upload",
             ),
             transfer.upload(
                 session, job.error_url, error_lines, retries=transfer_retries, what="error upload"
@@ -114,7 +118,7 @@ async def process_chunk(
         ),
         started_at=round(started_at, 4),
         finished_at=round(started_at + (finished - started), 4),
-        engine_busy_s=round(gate.take_busy(), 4),
+        engine_busy_s=round(lane.busy_s, 4),
         worker_busy_s=round(gate.busy.seconds(), 4),
         concurrent_chunks=lane.peak_chunks,
     )

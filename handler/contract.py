@@ -120,7 +120,7 @@ class ChunkTimings(BaseModel):
     started_at: float = 0.0
     finished_at: float = 0.0
     # Seconds the worker's engine had at least one request in flight, since the worker's
-    # previous chunk summary: one clock per worker, so chunks that overlap on it are never
+    # previous chunk ended: one clock per worker, so chunks that overlap on it are never
     # counted twice, and the sum over a batch's chunks is the engine's busy time for it.
     engine_busy_s: float = 0.0
     worker_busy_s: float = 0.0  # the worker's busy clock since its engine loaded

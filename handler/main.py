@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from handler.contract import ACTIONS, JOB_INPUT, HealthInput
 from handler.engine import EngineDead
 from handler.runtime import Runtime
+from handler.settings import WorkerSettings
 from handler.transfer import TransferError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,22 @@ def install(runtime: Runtime | None) -> None:
     """Make `runtime` the one the handler uses (done once at worker start, or by tests)."""
     global _runtime
     _runtime = runtime
+
+
+def serve(settings: WorkerSettings) -> None:
+    """Run the runpod SDK's worker loop on `handler` (returns when the SDK stops).
+
+    With MAX_CONCURRENCY at 2 the SDK takes the next job while one runs: at concurrency 1 it
+    sleeps a second after each take before it asks again (`JobScaler.get_jobs`), and the engine
+    would sit empty through that second and the next chunk's download at every chunk boundary.
+    Both jobs share the one engine through `Runtime.gate`, so they never oversubscribe it.
+    """
+    import runpod
+
+    concurrency = settings.max_concurrency
+    runpod.serverless.start(
+        {"handler": handler, "concurrency_modifier": lambda _current: concurrency}
+    )
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,10 @@ first: the older chunk drains first and the newer one only fills the room its ta
 
 The busy clock runs while at least one request is in the engine. There is one per worker, not
 per chunk, so overlapping chunks are never counted twice; each chunk summary carries the busy
-seconds accrued since the worker's previous summary, so summing them over a batch's chunks
-gives the engine's busy time without double counting.
+seconds accrued since the worker's previous chunk ended, so summing them over a batch's chunks
+gives the engine's busy time without double counting. The share is taken when a chunk ends,
+whether it succeeded or not, so the time a failed or cancelled chunk kept the engine busy is
+never credited to the next one.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class Lane:
     gate: EngineGate
     order: int
     peak_chunks: int = 1  # chunks of the worker running at once, at most, during this one
+    busy_s: float = 0.0  # the busy seconds this chunk reports, set when it closes
 
     async def run(self, endpoint: str, body: dict[str, Any]) -> Reply:
         await self.gate.acquire(self.order)
@@ -129,7 +132,10 @@ class EngineGate:
         return lane
 
     def close(self, lane: Lane) -> None:
+        """A chunk ends (done, failed or cancelled): it takes the busy seconds accrued since
+        the previous chunk ended, so a failed chunk's share never lands on the next one."""
         self._lanes.discard(lane)
+        lane.busy_s = self.take_busy()
 
     def take_busy(self) -> float:
         """Busy seconds since the previous call (what one chunk summary reports)."""

@@ -18,11 +18,9 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import runpod
-
 from handler import logs
 from handler.engine import Reply
-from handler.main import handler, install
+from handler.main import install, serve
 from handler.runtime import start_runtime
 from handler.settings import WorkerSettings
 from tests.handler.standin import EchoEngine
@@ -51,10 +49,11 @@ async def engine(settings: WorkerSettings) -> AsyncIterator[ExitingEngine]:
 
 def main() -> None:
     logs.configure()
-    runtime = start_runtime(WorkerSettings(), engine_factory=engine)
+    settings = WorkerSettings()
+    runtime = start_runtime(settings, engine_factory=engine)
     install(runtime)
     try:
-        runpod.serverless.start({"handler": handler})
+        serve(settings)
     finally:
         runtime.stop()
 

@@ -80,24 +80,43 @@ def test_busy_clock_counts_overlapping_requests_once() -> None:
     assert busy.in_flight == 0
 
 
-def test_take_busy_reports_each_second_to_exactly_one_summary() -> None:
+def test_each_busy_second_goes_to_exactly_one_chunk() -> None:
     clock = FakeClock()
     gate = EngineGate(TracingEngine(), limit=4, clock=clock)
+    older, newer = gate.lane(), gate.lane()
     gate.busy.enter()
     clock.now += 3
-    assert gate.take_busy() == pytest.approx(3.0)  # first chunk's summary, mid-request
+    gate.close(older)  # the older chunk ends while the newer one's request still runs
+    assert older.busy_s == pytest.approx(3.0)
     clock.now += 2
     gate.busy.leave()
     clock.now += 10  # idle: not busy
-    assert gate.take_busy() == pytest.approx(2.0)  # second summary: only the rest
-    assert gate.take_busy() == 0.0
-    assert gate.busy.seconds() == pytest.approx(5.0)
+    gate.close(newer)
+    assert newer.busy_s == pytest.approx(2.0)  # only what came after the older one ended
+    assert older.busy_s + newer.busy_s == pytest.approx(gate.busy.seconds())
+
+
+def test_a_failed_chunk_keeps_its_busy_share_off_the_next_summary() -> None:
+    clock = FakeClock()
+    gate = EngineGate(TracingEngine(), limit=4, clock=clock)
+    with gate.lane() as failed:
+        gate.busy.enter()
+        clock.now += 4
+        gate.busy.leave()
+    # (it raised: no summary reports its 4 s)
+    with gate.lane() as next_one:
+        gate.busy.enter()
+        clock.now += 1
+        gate.busy.leave()
+    assert failed.busy_s == pytest.approx(4.0) and next_one.busy_s == pytest.approx(1.0)
 
 
 async def _chunk(gate: EngineGate, tag: str, count: int) -> list[Reply]:
     with gate.lane() as lane:
         return list(
-            await asyncio.gather(*(lane.run("/v1/chat/completions", {"tag": tag}) for _ in range(count)))
+            await asyncio.gather(
+                *(lane.run("/v1/chat/completions", {"tag": tag}) for _ in range(count))
+            )
         )
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query
 
 from control_plane import batches as batch_service
-from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.api.deps import AwsDep, KickDep, TenantDep
 from control_plane.models import Batch, CreateBatchBody, CursorPage, DeadLetter, RetryBody
 from control_plane.redrive import redrive
 
@@ -16,10 +16,14 @@ router = APIRouter(tags=["batches"])
 
 @router.post("/batches")
 def create_batch(
-    aws: AwsDep, tenant: TenantDep, body: CreateBatchBody, background: BackgroundTasks
+    aws: AwsDep,
+    tenant: TenantDep,
+    kick: KickDep,
+    body: CreateBatchBody,
+    background: BackgroundTasks,
 ) -> Batch:
     return batch_service.submit_batch(
-        aws, tenant_id=tenant, body=body, background=background.add_task
+        aws, tenant_id=tenant, body=body, background=background.add_task, kick=kick
     )
 
 
