@@ -54,8 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, ports: bool = True) -> Non
     parser.add_argument(
         "--chunk-size",
         type=int,
-        default=100,
-        help="requests per chunk (small: CPU workers are slow)",
+        default=None,
+        help=(
+            "requests per chunk at most (default: HOTBATCH_CHUNK_MAX_REQUESTS, 1000; smaller "
+            "when the measured throughput or the estimated tokens say so)"
+        ),
     )
     parser.add_argument("--workdir", type=Path, default=Path(".hotbatch"))
     parser.add_argument("--ready-timeout", type=float, default=900.0)
@@ -220,3 +223,12 @@ def _save(client: OpenAI, batch: Batch, out: Path) -> dict[str, object]:
 def _progress(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+def run_stack(input_path: Path, *flags: str) -> tuple[LocalStack, dict[str, str]]:
+    """The stack `hotbatch local run INPUT FLAGS…` would start (not started) and its workers'
+    environment, for benchmarks that must measure exactly the command's defaults."""
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args([str(input_path), *flags])
+    return _stack(args, ports=False), _worker_env(args)

@@ -55,7 +55,7 @@ def record_job(
             state = policy.on_throughput(
                 state,
                 requests=summary.counts.total,
-                tokens=summary.usage.total_tokens,
+                tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
                 # Workers older than the busy clock report only their chunk's engine phase.
                 busy_s=summary.timings.engine_busy_s or summary.timings.engine_s,
             )
