@@ -93,18 +93,18 @@ class SchedulerState(BaseModel):
     # seconds its worker reported. Their ratios are one worker's requests/s and tokens/s; a
     # ratio of averages stays sane when one chunk reports almost no busy time (its neighbour on
     # the worker took the busy seconds they shared).
-    chunk_requests: float = 0.0
-    chunk_tokens: float = 0.0
-    chunk_busy_s: float = 0.0
+    ewma_requests: float = 0.0
+    ewma_tokens: float = 0.0
+    ewma_busy_s: float = 0.0
 
     @property
     def requests_per_s(self) -> float | None:
         """One worker's measured requests per engine-busy second; None before any chunk."""
-        return self.chunk_requests / self.chunk_busy_s if self.chunk_busy_s > 0 else None
+        return self.ewma_requests / self.ewma_busy_s if self.ewma_busy_s > 0 else None
 
     @property
     def tokens_per_s(self) -> float | None:
-        return self.chunk_tokens / self.chunk_busy_s if self.chunk_busy_s > 0 else None
+        return self.ewma_tokens / self.ewma_busy_s if self.ewma_busy_s > 0 else None
 
 
 def backoff_s(profile: Profile, attempt: int) -> int:
@@ -172,16 +172,16 @@ def on_throughput(
     """Fold one finished chunk into the throughput averages (the first chunk seeds them)."""
     if requests <= 0 or busy_s <= 0:
         return state
-    if state.chunk_busy_s <= 0:
+    if state.ewma_busy_s <= 0:
         return state.model_copy(
-            update={"chunk_requests": requests, "chunk_tokens": tokens, "chunk_busy_s": busy_s}
+            update={"ewma_requests": requests, "ewma_tokens": tokens, "ewma_busy_s": busy_s}
         )
     a = THROUGHPUT_ALPHA
     return state.model_copy(
         update={
-            "chunk_requests": round((1 - a) * state.chunk_requests + a * requests, 3),
-            "chunk_tokens": round((1 - a) * state.chunk_tokens + a * tokens, 3),
-            "chunk_busy_s": round((1 - a) * state.chunk_busy_s + a * busy_s, 4),
+            "ewma_requests": round((1 - a) * state.ewma_requests + a * requests, 3),
+            "ewma_tokens": round((1 - a) * state.ewma_tokens + a * tokens, 3),
+            "ewma_busy_s": round((1 - a) * state.ewma_busy_s + a * busy_s, 4),
         }
     )
 
