@@ -69,7 +69,8 @@ def test_kicks_keep_one_worker_busy_across_chunks_without_waiting_for_the_tick(
     assert len(chunks) == 6
     spans = sorted((c["run_started_at"], c["run_finished_at"]) for c in chunks)
     # The worker took each next chunk while the one before it was still running.
-    overlapping = sum(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    pairs = zip(spans, spans[1:], strict=False)
+    overlapping = sum(later[0] < earlier[1] for earlier, later in pairs)
     assert overlapping == 5, spans
     share = busy_share(chunks)
     assert share.workers == 1 and share.chunks == 6
