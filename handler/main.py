@@ -32,10 +32,12 @@ def install(runtime: Runtime | None) -> None:
 def serve(settings: WorkerSettings) -> None:
     """Run the runpod SDK's worker loop on `handler` (returns when the SDK stops).
 
-    With MAX_CONCURRENCY at 2 the SDK takes the next job while one runs: at concurrency 1 it
-    sleeps a second after each take before it asks again (`JobScaler.get_jobs`), and the engine
-    would sit empty through that second and the next chunk's download at every chunk boundary.
-    Both jobs share the one engine through `Runtime.gate`, so they never oversubscribe it.
+    The SDK's `JobScaler.get_jobs` sleeps a second whenever the worker is full, and counts a job
+    it just took twice (queued and in progress) until the job starts, so it asks for the next
+    job up to a second after a slot frees. At MAX_CONCURRENCY 1 the engine sits empty through
+    that second and the next chunk's download at every chunk boundary; at 2 the next chunk is
+    taken while the current one runs. Both share the one engine through `Runtime.gate`, so
+    they never oversubscribe it.
     """
     import runpod
 
