@@ -146,6 +146,7 @@ async def bench_overhead_only(
     """
     from handler.chunk import process_chunk
     from handler.engine import Reply
+    from handler.pipeline import EngineGate
 
     class Replay:
         async def run(self, endpoint: str, body: dict[str, Any]) -> Reply:
@@ -156,10 +157,9 @@ async def bench_overhead_only(
     await runtime.submit(
         process_chunk(
             job,
-            engine=Replay(),
+            gate=EngineGate(Replay(), runtime.settings.max_requests_in_flight),
             session=runtime.session,
             worker=runtime.identity,
-            max_in_flight=runtime.settings.max_requests_in_flight,
             transfer_retries=1,
         )
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from control_plane import sizing
 from control_plane.aws import Aws
 from control_plane.errors import (
     Conflict,
@@ -16,6 +17,7 @@ from control_plane.errors import (
     Unavailable,
 )
 from control_plane.ids import new_id, now_s
+from control_plane.kick import Kick, no_kick
 from control_plane.metering.figures import Figures
 from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody, CursorPage, DeadLetter
 from control_plane.split.launch import start_split
@@ -29,11 +31,20 @@ CANCELLABLE = {"validating", "in_progress", "finalizing"}
 
 
 def submit_batch(
-    aws: Aws, *, tenant_id: str, body: CreateBatchBody, background: Callable[..., Any]
+    aws: Aws,
+    *,
+    tenant_id: str,
+    body: CreateBatchBody,
+    background: Callable[..., Any],
+    kick: Kick = no_kick,
 ) -> Batch:
-    """`POST /v1/batches`: admit the batch, then start its split without waiting for it."""
+    """`POST /v1/batches`: admit the batch, then start its split without waiting for it. An
+    inline split (local stack) is followed by a kick of the tick, as the split function kicks
+    it in AWS, so the first chunks leave at once."""
     batch = create_batch(aws, tenant_id=tenant_id, body=body)
     start_split(aws, batch.id, background=background)
+    if aws.settings.split_mode == "inline":
+        background(kick, f"split {batch.id}")  # background tasks run in order: after the split
     return Figures(aws)(batch)
 
 
@@ -83,7 +94,8 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
         metadata=body.metadata,
         priority=body.priority,
     )
-    extra: Item = {"chunks_in_flight": 0}
+    size = sizing.size_for_file(aws, s3_key=file["s3_key"])
+    extra: Item = {"chunks_in_flight": 0, "chunk_requests": size.requests}
     if body.output_expires_after:
         extra["output_expires_after_s"] = body.output_expires_after.seconds
     batch_store.create_batch(

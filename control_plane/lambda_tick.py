@@ -1,4 +1,5 @@
-"""Lambda entry point of the tick (EventBridge Scheduler; also kicked after a split)."""
+"""Lambda entry point of the tick (EventBridge Scheduler; also kicked after a split and after a
+chunk result arrives by webhook: `control_plane/kick.py`)."""
 
 from __future__ import annotations
 
@@ -15,4 +16,7 @@ configure_lambda()
 
 @lambda_entry
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return run_tick(make_context(_aws))
+    # A kick (after a split or a chunk result) dispatches and settles now; keep-hot and its
+    # health sample stay on the schedule, one per scheduled tick.
+    kicked = isinstance(event, dict) and "kick" in event
+    return run_tick(make_context(_aws), kicked=kicked)

@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     keep_hot_workers: int = Field(
         default=1, ge=0, description="HOTBATCH_KEEP_HOT_WORKERS: workers kept warm in schedule."
     )
+    worker_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description=(
+            "HOTBATCH_WORKER_CONCURRENCY: the workers' MAX_CONCURRENCY (chunks one worker runs "
+            "at once). Dispatch keeps at least this many chunks in flight per warm worker, so "
+            "each takes its next chunk while the current one drains."
+        ),
+    )
 
     gpu_price_per_hour: float = Field(
         default=0.0,
@@ -143,7 +153,36 @@ class Settings(BaseSettings):
 
     # --- split ---
     chunk_max_requests: int = Field(
-        default=1_000, ge=1, description="HOTBATCH_CHUNK_MAX_REQUESTS: requests per chunk."
+        default=1_000,
+        ge=1,
+        description=(
+            "HOTBATCH_CHUNK_MAX_REQUESTS: requests per chunk at most, and the size before any "
+            "throughput has been measured (control_plane/sizing.py)."
+        ),
+    )
+    chunk_min_requests: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "HOTBATCH_CHUNK_MIN_REQUESTS: requests per chunk at least, however slow the workers "
+            "(a smaller chunk's boundary would cost more than its work)."
+        ),
+    )
+    chunk_target_s: int = Field(
+        default=120,
+        ge=0,
+        description=(
+            "HOTBATCH_CHUNK_TARGET_S: seconds of one worker's engine time a new batch's chunks "
+            "aim at, from the measured requests/s; 0 sizes by the other bounds only."
+        ),
+    )
+    chunk_max_tokens: int = Field(
+        default=2_000_000,
+        ge=1_000,
+        description=(
+            "HOTBATCH_CHUNK_MAX_TOKENS: estimated tokens per chunk at most (a request's line "
+            "bytes / 4 plus its max_tokens), so long prompts or outputs make smaller chunks."
+        ),
     )
     chunk_max_bytes: int = Field(
         default=8 * 1024 * 1024,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from handler import logs
-from handler.main import handler, install
+from handler.main import install, serve
 from handler.runtime import start_runtime
 from handler.settings import WorkerSettings
 
@@ -22,14 +22,8 @@ def main() -> None:
     log.info("worker starting", extra={"settings": settings.model_dump(mode="json")})
     runtime = start_runtime(settings)
     install(runtime)
-
-    import runpod
-
-    concurrency = settings.max_concurrency
     try:
-        runpod.serverless.start(
-            {"handler": handler, "concurrency_modifier": lambda _current: concurrency}
-        )
+        serve(settings)
     finally:
         # The local test mode ends with sys.exit(); shut the engine down cleanly either way.
         runtime.stop()

@@ -2,6 +2,8 @@
 
 One bad request never fails the chunk: it becomes an error line. Only a broken input URL, an
 unreachable output URL or a dead engine fail the job, since nothing useful can be returned then.
+The chunk reaches the engine through a lane of the worker's `EngineGate` (`pipeline.py`), so
+it shares the in-flight budget with the worker's other chunks, oldest first.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from pydantic import ValidationError
@@ -32,7 +34,8 @@ from handler.contract import (
     WorkerIdentity,
     error_body,
 )
-from handler.engine import EngineDead, Reply
+from handler.engine import EngineDead
+from handler.pipeline import EngineGate, RequestRunner
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,6 @@ _CODE_BY_STATUS = {
 }
 
 
-class RequestRunner(Protocol):
-    """What `process_chunk` needs of an engine (the real one or a test stand-in)."""
-
-    async def run(self, endpoint: str, body: dict[str, Any]) -> Reply: ...
-
-
 @dataclass(frozen=True)
 class _Outcome:
     custom_id: str
@@ -58,43 +55,54 @@ class _Outcome:
     body: dict[str, Any]
     code: str | None = None  # set for failures hotbatch detects before the engine
 
+    @property
+    def ok(self) -> bool:
+        return self.status_code == 200
+
 
 async def process_chunk(
     job: ProcessChunkInput,
     *,
-    engine: RequestRunner,
+    gate: EngineGate,
     session: aiohttp.ClientSession,
     worker: WorkerIdentity,
-    max_in_flight: int,
     transfer_retries: int,
 ) -> ChunkSummary:
     ids = {"batch_id": job.batch_id, "chunk_id": job.chunk_id, "attempt": job.attempt}
-    started = time.perf_counter()
-    raw = await transfer.download(session, job.input_url, retries=transfer_retries)
-    downloaded = time.perf_counter()
+    # The lane is taken on arrival, before the download: a chunk ranks by when it came.
+    with gate.lane() as lane:
+        started_at = time.time()
+        started = time.perf_counter()
+        raw = await transfer.download(session, job.input_url, retries=transfer_retries)
+        downloaded = time.perf_counter()
 
-    lines = raw.decode("utf-8", errors="replace").splitlines()
-    pending: list[tuple[str, dict[str, Any]] | _Outcome] = [
-        _parse_line(number, line, job.endpoint)
-        for number, line in enumerate(lines, start=1)
-        if line.strip()
-    ]
-    parsed = time.perf_counter()
-    log.info("chunk start", extra={**ids, "requests": len(pending), "bytes": len(raw)})
+        lines = raw.decode("utf-8", errors="replace").splitlines()
+        pending: list[tuple[str, dict[str, Any]] | _Outcome] = [
+            _parse_line(number, line, job.endpoint)
+            for number, line in enumerate(lines, start=1)
+            if line.strip()
+        ]
+        del raw, lines
+        parsed = time.perf_counter()
+        log.info("chunk start", extra={**ids, "requests": len(pending), "chunks": gate.chunks})
 
-    outcomes = await _run_all(pending, engine, job.endpoint, max_in_flight, ids)
-    ran = time.perf_counter()
+        outcomes, rendered = await _run_all(pending, lane, job.endpoint, ids)
+        ran = time.perf_counter()
 
-    output_lines, error_lines = _render(outcomes)
-    await asyncio.gather(
-        transfer.upload(
-            session, job.output_url, output_lines, retries=transfer_retries, what="output upload"
-        ),
-        transfer.upload(
-            session, job.error_url, error_lines, retries=transfer_retries, what="error upload"
-        ),
-    )
-    finished = time.perf_counter()
+        output_lines, error_lines = _jsonl_split(outcomes, rendered)
+        await asyncio.gather(
+            transfer.upload(
+                session,
+                job.output_url,
+                output_lines,
+                retries=transfer_retries,
+                what="output upload",
+            ),
+            transfer.upload(
+                session, job.error_url, error_lines, retries=transfer_retries, what="error upload"
+            ),
+        )
+        finished = time.perf_counter()
 
     summary = _summarize(job, outcomes, worker)
     engine_s = ran - parsed
@@ -108,6 +116,11 @@ async def process_chunk(
         output_tokens_per_s=(
             round(summary.usage.completion_tokens / engine_s, 2) if engine_s > 0 else 0.0
         ),
+        started_at=round(started_at, 4),
+        finished_at=round(started_at + (finished - started), 4),
+        engine_busy_s=round(lane.busy_s, 4),
+        worker_busy_s=round(gate.busy.seconds(), 4),
+        concurrent_chunks=lane.peak_chunks,
     )
     log.info(
         "chunk end",
@@ -120,6 +133,8 @@ async def process_chunk(
             "completion_tokens": summary.usage.completion_tokens,
             "seconds": summary.timings.total_s,
             "tokens_per_s": summary.timings.output_tokens_per_s,
+            "engine_busy_s": summary.timings.engine_busy_s,
+            "concurrent_chunks": summary.timings.concurrent_chunks,
         },
     )
     return summary
@@ -175,48 +190,54 @@ async def _run_all(
     pending: list[tuple[str, dict[str, Any]] | _Outcome],
     engine: RequestRunner,
     endpoint: str,
-    max_in_flight: int,
     ids: dict[str, Any],
-) -> list[_Outcome]:
-    # All requests are handed to the engine at once (bounded) so its scheduler batches them;
-    # awaiting them one by one would run the chunk at batch size 1.
-    gate = asyncio.Semaphore(max_in_flight)
+) -> tuple[list[_Outcome], list[str]]:
+    """Every request handed to the engine at once (the lane bounds how many are in it), so
+    its scheduler batches them; awaiting them one by one would run the chunk at batch size 1.
+    Each output line is rendered as its request finishes: the rendering of a whole chunk at
+    the end would hold the engine's event loop while the next chunk's requests need it."""
+    outcomes: list[_Outcome | None] = [None] * len(pending)
+    rendered: list[str] = [""] * len(pending)
 
-    async def run_one(item: tuple[str, dict[str, Any]] | _Outcome) -> _Outcome:
+    async def run_one(index: int, item: tuple[str, dict[str, Any]] | _Outcome) -> None:
         if isinstance(item, _Outcome):
-            return item
-        custom_id, body = item
-        async with gate:
+            outcome = item
+        else:
+            custom_id, body = item
             try:
                 reply = await engine.run(endpoint, body)
+                outcome = _Outcome(custom_id, reply.status_code, reply.body)
             except EngineDead:
                 raise
             except Exception as exc:
                 # One request's crash must not sink its neighbours: it becomes a 500 line.
                 log.exception("request failed in engine", extra={**ids, "custom_id": custom_id})
-                return _failure(
+                outcome = _failure(
                     custom_id, 500, f"Engine error: {exc}", code="engine_error", param=None
                 )
-        return _Outcome(custom_id, reply.status_code, reply.body)
+        outcomes[index] = outcome
+        rendered[index] = _render_line(outcome)
 
-    return list(await asyncio.gather(*(run_one(item) for item in pending)))
+    await asyncio.gather(*(run_one(index, item) for index, item in enumerate(pending)))
+    return [outcome for outcome in outcomes if outcome is not None], rendered
 
 
-def _render(outcomes: list[_Outcome]) -> tuple[bytes, bytes]:
-    output: list[str] = []
-    errors: list[str] = []
-    for outcome in outcomes:
-        line = BatchRequestOutput(
-            id=f"batch_req_{uuid.uuid4().hex}",
-            custom_id=outcome.custom_id,
-            response=BatchResponseData(
-                status_code=outcome.status_code,
-                request_id=f"req_{uuid.uuid4().hex}",
-                body=outcome.body,
-            ),
-            error=None,
-        ).model_dump_json()
-        (output if outcome.status_code == 200 else errors).append(line)
+def _render_line(outcome: _Outcome) -> str:
+    return BatchRequestOutput(
+        id=f"batch_req_{uuid.uuid4().hex}",
+        custom_id=outcome.custom_id,
+        response=BatchResponseData(
+            status_code=outcome.status_code,
+            request_id=f"req_{uuid.uuid4().hex}",
+            body=outcome.body,
+        ),
+        error=None,
+    ).model_dump_json()
+
+
+def _jsonl_split(outcomes: list[_Outcome], rendered: list[str]) -> tuple[bytes, bytes]:
+    output = [line for outcome, line in zip(outcomes, rendered, strict=True) if outcome.ok]
+    errors = [line for outcome, line in zip(outcomes, rendered, strict=True) if not outcome.ok]
     return _jsonl(output), _jsonl(errors)
 
 

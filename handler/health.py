@@ -85,6 +85,8 @@ class HealthReport(BaseModel):
     jobs_in_progress: int
     chunks_done: int
     last_error: str | None
+    engine_busy_s: float = 0.0  # the worker's busy clock (handler/pipeline.py) since start
+    requests_in_flight: int = 0
 
 
 def gpu_stats(nvml: Any = None) -> tuple[list[GpuStats], str | None]:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from handler.contract import ACTIONS, JOB_INPUT, HealthInput
 from handler.engine import EngineDead
 from handler.runtime import Runtime
+from handler.settings import WorkerSettings
 from handler.transfer import TransferError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,24 @@ def install(runtime: Runtime | None) -> None:
     """Make `runtime` the one the handler uses (done once at worker start, or by tests)."""
     global _runtime
     _runtime = runtime
+
+
+def serve(settings: WorkerSettings) -> None:
+    """Run the runpod SDK's worker loop on `handler` (returns when the SDK stops).
+
+    The SDK's `JobScaler.get_jobs` sleeps a second whenever the worker is full, and counts a job
+    it just took twice (queued and in progress) until the job starts, so it asks for the next
+    job up to a second after a slot frees. At MAX_CONCURRENCY 1 the engine sits empty through
+    that second and the next chunk's download at every chunk boundary; at 2 the next chunk is
+    taken while the current one runs. Both share the one engine through `Runtime.gate`, so
+    they never oversubscribe it.
+    """
+    import runpod
+
+    concurrency = settings.max_concurrency
+    runpod.serverless.start(
+        {"handler": handler, "concurrency_modifier": lambda _current: concurrency}
+    )
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:

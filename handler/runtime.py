@@ -24,8 +24,9 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from handler import __version__, health
-from handler.chunk import RequestRunner, process_chunk
+from handler.chunk import process_chunk
 from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.pipeline import EngineGate, RequestRunner
 from handler.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Runtime:
     engine: ServedEngine
     loop: asyncio.AbstractEventLoop
     session: aiohttp.ClientSession
+    gate: EngineGate
     jobs_in_progress: int = 0
     chunks_done: int = 0
     last_error: str | None = None
@@ -77,10 +79,9 @@ class Runtime:
             summary = await self.submit(
                 process_chunk(
                     job,
-                    engine=self.engine,
+                    gate=self.gate,
                     session=self.session,
                     worker=self.identity,
-                    max_in_flight=self.settings.max_requests_in_flight,
                     transfer_retries=self.settings.transfer_retries,
                 )
             )
@@ -117,6 +118,8 @@ class Runtime:
             jobs_in_progress=self.jobs_in_progress,
             chunks_done=self.chunks_done,
             last_error=self.last_error,
+            engine_busy_s=round(self.gate.busy.seconds(), 3),
+            requests_in_flight=self.gate.busy.in_flight,
         )
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -144,6 +147,7 @@ def start_runtime(settings: WorkerSettings, engine_factory: EngineFactory | None
                     engine=engine,
                     loop=asyncio.get_running_loop(),
                     session=session,
+                    gate=EngineGate(engine, settings.max_requests_in_flight),
                     _stop=stop,
                 )
                 _mark_ready(settings.hotbatch_ready_file, True)

@@ -80,15 +80,22 @@ class WorkerSettings(BaseSettings):
 
     # --- worker ---
     max_concurrency: int = Field(
-        default=1, ge=1, description="MAX_CONCURRENCY: chunks one worker runs at once."
+        default=2,
+        ge=1,
+        description=(
+            "MAX_CONCURRENCY: chunks one worker runs at once on its one engine. 2 takes the next "
+            "chunk while the current one drains (its download, parse and first requests overlap "
+            "the tail and the upload), so the engine never empties at a chunk boundary."
+        ),
     )
     max_requests_in_flight: int = Field(
         default=4096,
         ge=1,
         description=(
-            "MAX_REQUESTS_IN_FLIGHT: requests of one chunk submitted to the engine together. "
-            "The engine's scheduler keeps MAX_NUM_SEQS running; the rest wait in its queue, so "
-            "this only bounds memory for very large chunks."
+            "MAX_REQUESTS_IN_FLIGHT: requests the worker has in its engine at once, shared by "
+            "all its chunks and handed out oldest chunk first. The engine's scheduler keeps "
+            "MAX_NUM_SEQS running and the rest wait in its queue, so this bounds memory and the "
+            "queue, and keeps two chunks from oversubscribing one engine."
         ),
     )
     transfer_timeout_s: float = Field(default=300.0, description="TRANSFER_TIMEOUT_S")

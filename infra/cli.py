@@ -19,12 +19,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+import typer.core
+import typer.main
 
 from infra import batches_cli
 from infra.batch_file import DEFAULT_ENDPOINT, first_url
+
+if TYPE_CHECKING:
+    from infra.stack import LocalStack
 
 log = logging.getLogger("handler.cli")
 
@@ -158,7 +163,13 @@ IdleOpt = Annotated[float, typer.Option(help="seconds (RunPod: 5)")]
 ColdOpt = Annotated[float, typer.Option(help="extra seconds per cold start")]
 ModelOpt = Annotated[str | None, typer.Option(help="model path (default: the tiny model)")]
 ServedOpt = Annotated[str | None, typer.Option()]
-ChunkOpt = Annotated[int, typer.Option(help="requests per chunk (small: CPU workers are slow)")]
+ChunkOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="requests per chunk at most (default: HOTBATCH_CHUNK_MAX_REQUESTS, 1000; smaller "
+        "when the measured throughput or the estimated tokens say so)"
+    ),
+]
 WorkdirOpt = Annotated[Path, typer.Option()]
 ReadyOpt = Annotated[float, typer.Option(help="seconds for the engines to load")]
 StartAttemptsOpt = Annotated[
@@ -187,7 +198,7 @@ def local_up(
     cold_start_delay: ColdOpt = 0.0,
     model: ModelOpt = None,
     served_model_name: ServedOpt = None,
-    chunk_size: ChunkOpt = 100,
+    chunk_size: ChunkOpt = None,
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     ready_timeout: ReadyOpt = 900.0,
     start_attempts: StartAttemptsOpt = 1,
@@ -218,7 +229,7 @@ def local_run(
     cold_start_delay: ColdOpt = 0.0,
     model: ModelOpt = None,
     served_model_name: ServedOpt = None,
-    chunk_size: ChunkOpt = 100,
+    chunk_size: ChunkOpt = None,
     workdir: WorkdirOpt = DEFAULT_WORKDIR,
     ready_timeout: ReadyOpt = 900.0,
     start_attempts: StartAttemptsOpt = 1,
@@ -232,6 +243,19 @@ def local_run(
     logs.configure()
     options = local_stack.LocalOptions(**flags)  # type: ignore[arg-type]
     raise typer.Exit(local_stack.run(options))
+
+
+def run_stack(input_path: Path, *flags: str) -> tuple[LocalStack, dict[str, str]]:
+    """The stack `hotbatch local run INPUT FLAGS…` would start (not started) and its workers'
+    environment: the flags parsed as the command parses them, defaults included."""
+    from infra import local_stack
+
+    command = typer.main.get_command(local_app)
+    assert isinstance(command, typer.core.TyperGroup)
+    run = command.commands["run"]
+    with run.make_context("run", [str(input_path), *flags]) as context:
+        flags_set = _without_none(context.params)
+    return local_stack.planned(local_stack.LocalOptions(**flags_set))  # type: ignore[arg-type]
 
 
 def _without_none(params: dict[str, object]) -> dict[str, object]:

@@ -54,7 +54,8 @@ class LocalOptions:
     cold_start_delay: float = 0.0
     model: str | None = None
     served_model_name: str | None = None
-    chunk_size: int = 100
+    # Requests per chunk at most; None: HOTBATCH_CHUNK_MAX_REQUESTS (sizing may go lower).
+    chunk_size: int | None = None
     workdir: Path = Path(".hotbatch")
     ready_timeout: float = 900.0
     start_attempts: int = 1
@@ -237,3 +238,9 @@ def _progress(message: str) -> None:
     """A start failure's own lines, as the worker wrote them (no rich markup applied)."""
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+def planned(options: LocalOptions) -> tuple[LocalStack, dict[str, str]]:
+    """The stack `hotbatch local run` would start with these options (not started) and its
+    workers' environment, for benchmarks that must measure exactly the command's defaults."""
+    return _stack(options, ports=False), _worker_env(options)

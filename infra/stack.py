@@ -48,6 +48,7 @@ class LocalStack:
     aws: Aws | None = None
     api_key: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
+    _kicked: threading.Event = field(default_factory=threading.Event)
     _ticker: threading.Thread | None = None
     _tick_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,7 +80,7 @@ class LocalStack:
         self.api_key = apikeys.create_key(
             self.aws.table, tenant_id=config.tenant, key=config.api_key
         )
-        self.api.app = create_app(aws=self.aws)
+        self.api.app = create_app(aws=self.aws, kick=self.kick)
         self.api.start()
         self.endpoint.start()
         if config.tick_interval_s is not None:
@@ -87,17 +88,26 @@ class LocalStack:
             self._ticker.start()
         return self
 
-    def tick(self) -> dict[str, Any]:
+    def tick(self, *, kicked: bool = False) -> dict[str, Any]:
         """One tick now (serialised with the background ticker, as the tests expect)."""
         assert self.aws is not None
         with self._tick_lock:
-            return run_tick(make_context(self.aws))
+            return run_tick(make_context(self.aws), kicked=kicked)
+
+    def kick(self, reason: str) -> None:
+        """Run the background tick now (what the tick function's kick is in AWS); kicks that
+        arrive while a tick runs are folded into one more tick."""
+        self._kicked.set()
 
     def _tick_loop(self) -> None:
         interval = self.config.tick_interval_s or 1.0
-        while not self._stop.wait(interval):
+        while not self._stop.is_set():
+            kicked = self._kicked.wait(interval)
+            self._kicked.clear()
+            if self._stop.is_set():
+                break
             try:
-                self.tick()
+                self.tick(kicked=kicked)
             except Exception:
                 # The next tick retries whatever failed; a crash must not stop the loop.
                 log.exception("tick failed")
@@ -122,6 +132,7 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stop.set()
+        self._kicked.set()
         if self._ticker is not None:
             self._ticker.join(timeout=30)
         if self.endpoint is not None:

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 
 from control_plane.aws import Aws
 from control_plane.errors import Unauthorized
+from control_plane.kick import Kick
 from control_plane.store import apikeys
 
 # Beyond this many cached keys, expired entries are dropped (random keys must not grow it).
@@ -21,6 +22,14 @@ def get_aws(request: Request) -> Aws:
 
 
 AwsDep = Annotated[Aws, Depends(get_aws)]
+
+
+def get_kick(request: Request) -> Kick:
+    kick: Kick = request.app.state.kick
+    return kick
+
+
+KickDep = Annotated[Kick, Depends(get_kick)]
 
 
 def get_tenant(

@@ -1,4 +1,5 @@
-"""Send pending chunks to RunPod, highest priority first, within the in-flight window."""
+"""Send pending chunks to RunPod, highest priority first, within the in-flight window (never
+below what keeps every warm worker's concurrency slots full while the breaker is closed)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def dispatch(ctx: TickContext, state: SchedulerState, *, running: int) -> Schedu
     """Fill the window: claim each chunk (a conditional transaction, so two ticks never send
     one chunk twice), presign its URLs and queue it on RunPod. An endpoint failure stops this
     tick's dispatching and gives the chunk back without spending one of its attempts."""
-    state, allowed = policy.admit(state, ctx.profile, now=ctx.now)
+    floor = policy.worker_floor(state, ctx.settings.worker_concurrency)
+    state, allowed = policy.admit(state, ctx.profile, now=ctx.now, floor=floor)
     room = allowed - running if state.breaker == "closed" else allowed
     if room <= 0:
         return state

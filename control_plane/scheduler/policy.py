@@ -2,7 +2,9 @@
 
 The state lives in one item (store/endpoint.py) that every tick reads once and writes once,
 conditioned on the version it read: two ticks at once cannot both move it, and the loser's
-changes are simply recomputed by the next tick.
+changes are simply recomputed by the next tick. Beside the window and the breaker it keeps the
+workers' measured throughput (an EWMA over chunk summaries) that sizes new batches' chunks
+(`control_plane/sizing.py`), and the warm workers RunPod last reported.
 """
 
 from __future__ import annotations
@@ -76,12 +78,33 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# Weight of the newest chunk in the throughput averages: about the last ten chunks count.
+THROUGHPUT_ALPHA = 0.2
+
+
 class SchedulerState(BaseModel):
     window: int
     breaker: Breaker = "closed"
     failures: int = 0  # consecutive endpoint failures
     opened_at: int = 0
     version: int = 0
+    workers: int = 0  # warm workers (idle + running) at the last RunPod /health read
+    # EWMAs of what one chunk brought: requests, tokens (prompt + completion) and the engine-busy
+    # seconds its worker reported. Their ratios are one worker's requests/s and tokens/s; a
+    # ratio of averages stays sane when one chunk reports almost no busy time (its neighbour on
+    # the worker took the busy seconds they shared).
+    ewma_requests: float = 0.0
+    ewma_tokens: float = 0.0
+    ewma_busy_s: float = 0.0
+
+    @property
+    def requests_per_s(self) -> float | None:
+        """One worker's measured requests per engine-busy second; None before any chunk."""
+        return self.ewma_requests / self.ewma_busy_s if self.ewma_busy_s > 0 else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.ewma_tokens / self.ewma_busy_s if self.ewma_busy_s > 0 else None
 
 
 def backoff_s(profile: Profile, attempt: int) -> int:
@@ -143,6 +166,33 @@ def on_endpoint_failure(state: SchedulerState, profile: Profile, *, now: int) ->
     return state.model_copy(update=update)
 
 
+def on_throughput(
+    state: SchedulerState, *, requests: int, tokens: int, busy_s: float
+) -> SchedulerState:
+    """Fold one finished chunk into the throughput averages (the first chunk seeds them)."""
+    if requests <= 0 or busy_s <= 0:
+        return state
+    if state.ewma_busy_s <= 0:
+        return state.model_copy(
+            update={"ewma_requests": requests, "ewma_tokens": tokens, "ewma_busy_s": busy_s}
+        )
+    a = THROUGHPUT_ALPHA
+    return state.model_copy(
+        update={
+            "ewma_requests": round((1 - a) * state.ewma_requests + a * requests, 3),
+            "ewma_tokens": round((1 - a) * state.ewma_tokens + a * tokens, 3),
+            "ewma_busy_s": round((1 - a) * state.ewma_busy_s + a * busy_s, 4),
+        }
+    )
+
+
+def worker_floor(state: SchedulerState, concurrency: int) -> int:
+    """Chunks in flight that keep every warm worker's `MAX_CONCURRENCY` slots full, so each
+    takes its next chunk while the current one drains (at least one worker's worth: RunPod
+    starts workers for queued jobs)."""
+    return concurrency * max(1, state.workers)
+
+
 def on_endpoint_success(state: SchedulerState) -> SchedulerState:
     return state.model_copy(update={"failures": 0, "breaker": "closed"})
 
@@ -155,13 +205,16 @@ def on_endpoint_answer(state: SchedulerState) -> SchedulerState:
     return state.model_copy(update={"failures": 0})
 
 
-def admit(state: SchedulerState, profile: Profile, *, now: int) -> tuple[SchedulerState, int]:
+def admit(
+    state: SchedulerState, profile: Profile, *, now: int, floor: int = 0
+) -> tuple[SchedulerState, int]:
     """How many new chunks this tick may send: none while open, one probe once the cooldown
-    has passed (half-open), the window otherwise (the caller subtracts what is in flight)."""
+    has passed (half-open), the window otherwise (the caller subtracts what is in flight).
+    A closed breaker allows at least `floor` (`worker_floor`), within the profile's maximum."""
     if state.breaker == "open":
         if now - state.opened_at < profile.breaker_cooldown_s:
             return state, 0
         return state.model_copy(update={"breaker": "half_open"}), 1
     if state.breaker == "half_open":
         return state, 1
-    return state, state.window
+    return state, max(state.window, min(floor, profile.window_max))

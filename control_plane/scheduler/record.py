@@ -50,7 +50,16 @@ def record_job(
             return "stale", state
         outcome = complete_chunk(ctx, chunk, summary, job=job)
         seconds = float(job.get("executionTime", 0)) / 1000 or summary.timings.total_s
-        return outcome, policy.on_success(state, ctx.profile, seconds=seconds)
+        state = policy.on_success(state, ctx.profile, seconds=seconds)
+        if outcome == "done":
+            state = policy.on_throughput(
+                state,
+                requests=summary.counts.total,
+                tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
+                # Workers older than the busy clock report only their chunk's engine phase.
+                busy_s=summary.timings.engine_busy_s or summary.timings.engine_s,
+            )
+        return outcome, state
     reason = f"{status}: {str(job.get('error') or '')[:500]}"
     return fail_chunk(ctx, chunk, reason, state)
 
@@ -93,6 +102,9 @@ def complete_chunk(
                 "finished_at": ctx.now,
                 "worker_id": summary.worker.worker_id,
                 "engine_s": summary.timings.engine_s,
+                "engine_busy_s": summary.timings.engine_busy_s,
+                "run_started_at": summary.timings.started_at,
+                "run_finished_at": summary.timings.finished_at,
             },
             batch_deltas={
                 "n_completed": summary.counts.completed,

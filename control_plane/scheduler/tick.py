@@ -1,6 +1,7 @@
 """One tick: collect results, settle batches, dispatch, keep workers hot.
 
-Run every minute by EventBridge Scheduler in AWS and every second or so by the local stack.
+Run every minute by EventBridge Scheduler in AWS and every second or so by the local stack, and
+kicked at once after a split and after each chunk result that arrives by webhook.
 Two ticks at once are safe (every move is a conditional write); a tick killed anywhere leaves
 state the next one finishes. Each chunk and each batch is one isolated step (`isolate.py`):
 what fails on one is logged and skipped, and the others move on.
@@ -39,7 +40,9 @@ def make_context(aws: Aws, *, now: int | None = None) -> TickContext:
     )
 
 
-def run_tick(ctx: TickContext) -> dict[str, Any]:
+def run_tick(ctx: TickContext, *, kicked: bool = False) -> dict[str, Any]:
+    """One tick. A kicked one (`control_plane/kick.py`) leaves keep-hot to the scheduled ticks,
+    so kicks add no pings and no health samples."""
     table = ctx.aws.table
     before = policy.load(table, ctx.profile)
     state = before
@@ -54,9 +57,12 @@ def run_tick(ctx: TickContext) -> dict[str, Any]:
     seen, settled = settle_all(ctx)
     running = len(chunk_store.in_flight(table))
     state = dispatch.dispatch(ctx, state, running=running)
-    keep_hot: dict[str, Any] = {}
-    with isolate.step(ctx, "keep hot", batch_id=None):
-        keep_hot = keephot.keep_hot(ctx, state)
+    keep_hot: dict[str, Any] = {"skipped": "kicked"}
+    if not kicked:
+        with isolate.step(ctx, "keep hot", batch_id=None):
+            keep_hot = keephot.keep_hot(ctx, state)
+    if isinstance(keep_hot.get("warm"), int):
+        state = state.model_copy(update={"workers": keep_hot["warm"]})  # for the next dispatch
     failures = isolate.close(ctx, seen)
     policy.save(table, before, state, now=ctx.now)
     report = {

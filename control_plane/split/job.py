@@ -44,7 +44,7 @@ def run_split(aws: Aws, batch_id: str) -> BatchItem:
         endpoint=item["endpoint"],
         limits=SplitLimits(
             max_requests=aws.settings.max_requests_per_batch,
-            chunk_max_requests=aws.settings.chunk_max_requests,
+            chunk_max_requests=item.get("chunk_requests") or aws.settings.chunk_max_requests,
             chunk_max_bytes=aws.settings.chunk_max_bytes,
         ),
     )

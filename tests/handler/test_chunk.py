@@ -10,6 +10,7 @@ import pytest
 
 from handler.chunk import process_chunk
 from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.pipeline import EngineGate
 from handler.transfer import TransferError
 from infra.blob_server import BlobServer
 from tests.support.chunks import read_lines, stage_chunk
@@ -32,10 +33,9 @@ async def run(
 ) -> ChunkSummary:
     return await process_chunk(
         job,
-        engine=engine,
+        gate=EngineGate(engine, kw.get("max_in_flight", 4096)),
         session=session,
         worker=WORKER,
-        max_in_flight=kw.get("max_in_flight", 4096),
         transfer_retries=kw.get("retries", 1),
     )
 

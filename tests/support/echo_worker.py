@@ -32,4 +32,5 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    runpod.serverless.start({"handler": handler})
+    concurrency = int(os.environ.get("ECHO_CONCURRENCY", "1"))
+    runpod.serverless.start({"handler": handler, "concurrency_modifier": lambda _: concurrency})

@@ -4,10 +4,8 @@ scheduler's tests run whole chunks through worker processes in seconds."""
 
 from __future__ import annotations
 
-import runpod
-
 from handler import logs
-from handler.main import handler, install
+from handler.main import install, serve
 from handler.runtime import start_runtime
 from handler.settings import WorkerSettings
 from tests.support.standin import StandinEngine, engine_factory
@@ -15,12 +13,11 @@ from tests.support.standin import StandinEngine, engine_factory
 
 def main() -> None:
     logs.configure()
-    runtime = start_runtime(
-        WorkerSettings(), engine_factory=engine_factory(StandinEngine.from_env())
-    )
+    settings = WorkerSettings()
+    runtime = start_runtime(settings, engine_factory=engine_factory(StandinEngine.from_env()))
     install(runtime)
     try:
-        runpod.serverless.start({"handler": handler})
+        serve(settings)
     finally:
         runtime.stop()
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Path, Query
 
 from control_plane import batches as batch_service
-from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.api.deps import AwsDep, KickDep, TenantDep
 from control_plane.api.openapi import errors
 from control_plane.metering.estimate import estimate_file
 from control_plane.models import (
@@ -30,10 +30,14 @@ After = Annotated[str | None, Query(max_length=64)]
 
 @router.post("/batches", responses=errors(404, 429, 503))
 def create_batch(
-    aws: AwsDep, tenant: TenantDep, body: CreateBatchBody, background: BackgroundTasks
+    aws: AwsDep,
+    tenant: TenantDep,
+    kick: KickDep,
+    body: CreateBatchBody,
+    background: BackgroundTasks,
 ) -> Batch:
     return batch_service.submit_batch(
-        aws, tenant_id=tenant, body=body, background=background.add_task
+        aws, tenant_id=tenant, body=body, background=background.add_task, kick=kick
     )
 
 

@@ -60,10 +60,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         tmp_path_factory.mktemp("faults"),
         workers=2,
         max_workers=3,
-        env={"STANDIN_EXIT_ON": POISON},
+        # One chunk per worker: a killed worker then takes exactly the chunk a test aims at
+        # down (at the default of 2 its neighbour would be retried too).
+        env={"STANDIN_EXIT_ON": POISON, "MAX_CONCURRENCY": "1"},
     )
     settings = {
         "chunk_max_requests": CHUNK,
+        "worker_concurrency": 1,
         "dispatch_profile": "aggressive",
         "keep_hot_schedule": "never",  # only chunk jobs reach the endpoint
     }

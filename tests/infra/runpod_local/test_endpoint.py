@@ -281,3 +281,35 @@ def test_batch_job_take_hands_out_a_list() -> None:
         assert requests.get(take, timeout=10).status_code == 204
     finally:
         local.stop()
+
+
+@pytest.mark.stack
+def test_a_worker_at_concurrency_two_takes_the_next_job_while_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK at `concurrency_modifier` 2 asks for two jobs at once (the batch job-take) and
+    then one more each time a job ends; the endpoint must hand them out while the worker still
+    holds a job, as RunPod does, so one worker runs two at a time."""
+    local = make_endpoint(
+        tmp_path, min_workers=1, max_workers=1, env={"ECHO_CONCURRENCY": "2"}, idle_timeout_s=30
+    )
+    try:
+        backend = local.backend
+        assert backend is not None
+        wait_for(lambda: backend.health()["workers"]["idle"] == 1, timeout=60)
+        monkeypatch.setattr(runpod, "endpoint_url_base", local.client_base_url)
+        sdk = client(local)
+        jobs = [sdk.run({"sleep": 1.5, "n": n}) for n in range(4)]
+        wait_for(lambda: backend.health()["jobs"]["inProgress"] == 2, timeout=10)
+        outputs = [job.output(timeout=30) for job in jobs]
+        assert [output["echo"]["n"] for output in outputs] == [0, 1, 2, 3]
+        assert {output["worker"] for output in outputs} == {"local-worker-1"}
+        states = [backend.get(job.job_id) for job in jobs]
+        starts = [state.started_at or 0.0 for state in states]
+        ends = [state.completed_at or 0.0 for state in states]
+        assert starts[1] < ends[0]  # the second job ran beside the first
+        # Two at a time: two rounds of 1.5 s (plus the SDK's 1 s pauses between takes), where
+        # one at a time needs four rounds and three pauses.
+        assert max(ends) - min(starts) < 5.5
+    finally:
+        local.stop()
