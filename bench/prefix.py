@@ -175,6 +175,11 @@ def hotbatch(
         assert stack.aws is not None
         chunks = chunk_store.list_chunks(stack.aws.table, batch_id=batch.id)
         usage = batch.usage
+        grouping = (
+            {"groups_per_chunk": sum(int(c.get("groups", 1)) for c in chunks) / len(chunks)}
+            if grouped
+            else {}  # the split computes no groups with grouping off
+        )
         return {
             "seconds": elapsed,
             "hit_rate": hit_rate(usage.input_tokens, usage.input_tokens_details.cached_tokens),
@@ -183,8 +188,8 @@ def hotbatch(
             "unique": float(len(set(answered))),
             "failed": float(batch.request_counts.failed if batch.request_counts else -1),
             "chunks": float(len(chunks)),
-            "groups_per_chunk": sum(int(c.get("groups", 1)) for c in chunks) / len(chunks),
             "engine_s": sum(float(c.get("engine_s", 0)) for c in chunks),
+            **grouping,
         }
     finally:
         stack.stop()
