@@ -41,19 +41,24 @@ def prefix_group(body: dict[str, Any]) -> str:
     and for completions, the first `HEAD_BYTES` of the prompt. Malformed bodies still get a
     group (the worker reports their errors), so grouping never fails a line.
     """
-    material: dict[str, Any] = {"model": body.get("model"), "tools": body.get("tools")}
+    digest = hashlib.blake2b(digest_size=GROUP_DIGEST_BYTES)
+    # A JSON array delimits itself, so the parts cannot run into each other.
+    digest.update(orjson.dumps([body.get("model"), body.get("tools")], option=orjson.OPT_SORT_KEYS))
+    digest.update(_shared_part(body))
+    return digest.hexdigest()
+
+
+def _shared_part(body: dict[str, Any]) -> bytes:
     messages = body.get("messages")
-    if isinstance(messages, list) and messages:
-        turn = _last_user_turn(messages)
-        if turn > 0:
-            material["messages"] = messages[:turn]
-        else:
-            first = messages[0]
-            material["head"] = _head(first.get("content") if isinstance(first, dict) else first)
-    else:
-        material["head"] = _head(body.get("prompt"))
-    key = orjson.dumps(material, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(key, digest_size=GROUP_DIGEST_BYTES).hexdigest()
+    if not isinstance(messages, list) or not messages:
+        return b"h" + orjson.dumps(body.get("prompt"))[:HEAD_BYTES]
+    turn = _last_user_turn(messages)
+    if turn > 0:
+        # Sorted keys: two spellings of one message render the same prompt.
+        return b"m" + orjson.dumps(messages[:turn], option=orjson.OPT_SORT_KEYS)
+    first = messages[0]
+    content = first.get("content") if isinstance(first, dict) else first
+    return b"h" + orjson.dumps(content)[:HEAD_BYTES]
 
 
 def _last_user_turn(messages: list[Any]) -> int:
@@ -63,10 +68,6 @@ def _last_user_turn(messages: list[Any]) -> int:
         if isinstance(message, dict) and message.get("role") == "user":
             return index
     return len(messages) - 1
-
-
-def _head(value: Any) -> str:
-    return orjson.dumps(value)[:HEAD_BYTES].decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class PackedChunk:
     groups: list[str]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Buffer:
     lines: list[bytes] = field(default_factory=list)
     numbers: array[int] = field(default_factory=lambda: array("q"))
@@ -88,7 +89,12 @@ class _Buffer:
     def take(self, count: int) -> tuple[list[bytes], int, int]:
         """Remove the first `count` lines; return them, the input line of the first and their
         size."""
-        lines, first = self.lines[:count], self.numbers[0]
+        first = self.numbers[0]
+        if count == len(self.lines):
+            lines, size = self.lines, self.size
+            self.lines, self.numbers, self.size = [], array("q"), 0
+            return lines, first, size
+        lines = self.lines[:count]
         del self.lines[:count], self.numbers[:count]
         size = sum(len(line) + 1 for line in lines)
         self.size -= size
