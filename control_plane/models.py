@@ -269,13 +269,18 @@ class CompleteUploadBody(BaseModel):
 
 class ChunkRef(BaseModel):
     """One chunk object the split (or a bisection, or a redrive) wrote: where it is, what it
-    holds, and the input line its first request came from."""
+    holds, the input line its first request came from, and its prefix group: `group`, the
+    first request's; `groups`, how many it holds; `group_order`, the number of the first chunk
+    led by the same group (the dispatch order; the chunk's own number when it leads)."""
 
     index: int
     key: str
     requests: int
     bytes: int
     first_line: int
+    group: str = ""
+    groups: int = 1
+    group_order: int | None = None
 
 
 class DeadLetter(BaseModel):

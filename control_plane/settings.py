@@ -189,6 +189,22 @@ class Settings(BaseSettings):
         ge=1024,
         description="HOTBATCH_CHUNK_MAX_BYTES: bytes per chunk (and the longest line).",
     )
+    split_group_by_prefix: bool = Field(
+        default=True,
+        description=(
+            "HOTBATCH_SPLIT_GROUP_BY_PREFIX: put requests that share a prompt prefix (system "
+            "prompt, leading messages) in the same chunks, so a worker's prefix cache serves "
+            "them; off cuts chunks in file order."
+        ),
+    )
+    split_group_buffer_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "HOTBATCH_SPLIT_GROUP_BUFFER_BYTES: input lines the split holds in prefix-group "
+            "buffers at most; past it the largest groups are cut into a chunk early."
+        ),
+    )
 
     # --- files ---
     inline_content_max_bytes: int = Field(

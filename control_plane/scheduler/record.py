@@ -226,7 +226,13 @@ def _bisect(ctx: TickContext, chunk: ChunkItem, reason: str) -> None:
             key=key,
             requests=len(part),
             bytes=size,
+            # Exact for a chunk cut from consecutive lines; a chunk of several prefix groups
+            # does not record its lines' numbers, and for its second half this is an estimate.
+            # Both halves stay in the parent's group, so they dispatch side by side.
             first_line=int(chunk["first_line"]) + offset * half,
+            group=chunk.get("group", ""),
+            groups=int(chunk.get("groups", 1)),
+            group_order=int(chunk.get("group_order", chunk["chunk_id"])),
         )
         children.append(
             chunk_store.chunk_item(

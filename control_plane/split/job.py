@@ -46,6 +46,8 @@ def run_split(aws: Aws, batch_id: str) -> BatchItem:
             max_requests=aws.settings.max_requests_per_batch,
             chunk_max_requests=item.get("chunk_requests") or aws.settings.chunk_max_requests,
             chunk_max_bytes=aws.settings.chunk_max_bytes,
+            group_by_prefix=aws.settings.split_group_by_prefix,
+            group_buffer_bytes=aws.settings.split_group_buffer_bytes,
         ),
     )
     log.info(

@@ -25,11 +25,12 @@ def chunk_item(
 ) -> ChunkItem:
     chunk_id = chunk_id_of(chunk.index)
     key = keys.chunk(batch_id, chunk.index)
+    group_order = chunk.index if chunk.group_order is None else chunk.group_order
     item: ChunkItem = {
         "pk": key["pk"],
         "sk": key["sk"],
         "gsi2pk": keys.PENDING_CHUNKS,
-        "gsi2sk": keys.pending_order(priority, batch_id, chunk_id),
+        "gsi2sk": keys.pending_order(priority, batch_id, chunk_id, group_order),
         "batch_id": batch_id,
         "chunk_id": chunk_id,
         "state": "pending",
@@ -39,6 +40,9 @@ def chunk_item(
         "requests": chunk.requests,
         "bytes": chunk.bytes,
         "first_line": chunk.first_line,
+        "group": chunk.group,
+        "groups": chunk.groups,
+        "group_order": group_order,
         "created_at": created_at,
     }
     if parent is not None:
@@ -73,7 +77,8 @@ def list_chunks(table: Table, *, batch_id: str, limit: int = 1_000_000) -> list[
 
 
 def pending(table: Table, *, limit: int) -> list[ChunkItem]:
-    """Chunks waiting for dispatch, highest priority first, then oldest batch, then number."""
+    """Chunks waiting for dispatch, highest priority first, then oldest batch, then one prefix
+    group's chunks after another (`keys.pending_order` says why)."""
     return _queue(table, keys.PENDING_CHUNKS, limit)
 
 
@@ -194,7 +199,12 @@ def release(
                     ":nb": not_before,
                     ":reason": reason[:1000],
                     ":queue": keys.PENDING_CHUNKS,
-                    ":order": keys.pending_order(priority, chunk["batch_id"], chunk["chunk_id"]),
+                    ":order": keys.pending_order(
+                        priority,
+                        chunk["batch_id"],
+                        chunk["chunk_id"],
+                        int(chunk.get("group_order", chunk["chunk_id"])),
+                    ),
                 },
             ),
             add_to_batch(table, chunk["batch_id"], {"chunks_in_flight": -1}),

@@ -76,6 +76,9 @@ class ChunkFields(TypedDict, total=False):
     requests: int
     bytes: int
     first_line: int
+    group: str  # the prefix group of the first request (a short hash; "" when ungrouped)
+    groups: int  # prefix groups the chunk holds, each contiguous
+    group_order: int  # the first chunk its group led: pending chunks sort by it
     created_at: int
     parent: str  # the chunk this half was bisected from
     children: list[str]

@@ -131,8 +131,14 @@ def listing_start(item_key: Key, tenant_id: str, kind: str, object_id: str) -> d
     return {**item_key, "gsi1pk": tenant_listing(tenant_id, kind), "gsi1sk": object_id}
 
 
-def pending_order(priority: str, batch_id: str, chunk_id: str) -> str:
-    return f"{PRIORITY_RANK[priority]}#{batch_id}#{chunk_id}"
+def pending_order(priority: str, batch_id: str, chunk_id: str, group_order: int) -> str:
+    """Priority, then the oldest batch, then its chunks group by group: `group_order` is the
+    number of the first chunk of the chunk's prefix group. RunPod cannot pin a job to a
+    worker, but a worker takes its endpoint's queue in order, so dispatching one group's chunks
+    back to back lets the worker that runs them reuse the group's cached prefix instead of
+    evicting it for another group's (the split numbers chunks as they fill, which interleaves
+    groups). Ungrouped chunks lead their own group and keep their number's order."""
+    return f"{PRIORITY_RANK[priority]}#{batch_id}#{group_order:05d}#{chunk_id}"
 
 
 def priority_prefix(priority: str) -> str:

@@ -303,6 +303,8 @@ def test_poison_request_is_bisected_into_a_dead_letter_and_the_rest_completes(
     assert dead["requests"] == 1 and dead["attempts"] == 1
     half = items[dead["parent"]]
     assert (half["state"], half["requests"], half["parent"]) == ("split", 2, "00000")
+    # The halves keep their parent's place in the queue (its prefix group's), not their number's.
+    assert {item["group_order"] for item in items.values() if "parent" in item} == {0}
     leaves = [item for item in items.values() if item["state"] == "done"]
     assert sum(int(item["requests"]) for item in leaves) == len(custom_ids) - 1
     # Every job that met the poison killed two workers: the endpoint's retry died as well.
