@@ -56,12 +56,19 @@ def record_job(
                 state,
                 requests=summary.counts.total,
                 tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
-                # Workers older than the busy clock report only their chunk's engine phase.
-                busy_s=summary.timings.engine_busy_s or summary.timings.engine_s,
+                busy_s=engine_seconds(summary),
             )
         return outcome, state
     reason = f"{status}: {str(job.get('error') or '')[:500]}"
     return fail_chunk(ctx, chunk, reason, state)
+
+
+def engine_seconds(summary: ChunkSummary) -> float:
+    """The engine time a chunk accounts for: its share of the worker's busy clock, so chunks
+    that overlap on one worker (pipelining) are not counted twice in a batch's engine time, its
+    cost or the measured throughput. Workers older than the busy clock report only their
+    chunk's engine phase."""
+    return summary.timings.engine_busy_s or summary.timings.engine_s
 
 
 def complete_chunk(
@@ -112,7 +119,7 @@ def complete_chunk(
                 "tok_input": summary.usage.prompt_tokens,
                 "tok_output": summary.usage.completion_tokens,
                 "tok_cached": summary.usage.cached_tokens,
-                "engine_s": summary.timings.engine_s,
+                "engine_s": engine_seconds(summary),
                 "chunks_open": -1,
                 "chunks_in_flight": -1,
             },
@@ -126,7 +133,7 @@ def complete_chunk(
     count("InputTokens", summary.usage.prompt_tokens)
     count("OutputTokens", summary.usage.completion_tokens)
     count("CachedTokens", summary.usage.cached_tokens)
-    seconds("ChunkEngineSeconds", summary.timings.engine_s)
+    seconds("ChunkEngineSeconds", engine_seconds(summary))
     seconds("ChunkLatencySeconds", ctx.now - int(chunk.get("dispatched_at", ctx.now)))
     log.info(
         "chunk done",
@@ -154,7 +161,7 @@ def _measure(
         "tok_input": summary.usage.prompt_tokens,
         "tok_output": summary.usage.completion_tokens,
         "tok_cached": summary.usage.cached_tokens,
-        "engine_s": summary.timings.engine_s,
+        "engine_s": engine_seconds(summary),
         "latency_s": latency,
         # RunPod's delayTime: waiting for a worker is not what a chunk costs on a free one.
         "queued_s": min(latency, float(job.get("delayTime") or 0) / 1000),

@@ -35,7 +35,9 @@ from tests.support.lines import CHAT, request_line
 PRICE = 3.6  # USD per worker-hour: one engine-second costs a thousandth of a dollar
 
 
-def summary(chunk: ChunkItem, *, engine_s: float, worker: str = "w1") -> ChunkSummary:
+def summary(
+    chunk: ChunkItem, *, engine_s: float, worker: str = "w1", busy_s: float = 0.0
+) -> ChunkSummary:
     return ChunkSummary(
         batch_id=chunk["batch_id"],
         chunk_id=chunk["chunk_id"],
@@ -44,7 +46,7 @@ def summary(chunk: ChunkItem, *, engine_s: float, worker: str = "w1") -> ChunkSu
         counts=ChunkCounts(total=10, completed=9, failed=1),
         usage=ChunkUsage(prompt_tokens=400, completion_tokens=100, cached_tokens=100),
         failures=[],
-        timings=ChunkTimings(engine_s=engine_s, total_s=engine_s + 1),
+        timings=ChunkTimings(engine_s=engine_s, total_s=engine_s + 1, engine_busy_s=busy_s),
         worker=WorkerIdentity(
             worker_id=worker,
             hostname="h",
@@ -119,6 +121,31 @@ def test_recorded_chunks_add_engine_time_once_and_fill_the_batch_figures(
     extra = client.get(f"/v1/batches/{batch_id}", headers=auth(key_a)).json()["hotbatch"]
     assert extra["engine_seconds"] == 8.5
     assert extra["eta_at"] <= now_s() + 1  # every request done: due as soon as it finalizes
+
+
+@pytest.mark.parametrize(
+    "settings", [{"gpu_price_per_hour": PRICE, "chunk_max_requests": 10}], indirect=True
+)
+def test_chunks_that_overlapped_on_a_worker_count_its_busy_clock_not_their_spans(
+    client: TestClient, aws: Aws, key_a: str
+) -> None:
+    """Two chunks pipelined on one worker each ran 6 s, over the same 7 s of engine time: the
+    batch's engine time and cost follow the worker's busy clock (3.5 s + 3.5 s), not 12 s."""
+    batch_id = running_batch(client, aws, key_a, 20)
+    start = now_s()
+    job = {"status": "COMPLETED", "delayTime": 0, "executionTime": 6000}
+    for number in (0, 1):
+        chunk = dispatched(aws, batch_id, number, at=start)
+        done = record.complete_chunk(
+            tick_context(aws, start + 7), chunk, summary(chunk, engine_s=6.0, busy_s=3.5), job=job
+        )
+        assert done == "done"
+    extra = client.get(f"/v1/batches/{batch_id}", headers=auth(key_a)).json()["hotbatch"]
+    assert extra["engine_seconds"] == 7.0
+    assert extra["cost_usd"] == pytest.approx(7.0 * PRICE / 3600)
+    measured = rates.aggregate(throughput_store.buckets_since(aws.table, since=start - 600))
+    # The worker's first chunk is its cold one; the warm one is measured at its busy share.
+    assert measured is not None and (measured.chunks, measured.engine_s) == (1, 3.5)
 
 
 def test_a_batch_without_a_price_has_no_cost_and_no_eta_before_anything_ran(
