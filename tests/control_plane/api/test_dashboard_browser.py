@@ -30,11 +30,10 @@ from control_plane.store import health as health_store
 from infra.stack import LocalStack, StackConfig, worker_pool
 from tests.support.browser import check_screenshot, start_chromium
 from tests.support.lines import CHAT, request_line
-from tests.support.stack import STANDIN_WORKER
+from tests.support.stack import REPO, STANDIN_WORKER
 
 pytestmark = pytest.mark.stack
 
-REPO = Path(__file__).resolve().parents[2]
 STANDIN = STANDIN_WORKER
 HISTORY_EVERY_S, HISTORY_SAMPLES = 300, 72  # six hours of a 5-minute tick, written below
 

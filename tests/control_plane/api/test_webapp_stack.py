@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -15,11 +14,10 @@ from openai import OpenAI
 from infra.stack import LocalStack, StackConfig, worker_pool
 from tests.support.lines import CHAT, jsonl
 from tests.support.receiver import Receiver
-from tests.support.stack import STANDIN_WORKER
+from tests.support.stack import REPO, STANDIN_WORKER
 
 pytestmark = pytest.mark.stack
 
-REPO = Path(__file__).resolve().parents[2]
 STANDIN = STANDIN_WORKER
 MiB = 1024 * 1024
 

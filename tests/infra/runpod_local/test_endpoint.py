@@ -30,7 +30,7 @@ def make_endpoint(tmp_path: Path, **pool: Any) -> LocalEndpoint:
         log_dir=tmp_path / "logs",
         work_dir=tmp_path / "workers",
         stop_grace_s=3.0,
-        env=worker_env(),
+        env=worker_env(**pool.pop("env", {})),
         **pool,
     )
     return LocalEndpoint(config=config, pool_config=pool_config).start()
@@ -299,7 +299,7 @@ def test_a_worker_at_concurrency_two_takes_the_next_job_while_one_runs(
         wait_for(lambda: backend.health()["workers"]["idle"] == 1, timeout=60)
         monkeypatch.setattr(runpod, "endpoint_url_base", local.client_base_url)
         sdk = client(local)
-        jobs = [sdk.run({"sleep": 1.5, "n": n}) for n in range(4)]
+        jobs = [sdk.run({"text": "standin-sleep=1.5", "n": n}) for n in range(4)]
         wait_for(lambda: backend.health()["jobs"]["inProgress"] == 2, timeout=10)
         outputs = [job.output(timeout=30) for job in jobs]
         assert [output["echo"]["n"] for output in outputs] == [0, 1, 2, 3]
