@@ -310,8 +310,8 @@ class EstimateBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    input_file_id: str
-    endpoint: str = "/v1/chat/completions"
+    input_file_id: Text
+    endpoint: BatchEndpoint = "/v1/chat/completions"
 
     @field_validator("endpoint")
     @classmethod

@@ -5,6 +5,7 @@ a process or listens on a port fails, naming the marker it needs."""
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 import threading
@@ -118,6 +119,10 @@ def _guarded_bind(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The openai SDK's platform headers ask `uname -p` once per process; asked here, before the
+    # guard is on, so that whichever fast test makes the first SDK call is not blamed for it.
+    platform.platform()
+    platform.processor()
     # Patched once for the session, not per test: module- and session-scoped fixtures start
     # their servers before any function-scoped fixture could patch anything.
     subprocess.Popen._execute_child = _guarded(  # type: ignore[attr-defined]

@@ -79,12 +79,19 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method of every route on this path: Starlette's own 405 names only the first
-    route's (GET /v1/files/{id} and DELETE /v1/files/{id} are two routes)."""
+    """Every method of every route with the path template the request was routed to:
+    Starlette's own 405 names only the first route's (GET /v1/files/{id} and DELETE
+    /v1/files/{id} are two routes). Other templates that also match the path do not count:
+    `/v1/batches/estimate` is not a `/v1/batches/{batch_id}`, whatever GET would do."""
     methods: set[str] = set()
+    template = None
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)  # PARTIAL: the path, another method
-        if match != Match.NONE:
+        if match == Match.NONE:
+            continue
+        path = getattr(route, "path_format", None)
+        template = path if template is None else template
+        if path == template:
             methods.update(getattr(route, "methods", None) or ())
     order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))

@@ -3,14 +3,36 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 # The event types hotbatch emits; `/v1/webhook_event_types` lists them and an endpoint may
 # subscribe to these only.
 BATCH_EVENT_TYPES = ("batch.completed", "batch.failed", "batch.expired", "batch.cancelled")
 EventType = Literal["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]
+# Checked by `_check_event_types` (its message lists the types); the document names them too.
+EventTypeName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(BATCH_EVENT_TYPES)})]
+# A URL events may go to unless the deployment allows private ones (the local stack): https, a
+# DNS name whose last label starts with a letter (so no address literal), an optional port,
+# printable ASCII after it. `notify/send.py` holds URLs to it and also refuses `*.localhost` and
+# names that resolve inside the network (checked again before every send), which no pattern says.
+PUBLIC_URL_PATTERN = (
+    r"^https://([A-Za-z0-9][A-Za-z0-9-]{0,62}\.)+[A-Za-z][A-Za-z0-9-]{0,62}"
+    r"(:[0-9]{1,5})?([/?#][!-~]*)?$"
+)
+WebhookUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=2048),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 2048,
+            "pattern": PUBLIC_URL_PATTERN,
+            "description": "An https URL on a public DNS name.",
+        }
+    ),
+]
 
 
 class EventData(BaseModel):
@@ -78,9 +100,9 @@ def _check_event_types(value: list[str]) -> list[str]:
 class CreateWebhookEndpointBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    event_types: list[str] = Field(min_length=1)
+    event_types: list[EventTypeName] = Field(min_length=1)
     name: str = Field(min_length=1, max_length=256)
-    url: str = Field(min_length=1, max_length=2048)
+    url: WebhookUrl
 
     @field_validator("event_types")
     @classmethod
@@ -91,9 +113,9 @@ class CreateWebhookEndpointBody(BaseModel):
 class UpdateWebhookEndpointBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    event_types: list[str] | None = Field(default=None, min_length=1)
+    event_types: list[EventTypeName] | None = Field(default=None, min_length=1)
     name: str | None = Field(default=None, min_length=1, max_length=256)
-    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    url: WebhookUrl | None = None
 
     @field_validator("event_types")
     @classmethod
@@ -110,7 +132,7 @@ class RotateSecretBody(BaseModel):
 class WebhookTestBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    event_type: str
+    event_type: EventTypeName
 
     @field_validator("event_type")
     @classmethod

@@ -10,6 +10,7 @@ listens on 127.0.0.1) unless `HOTBATCH_EVENT_WEBHOOK_PRIVATE_URLS` allows it (th
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from control_plane.notify.models import PUBLIC_URL_PATTERN
+
 USER_AGENT = "hotbatch-webhooks/1"
 RESPONSE_READ_MAX = 1024
 
+_PUBLIC_URL = re.compile(PUBLIC_URL_PATTERN)
 _http = urllib3.PoolManager(num_pools=32, maxsize=4, retries=False)
 
 
@@ -58,9 +62,12 @@ def check_url(url: str, *, allow_private: bool) -> str:
         try:
             address = ipaddress.ip_address(parts.hostname)
         except ValueError:
-            return url  # a name: checked when it is resolved
-        if not address.is_global:
+            address = None
+        if address is not None and not address.is_global:
             raise UnsafeUrl(f"the URL's host {address} is not a public address")
+        if not _PUBLIC_URL.fullmatch(url):
+            # Names only (checked when resolved), so a public address literal ends here too.
+            raise UnsafeUrl("the URL must be https://a.dns.name[:port][/path], in printable ASCII")
     return url
 
 

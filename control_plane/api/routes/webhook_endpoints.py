@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.api.openapi import errors
 from control_plane.models import CursorPage
 from control_plane.notify import endpoints as endpoint_service
 from control_plane.notify.models import (
@@ -24,6 +25,8 @@ from control_plane.notify.models import (
 
 router = APIRouter(tags=["webhooks"])
 
+EndpointId = Annotated[str, Path(max_length=64)]
+
 
 @router.post("/webhook_endpoints")
 def create_webhook_endpoint(
@@ -36,39 +39,42 @@ def create_webhook_endpoint(
 def list_webhook_endpoints(
     aws: AwsDep,
     tenant: TenantDep,
-    after: str | None = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> CursorPage[WebhookEndpoint]:
     return endpoint_service.list_endpoints(aws, tenant_id=tenant, limit=limit, after=after)
 
 
-@router.get("/webhook_endpoints/{webhook_endpoint_id}")
+@router.get("/webhook_endpoints/{webhook_endpoint_id}", responses=errors(404))
 def retrieve_webhook_endpoint(
-    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: str
+    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: EndpointId
 ) -> WebhookEndpoint:
     return endpoint_service.get_endpoint(aws, tenant_id=tenant, endpoint_id=webhook_endpoint_id)
 
 
-@router.post("/webhook_endpoints/{webhook_endpoint_id}")
+@router.post("/webhook_endpoints/{webhook_endpoint_id}", responses=errors(404))
 def update_webhook_endpoint(
-    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: str, body: UpdateWebhookEndpointBody
+    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: EndpointId, body: UpdateWebhookEndpointBody
 ) -> WebhookEndpoint:
     return endpoint_service.update_endpoint(
         aws, tenant_id=tenant, endpoint_id=webhook_endpoint_id, body=body
     )
 
 
-@router.delete("/webhook_endpoints/{webhook_endpoint_id}")
+@router.delete("/webhook_endpoints/{webhook_endpoint_id}", responses=errors(404))
 def delete_webhook_endpoint(
-    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: str
+    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: EndpointId
 ) -> DeletedWebhookEndpoint:
     endpoint_service.delete_endpoint(aws, tenant_id=tenant, endpoint_id=webhook_endpoint_id)
     return DeletedWebhookEndpoint(id=webhook_endpoint_id)
 
 
-@router.post("/webhook_endpoints/{webhook_endpoint_id}/rotate_secret")
+@router.post("/webhook_endpoints/{webhook_endpoint_id}/rotate_secret", responses=errors(404))
 def rotate_webhook_secret(
-    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: str, body: RotateSecretBody | None = None
+    aws: AwsDep,
+    tenant: TenantDep,
+    webhook_endpoint_id: EndpointId,
+    body: RotateSecretBody | None = None,
 ) -> WebhookEndpointWithSecret:
     return endpoint_service.rotate_secret(
         aws,
@@ -78,9 +84,9 @@ def rotate_webhook_secret(
     )
 
 
-@router.post("/webhook_endpoints/{webhook_endpoint_id}/test")
+@router.post("/webhook_endpoints/{webhook_endpoint_id}/test", responses=errors(404))
 def test_webhook_endpoint(
-    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: str, body: WebhookTestBody
+    aws: AwsDep, tenant: TenantDep, webhook_endpoint_id: EndpointId, body: WebhookTestBody
 ) -> WebhookEndpointTestResult:
     return endpoint_service.send_test_event(
         aws, tenant_id=tenant, endpoint_id=webhook_endpoint_id, event_type=body.event_type

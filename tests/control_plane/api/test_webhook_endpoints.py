@@ -123,6 +123,9 @@ def test_event_types_are_the_batch_events(client: TestClient, key_a: str) -> Non
         ("https://[::1]/h", list(BATCH_TYPES), "not a public address"),
         ("https://localhost:8443/h", list(BATCH_TYPES), "this machine"),
         ("https://user:pw@hooks.example.com/h", list(BATCH_TYPES), "credentials"),
+        ("https://8.8.8.8/h", list(BATCH_TYPES), "a.dns.name"),
+        ("https://hooks/h", list(BATCH_TYPES), "a.dns.name"),
+        ("https://hooks.example.com/caf\u00e9", list(BATCH_TYPES), "printable ASCII"),
     ],
 )
 def test_bad_endpoints_are_400s_naming_the_problem(
