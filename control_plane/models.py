@@ -1,4 +1,4 @@
-"""OpenAI's Files, Uploads and Batches objects, field for field, plus the request bodies.
+"""OpenAI's Files, Uploads, Batches and Model objects, field for field, plus the request bodies.
 
 The one place these shapes are written down: routes return these models, the store maps items
 onto them, and the `openai` SDK parses them with its own models in the integration test.
@@ -21,7 +21,12 @@ BatchStatus = Literal[
     "cancelled",
 ]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"failed", "completed", "expired", "cancelled"})
-SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+SUPPORTED_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+)
 Priority = Literal["high", "normal", "backfill"]
 
 T = TypeVar("T")
@@ -360,6 +365,20 @@ class BatchEstimate(BaseModel):
     cost_usd: float | None
     basis: EstimateBasis | None
     notes: list[str] = Field(default_factory=list)
+
+
+class Model(BaseModel):
+    """OpenAI's Model object (`GET /v1/models`): one model this deployment serves."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
 
 
 class ErrorDetail(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from control_plane.health.schedule import parse_schedule
@@ -26,6 +26,27 @@ LOCAL_ONLY = frozenset(
         "event_webhook_private_urls",
     }
 )
+
+
+class ModelRoute(BaseModel):
+    """One served model in `HOTBATCH_MODELS`: the RunPod endpoint that runs it and its kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the RunPod endpoint (default: HOTBATCH_RUNPOD_ENDPOINT_ID)",
+    )
+    kind: Literal["generate", "embed"] = Field(
+        default="generate",
+        description=(
+            "generate: /v1/chat/completions, /v1/completions, /v1/responses; embed: "
+            "/v1/embeddings (a worker with RUNNER=pooling)"
+        ),
+    )
+    created: int = Field(default=0, ge=0, description="the Model object's `created`")
+    owned_by: str = Field(default="hotbatch", description="the Model object's `owned_by`")
 
 
 class Settings(BaseSettings):
@@ -56,6 +77,17 @@ class Settings(BaseSettings):
     # --- RunPod and the tick ---
     runpod_endpoint_id: str = Field(
         default="local", description="HOTBATCH_RUNPOD_ENDPOINT_ID: the serverless endpoint."
+    )
+    models: dict[str, ModelRoute] = Field(
+        default_factory=dict,
+        description=(
+            'HOTBATCH_MODELS: the models this deployment serves, as JSON: `{"MODEL": '
+            '{"endpoint_id": "…", "kind": "generate" | "embed"}, …}` (the `model` '
+            "that request lines name, as the worker serves it). Each batch goes to its model's "
+            "endpoint; a line naming another model, or an endpoint the model's kind does not "
+            "serve, fails validation. Empty: one endpoint (HOTBATCH_RUNPOD_ENDPOINT_ID) serves "
+            "whatever model its workers load, and `/v1/models` lists nothing."
+        ),
     )
     runpod_base_url: str = Field(
         default="https://api.runpod.ai/v2",
@@ -260,6 +292,14 @@ class Settings(BaseSettings):
             "or loopback addresses (local stack only: in AWS that would reach inside the VPC)."
         ),
     )
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelRoute]) -> dict[str, ModelRoute]:
+        for name in value:
+            if not name.strip() or len(name) > 256:
+                raise ValueError(f"model name {name[:40]!r} must be 1-256 characters")
+        return value
 
     @field_validator("keep_hot_schedule")
     @classmethod

@@ -272,9 +272,13 @@ def _summarize(
 
 
 def _add_usage(total: ChunkUsage, usage: dict[str, Any]) -> None:
-    total.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-    total.completion_tokens += int(usage.get("completion_tokens") or 0)
-    details = usage.get("prompt_tokens_details") or {}
+    """Chat, completion and embedding usage (`prompt_tokens`, `completion_tokens`; embeddings
+    have no completion tokens) or the Responses API's (`input_tokens`, `output_tokens`)."""
+    total.prompt_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+    total.completion_tokens += int(
+        usage.get("completion_tokens") or usage.get("output_tokens") or 0
+    )
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     total.cached_tokens += int(details.get("cached_tokens") or 0)
 
 

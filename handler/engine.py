@@ -2,8 +2,11 @@
 
 It mirrors what `vllm/entrypoints/launchers/run_batch.py` does in vLLM 0.32: build the async
 engine client from `vllm serve` arguments, let `init_app_state` create the OpenAI serving
-objects, then call `create_chat_completion` / `create_completion` per request with no HTTP.
-Request parsing, validation, error statuses and response bodies are therefore vLLM's own.
+objects, then call them per request with no HTTP: `create_chat_completion`,
+`create_completion` and `create_responses` on a generate runner, the embedding serving object
+on a pooling runner (`RUNNER=pooling`). Request parsing, validation, error statuses and
+response bodies are therefore vLLM's own; an endpoint the runner does not serve gets vLLM's own
+501, as `vllm serve` answers it.
 
 `check_vllm_surface()` names everything used here; a test calls it so that an upgrade that
 moves any of it fails loudly instead of at the first chunk.
@@ -14,12 +17,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from handler.contract import error_body
 from handler.settings import WorkerSettings
@@ -47,6 +53,8 @@ VLLM_SURFACE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest", ()),
     ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest", ()),
+    ("vllm.entrypoints.openai.responses.protocol", "ResponsesRequest", ()),
+    ("vllm.entrypoints.pooling.embed.protocol", "EmbeddingRequest", ()),
     ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse", ()),
     ("vllm.entrypoints.serve", "create_error_response", ("message",)),
     ("vllm.usage.usage_lib", "UsageContext", ()),
@@ -63,7 +71,47 @@ VLLM_SURFACE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "OpenAIServingCompletion.create_completion",
         ("request", "raw_request"),
     ),
+    (
+        "vllm.entrypoints.openai.responses.serving",
+        "OpenAIServingResponses.create_responses",
+        ("request", "raw_request"),
+    ),
+    (
+        "vllm.entrypoints.pooling.embed.serving",
+        "ServingEmbedding.__call__",
+        ("request", "raw_request"),
+    ),
 )
+
+# endpoint -> (the `init_app_state` attribute serving it, its method; "" for a callable
+# object, the request model's module and name). vLLM sets an attribute to None (or leaves it
+# out) when the runner does not serve that endpoint.
+SERVING: dict[str, tuple[str, str, str, str]] = {
+    "/v1/chat/completions": (
+        "openai_serving_chat",
+        "create_chat_completion",
+        "vllm.entrypoints.openai.chat_completion.protocol",
+        "ChatCompletionRequest",
+    ),
+    "/v1/completions": (
+        "openai_serving_completion",
+        "create_completion",
+        "vllm.entrypoints.openai.completion.protocol",
+        "CompletionRequest",
+    ),
+    "/v1/responses": (
+        "openai_serving_responses",
+        "create_responses",
+        "vllm.entrypoints.openai.responses.protocol",
+        "ResponsesRequest",
+    ),
+    "/v1/embeddings": (
+        "serving_embedding",
+        "",
+        "vllm.entrypoints.pooling.embed.protocol",
+        "EmbeddingRequest",
+    ),
+}
 
 
 class EngineDead(Exception):
@@ -78,6 +126,14 @@ class Reply:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Route:
+    """How one endpoint reaches vLLM: its request model and the serving call."""
+
+    request_type: Any  # a pydantic TypeAdapter: some request types are unions
+    call: Callable[[Any, None], Awaitable[Any]]
+
+
 @dataclass
 class Engine:
     """A loaded engine and the serving objects built on it."""
@@ -87,10 +143,7 @@ class Engine:
     vllm_version: str
     load_seconds: float
     _client: Any = field(repr=False)
-    _chat: Any = field(repr=False)
-    _completion: Any = field(repr=False)
-    _chat_request: Any = field(repr=False)
-    _completion_request: Any = field(repr=False)
+    _routes: dict[str, Route] = field(repr=False)
     _error_response: Any = field(repr=False)
     _create_error_response: Any = field(repr=False)
 
@@ -98,22 +151,30 @@ class Engine:
     def dead(self) -> bool:
         return bool(self._client.errored)
 
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The batch endpoints this engine's runner serves."""
+        return tuple(self._routes)
+
     async def run(self, endpoint: str, body: dict[str, Any]) -> Reply:
         """Run one OpenAI request body through the serving layer for `endpoint`."""
-        chat = endpoint == "/v1/chat/completions"
-        request_type = self._chat_request if chat else self._completion_request
+        route = self._routes.get(endpoint)
         try:
-            request = request_type.model_validate(body)
-            if chat:
-                response = await self._chat.create_chat_completion(request, None)
-            else:
-                response = await self._completion.create_completion(request, None)
+            if route is None:
+                raise NotImplementedError(
+                    f"The model {self.served_model_name!r} does not serve {endpoint} on this "
+                    f"worker (it serves {', '.join(self._routes) or 'nothing'})."
+                )
+            request = route.request_type.validate_python(body)
+            response = _plain(await route.call(request, None))
         except Exception as exc:  # every failure becomes vLLM's error body
             if self.dead:
                 raise EngineDead(str(exc)) from exc
             response = self._create_error_response(exc)
             if getattr(response.error, "param", None) is None:
                 response.error.param = _validation_param(exc)
+        if isinstance(response, Reply):
+            return response
         if isinstance(response, self._error_response):
             return Reply(response.error.code, response.model_dump())
         if not hasattr(response, "model_dump"):
@@ -129,6 +190,33 @@ class Engine:
         return Reply(200, response.model_dump())
 
 
+def _plain(response: Any) -> Any:
+    """A starlette response (what the pooling serving objects return) as the Reply it holds;
+    anything else as it is."""
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes | memoryview) or hasattr(response, "model_dump"):
+        return response
+    try:
+        return Reply(int(response.status_code), json.loads(bytes(body)))
+    except ValueError:
+        # Only `encoding_format: bytes` answers raw bytes: OpenAI's API has no such format.
+        message = "encoding_format must be 'float' or 'base64' in batch requests."
+        return Reply(400, error_body(message, status=400, param="encoding_format"))
+
+
+def _routes(state: Any) -> dict[str, Route]:
+    """The endpoints `init_app_state` built serving objects for, on this runner."""
+    routes: dict[str, Route] = {}
+    for endpoint, (attribute, method, module, request_name) in SERVING.items():
+        serving = getattr(state, attribute, None)
+        if serving is None:
+            continue
+        call = getattr(serving, method) if method else serving
+        request_type = getattr(importlib.import_module(module), request_name)
+        routes[endpoint] = Route(request_type=TypeAdapter(request_type), call=call)
+    return routes
+
+
 def _validation_param(exc: Exception) -> str | None:
     errors = getattr(exc, "errors", None)
     if not callable(errors):
@@ -138,7 +226,8 @@ def _validation_param(exc: Exception) -> str | None:
         return ".".join(
             str(part)
             for part in first.get("loc", ())
-            if not str(part).startswith(("function-", "union["))
+            # a union's member names (EmbeddingCompletionRequest…) are no field of the body
+            if not str(part).startswith(("function-", "union[")) and not str(part)[:1].isupper()
         )
     return None
 
@@ -199,8 +288,6 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[Engine]:
     from starlette.datastructures import State
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.entrypoints.serve import create_error_response
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
     from vllm.usage.usage_lib import UsageContext
@@ -223,10 +310,7 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[Engine]:
             vllm_version=version,
             load_seconds=time.perf_counter() - started,
             _client=client,
-            _chat=state.openai_serving_chat,
-            _completion=state.openai_serving_completion,
-            _chat_request=ChatCompletionRequest,
-            _completion_request=CompletionRequest,
+            _routes=_routes(state),
             _error_response=ErrorResponse,
             _create_error_response=create_error_response,
         )
@@ -241,6 +325,7 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[Engine]:
             extra={
                 "model": engine.served_model_name,
                 "max_model_len": engine.max_model_len,
+                "endpoints": list(engine.endpoints),
                 "cold_start_s": round(engine.load_seconds, 2),
             },
         )

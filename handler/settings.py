@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +63,14 @@ class WorkerSettings(BaseSettings):
     max_num_seqs: int | None = Field(default=None, ge=1, description="MAX_NUM_SEQS")
     max_num_batched_tokens: int | None = Field(default=None, description="MAX_NUM_BATCHED_TOKENS")
     enforce_eager: bool = Field(default=False, description="ENFORCE_EAGER")
+    runner: Literal["auto", "generate", "pooling"] | None = Field(
+        default=None,
+        description=(
+            "RUNNER: vLLM's `--runner`. `pooling` serves /v1/embeddings (a generative "
+            "checkpoint is converted to an embedding model, last-token pooling); unset or "
+            "`generate`: chat, completions and responses."
+        ),
+    )
     enable_chunked_prefill: bool | None = Field(
         default=None,
         description="ENABLE_CHUNKED_PREFILL: vLLM's default when unset (off on the CPU build).",
@@ -150,6 +158,7 @@ class WorkerSettings(BaseSettings):
             "--kv-cache-dtype": self.kv_cache_dtype,
             "--max-num-seqs": self.max_num_seqs,
             "--max-num-batched-tokens": self.max_num_batched_tokens,
+            "--runner": self.runner,
             "--seed": self.seed,
             "--block-size": self.block_size,
             "--tool-call-parser": self.tool_call_parser,

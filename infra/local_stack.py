@@ -4,6 +4,11 @@ moto's server with the table and bucket from template.yaml, the control plane un
 with the tick every second, and the local RunPod endpoint with N real workers (`python -m
 handler` on vLLM's CPU build, the tiny generated model unless `--model`).
 
+With the tiny model (no `--model`) it serves two models, as a deployment with HOTBATCH_MODELS
+does: `tiny` (chat, completions, responses) on the endpoint `local` and `tiny-embed` (the same
+weights under vLLM's pooling runner: embeddings) on a second endpoint, `local-embed`, with one
+worker of its own. With `--model` one endpoint serves that model and no map is set.
+
 `up` stays in the foreground: once everything answers and every worker's engine has loaded it
 prints shell lines to `eval`, then `ready`, and stops everything on Ctrl-C or SIGTERM.
 `run` submits one batch file through the official openai SDK, shows its progress, writes the
@@ -39,6 +44,8 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 # The KV cache of CPU workers serving a model of your own (`--model`) when the shell sets no
 # KV_CACHE_MEMORY_BYTES; the tiny model's is `tiny_model.KV_CACHE_BYTES`.
 MODEL_KV_CACHE = "2G"
+TINY_CHAT = "tiny"
+TINY_EMBED = "tiny-embed"
 
 
 @dataclass
@@ -154,6 +161,17 @@ def _stack(args: LocalOptions, *, ports: bool) -> LocalStack:
         pool=pool,
         settings=settings,
     )
+    if args.model is None:
+        config.chat_model, config.embed_model = TINY_CHAT, TINY_EMBED
+        config.embed_pool = worker_pool(
+            workers=min(args.workers, 1),
+            max_workers=1,
+            idle_timeout_s=args.idle_timeout,
+            cold_start_delay_s=args.cold_start_delay,
+            env=_embed_env(args),
+            workdir=args.workdir,
+        )
+        config.embed_pool.id_prefix = "local-embed-worker"
     if ports:
         config.api_port, config.aws_port, config.runpod_port = (
             args.port,
@@ -176,12 +194,29 @@ def _worker_env(args: LocalOptions) -> dict[str, str]:
         from infra.tiny_model import KV_CACHE_BYTES, generate
 
         model = str(generate((args.workdir / "tiny-model").resolve()))
-        served = served or "tiny"
+        served = served or TINY_CHAT
         defaults.update({"MAX_MODEL_LEN": "512", "KV_CACHE_MEMORY_BYTES": KV_CACHE_BYTES})
     env = {key: value for key, value in defaults.items() if key not in os.environ}
     env["MODEL_NAME"] = model
     if served:
         env["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] = served
+    return env
+
+
+def _embed_env(args: LocalOptions) -> dict[str, str]:
+    """The embedding workers': the tiny model's weights under the pooling runner. Their KV cache
+    is sized on its own (a pooled request holds blocks only while its prompt is read)."""
+    from infra.tiny_model import EMBED_KV_CACHE_BYTES
+
+    env = _worker_env(args)
+    env.update(
+        {
+            "OPENAI_SERVED_MODEL_NAME_OVERRIDE": TINY_EMBED,
+            "RUNNER": "pooling",
+            "KV_CACHE_MEMORY_BYTES": EMBED_KV_CACHE_BYTES,
+            "MAX_NUM_SEQS": "64",
+        }
+    )
     return env
 
 
@@ -201,13 +236,22 @@ def _wait_ready(
     waiting out `timeout` would only hide the cause."""
     endpoint = stack.endpoint
     assert endpoint is not None and endpoint.backend is not None and endpoint.pool is not None
-    backend, pool = endpoint.backend, endpoint.pool
+    # Every endpoint's workers: the embedding endpoint's one beside the chat ones.
+    wanted = {
+        endpoint_id: (workers if endpoint_id == endpoint.config.endpoint_id else 1)
+        for endpoint_id, pool in endpoint.pools.items()
+        if endpoint_id == endpoint.config.endpoint_id or pool.config.min_workers
+    }
     deadline = time.monotonic() + timeout
     while not stop.is_set():
-        if backend.health()["workers"]["idle"] >= workers:
+        if all(
+            endpoint.backends[endpoint_id].health()["workers"]["idle"] >= count
+            for endpoint_id, count in wanted.items()
+        ):
             return True
-        if pool.failed_starts >= start_attempts:
-            failure = pool.start_failures[-1]
+        failed = [pool for pool in endpoint.pools.values() if pool.failed_starts >= start_attempts]
+        if failed:
+            failure = failed[0].start_failures[-1]
             log.error(
                 "a worker could not start",
                 extra={"worker_id": failure.worker_id, "code": failure.code},

@@ -22,6 +22,7 @@ from infra.local_control_plane import LOCAL_CREDENTIALS, LocalApi, LocalAws
 from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
 
 log = logging.getLogger("handler.local")
+EMBED_ENDPOINT_ID = "local-embed"
 
 
 @dataclass
@@ -37,6 +38,12 @@ class StackConfig:
     tick_interval_s: float | None = 1.0
     webhooks: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
+    # Served models (HOTBATCH_MODELS): `chat_model` on the endpoint of `pool`, `embed_model` on
+    # a second endpoint (`EMBED_ENDPOINT_ID`) with `embed_pool`'s workers. No chat model: no
+    # map, one endpoint serves any model, as a deployment without HOTBATCH_MODELS.
+    chat_model: str | None = None
+    embed_model: str | None = None
+    embed_pool: PoolConfig | None = None
 
 
 @dataclass
@@ -59,6 +66,7 @@ class LocalStack:
             config=EndpointConfig(api_key=config.runpod_api_key),
             pool_config=config.pool,
             port=config.runpod_port,
+            also=self._more_endpoints(),
         )
         self.api = LocalApi(app=None, port=config.api_port)
         self.api.reserve_port()
@@ -74,7 +82,11 @@ class LocalStack:
             public_url=self.api.url if config.webhooks else "",
             webhook_secret_value=secrets.token_hex(16) if config.webhooks else "",
             # Event webhooks to receivers on this machine (http, 127.0.0.1): local only.
-            **{"event_webhook_private_urls": True, **config.settings},
+            **{
+                "event_webhook_private_urls": True,
+                "models": self._models(),
+                **config.settings,
+            },
         )
         self.aws = Aws(settings)
         self.api_key = apikeys.create_key(
@@ -87,6 +99,24 @@ class LocalStack:
             self._ticker = threading.Thread(target=self._tick_loop, name="tick", daemon=True)
             self._ticker.start()
         return self
+
+    def _more_endpoints(self) -> list[tuple[EndpointConfig, PoolConfig | None]]:
+        config = self.config
+        if config.embed_model is None:
+            return []
+        endpoint = EndpointConfig(endpoint_id=EMBED_ENDPOINT_ID, api_key=config.runpod_api_key)
+        return [(endpoint, config.embed_pool)]
+
+    def _models(self) -> dict[str, dict[str, str]]:
+        config = self.config
+        models: dict[str, dict[str, str]] = {}
+        if config.chat_model is not None:
+            assert self.endpoint is not None
+            chat_endpoint = self.endpoint.config.endpoint_id
+            models[config.chat_model] = {"endpoint_id": chat_endpoint, "kind": "generate"}
+        if config.embed_model is not None:
+            models[config.embed_model] = {"endpoint_id": EMBED_ENDPOINT_ID, "kind": "embed"}
+        return models
 
     def tick(self, *, kicked: bool = False) -> dict[str, Any]:
         """One tick now (serialised with the background ticker, as the tests expect)."""

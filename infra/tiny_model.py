@@ -32,6 +32,9 @@ MAX_POSITIONS = 2048
 # (K, V) x 1 KV head x 64 x 2 bytes = 512 bytes, so 256 MiB holds 512K tokens: 1,024 sequences of
 # 512 tokens, more than the CPU scheduler runs at once.
 KV_CACHE_BYTES = "256M"
+# The KV cache of its embedding workers (RUNNER=pooling): a pooled request holds its blocks only
+# for its prefill, so 64 MiB (128K tokens) keeps 256 requests of 512 tokens in flight.
+EMBED_KV_CACHE_BYTES = "64M"
 
 _WORDS = (
     "the a batch request model token worker chunk engine answer question json score candidate "

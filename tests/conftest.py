@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from infra.blob_server import BlobServer
+from infra.tiny_model import EMBED_KV_CACHE_BYTES as TINY_EMBED_KV_CACHE_BYTES
 from infra.tiny_model import KV_CACHE_BYTES
-from tests.support.tiny import TINY_MAX_MODEL_LEN, TINY_MODEL_NAME
+from tests.support.tiny import TINY_EMBED_MODEL_NAME, TINY_MAX_MODEL_LEN, TINY_MODEL_NAME
 
 # An explicit KV cache for every worker the tests start (they inherit it): without one, vLLM's CPU
 # build sizes it from GPU_MEMORY_UTILIZATION of the node's memory and refuses to start unless that
@@ -52,6 +53,26 @@ def engine_runtime(tiny_model: Path) -> Iterator[object]:
         max_model_len=TINY_MAX_MODEL_LEN,
         max_num_seqs=256,
         kv_cache_memory_bytes=KV_CACHE_BYTES,
+    )
+    runtime = start_runtime(settings)
+    yield runtime
+    runtime.stop()
+
+
+@pytest.fixture(scope="session")
+def embed_runtime(tiny_model: Path) -> Iterator[object]:
+    """The same tiny model under vLLM's pooling runner (`RUNNER=pooling`), serving embeddings.
+    Embeddings keep no KV cache past their prefill, so a small one does."""
+    from handler.runtime import start_runtime
+    from handler.settings import WorkerSettings
+
+    settings = WorkerSettings(
+        model_name=str(tiny_model),
+        openai_served_model_name_override=TINY_EMBED_MODEL_NAME,
+        max_model_len=TINY_MAX_MODEL_LEN,
+        max_num_seqs=64,
+        kv_cache_memory_bytes=TINY_EMBED_KV_CACHE_BYTES,
+        runner="pooling",
     )
     runtime = start_runtime(settings)
     yield runtime

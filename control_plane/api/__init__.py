@@ -1,4 +1,4 @@
-"""The HTTP API: OpenAI's Files, Uploads, Batches and webhook endpoints and `/v1/health`
+"""The HTTP API: OpenAI's Files, Uploads, Batches, Models and webhook endpoints and `/v1/health`
 (`create_app`)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from control_plane.api.routes import (
     files,
     health,
     internal,
+    models,
     uploads,
     webhook_endpoints,
 )
@@ -38,7 +39,7 @@ def create_app(
     app.state.key_cache = {}
     errors.install(app)
     openapi.install(app, aws.settings)
-    for module in (files, uploads, batches, health, webhook_endpoints):
+    for module in (files, uploads, batches, models, health, webhook_endpoints):
         app.include_router(module.router, prefix="/v1")
     app.include_router(internal.router)
     app.include_router(dashboard.router)

@@ -3,7 +3,7 @@ the batches that something failed on during this tick (`isolate.py`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from control_plane import webhooks
 from control_plane.aws import Aws
@@ -25,6 +25,17 @@ class TickContext:
     # batch id -> what failed on it during this tick (isolate.step fills it, isolate.close
     # counts it on the batch item)
     failures: dict[str, str] = field(default_factory=dict)
+    # endpoint id -> a client for it, beside `runpod` (the default endpoint's)
+    _clients: dict[str, RunPodClient] = field(default_factory=dict, repr=False)
+
+    def runpod_for(self, endpoint_id: str | None) -> RunPodClient:
+        """The client of `endpoint_id` (`HOTBATCH_MODELS` routes models to several endpoints);
+        None or the default endpoint: `runpod` itself."""
+        if not endpoint_id or endpoint_id == self.runpod.endpoint_id:
+            return self.runpod
+        if endpoint_id not in self._clients:
+            self._clients[endpoint_id] = replace(self.runpod, endpoint_id=endpoint_id)
+        return self._clients[endpoint_id]
 
     @property
     def settings(self) -> Settings:

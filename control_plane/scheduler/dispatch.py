@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from control_plane import routing
 from control_plane.layout import error_key, output_key
 from control_plane.models import TERMINAL_STATUSES
 from control_plane.observability import count
@@ -61,12 +62,15 @@ def _dispatch_chunk(
         return False, None
     if batch["status"] != "in_progress":
         return False, None  # cancelling or finalizing: the finalizer settles its chunks
+    # Before the claim: a model the map no longer routes leaves the chunk pending, and the
+    # tick's isolation counts the error on its batch (which fails if it lasts).
+    endpoint_id = routing.endpoint_for(ctx.settings, batch.get("model"))
     try:
         claimed = chunk_store.claim(table, chunk, lease_until=ctx.now + ctx.lease_s(), now=ctx.now)
     except TransactionConflict:
         return False, None  # another tick took it, or the batch just stopped
     try:
-        job_id = ctx.runpod.run(
+        job_id = ctx.runpod_for(endpoint_id).run(
             _job_input(ctx, claimed, batch).model_dump(),
             webhook=ctx.webhook_url(claimed["batch_id"], claimed["chunk_id"], claimed["attempts"]),
             execution_timeout_s=ctx.profile.execution_timeout_s,
@@ -89,7 +93,7 @@ def _dispatch_chunk(
         # unspent and the tick's isolation logs and counts the failure on its batch.
         _give_back(ctx, claimed, batch, "dispatch error")
         raise
-    chunk_store.set_job(table, claimed, job_id)
+    chunk_store.set_job(table, claimed, job_id, endpoint_id=endpoint_id)
     count("ChunksDispatched")
     log.info(
         "chunk dispatched",
@@ -98,6 +102,7 @@ def _dispatch_chunk(
             "chunk_id": claimed["chunk_id"],
             "attempt": claimed["attempts"],
             "job_id": job_id,
+            "endpoint_id": endpoint_id,
             "requests": claimed["requests"],
         },
     )

@@ -104,7 +104,7 @@ def stop_chunk(ctx: TickContext, chunk: ChunkItem, *, to: str) -> None:
         if _recorded_if_finished(ctx, chunk):
             return  # finished before the stop: its results are kept, like any other
         try:
-            ctx.runpod.cancel(chunk["job_id"])
+            ctx.runpod_for(chunk.get("runpod_endpoint_id")).cancel(chunk["job_id"])
         except (EndpointError, JobGone) as exc:
             # The job may have finished or gone; its late result fails the chunk's condition.
             log.info("cancel of a job failed", extra={"job_id": chunk["job_id"], "error": str(exc)})
@@ -128,7 +128,7 @@ def stop_chunk(ctx: TickContext, chunk: ChunkItem, *, to: str) -> None:
 def _recorded_if_finished(ctx: TickContext, chunk: ChunkItem) -> bool:
     """A job that completed while its webhook is still on the way is recorded, not dropped."""
     try:
-        job = ctx.runpod.status(chunk["job_id"])
+        job = ctx.runpod_for(chunk.get("runpod_endpoint_id")).status(chunk["job_id"])
     except (EndpointError, JobGone):
         return False
     if job.get("status") != "COMPLETED":

@@ -115,7 +115,7 @@ def poll_chunk(
     if ctx.webhooks and not lease_over:
         return "running", state
     try:
-        job = ctx.runpod.status(job_id)
+        job = ctx.runpod_for(chunk.get("runpod_endpoint_id")).status(job_id)
     except JobGone:
         return record.fail_chunk(ctx, chunk, f"RunPod no longer knows job {job_id}", state)
     except EndpointError as exc:
@@ -125,7 +125,7 @@ def poll_chunk(
     outcome, state = record.record_job(ctx, chunk, job, state)
     if outcome == "running" and lease_over:
         try:
-            ctx.runpod.cancel(job_id)
+            ctx.runpod_for(chunk.get("runpod_endpoint_id")).cancel(job_id)
         except (EndpointError, JobGone):
             pass  # it is being failed either way; a late result no longer matches
         return record.fail_chunk(

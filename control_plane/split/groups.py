@@ -37,9 +37,10 @@ def prefix_group(body: dict[str, Any]) -> str:
     """A short hash of the part of the prompt that requests of one group share.
 
     Chat: the messages before the last user turn (system prompt, few-shot turns), with the
-    model and the tools (chat templates render tools into the prompt). Without such messages,
-    and for completions, the first `HEAD_BYTES` of the prompt. Malformed bodies still get a
-    group (the worker reports their errors), so grouping never fails a line.
+    model and the tools (chat templates render tools into the prompt); Responses: its
+    `instructions`, else its input items as chat messages. Without such messages, and for
+    completions and embeddings, the first `HEAD_BYTES` of the prompt or input. Malformed
+    bodies still get a group (the worker reports their errors), so grouping never fails a line.
     """
     digest = hashlib.blake2b(digest_size=GROUP_DIGEST_BYTES)
     # A JSON array delimits itself, so the parts cannot run into each other.
@@ -49,9 +50,15 @@ def prefix_group(body: dict[str, Any]) -> str:
 
 
 def _shared_part(body: dict[str, Any]) -> bytes:
+    if "instructions" in body:
+        # A Responses request's system prompt leads its prompt, whatever its input.
+        return b"i" + orjson.dumps(body["instructions"])
     messages = body.get("messages")
+    if not isinstance(messages, list) and isinstance(body.get("input"), list):
+        messages = body["input"]  # Responses input items read as chat messages do
     if not isinstance(messages, list) or not messages:
-        return b"h" + orjson.dumps(body.get("prompt"))[:HEAD_BYTES]
+        # A completion's prompt, an embedding's or a Responses request's text input.
+        return b"h" + orjson.dumps(body.get("prompt", body.get("input")))[:HEAD_BYTES]
     turn = _last_user_turn(messages)
     if turn > 0:
         # Sorted keys: two spellings of one message render the same prompt.

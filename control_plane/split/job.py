@@ -8,11 +8,14 @@ only the run whose conditional `validating → in_progress` wins moves the batch
 
 from __future__ import annotations
 
+import functools
 import logging
 
+from control_plane import routing
 from control_plane.aws import Aws
 from control_plane.errors import LimitExceeded, NotFound, StateConflict
 from control_plane.ids import now_s
+from control_plane.settings import Settings
 from control_plane.split.stream import SplitError, SplitLimits, SplitResult, split_s3_object
 from control_plane.store import BatchItem
 from control_plane.store import batches as batch_store
@@ -49,6 +52,7 @@ def run_split(aws: Aws, batch_id: str) -> BatchItem:
             group_by_prefix=aws.settings.split_group_by_prefix,
             group_buffer_bytes=aws.settings.split_group_buffer_bytes,
         ),
+        check_model=functools.partial(_check_model, aws.settings, endpoint=item["endpoint"]),
     )
     log.info(
         "split done",
@@ -102,6 +106,10 @@ def _start(aws: Aws, item: BatchItem, result: SplitResult) -> BatchItem:
         if current["status"] == "cancelling" and not current.get("in_progress_at"):
             return _cancel_before_start(aws, current)
         return current  # another run of this split won
+
+
+def _check_model(settings: Settings, model: object, *, endpoint: str) -> tuple[str, str] | None:
+    return routing.check_line(settings, model=model, endpoint=endpoint)
 
 
 def _fail(aws: Aws, item: BatchItem, errors: list[SplitError]) -> BatchItem:

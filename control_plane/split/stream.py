@@ -34,6 +34,9 @@ UPLOAD_THREADS = 4
 UPLOADS_IN_FLIGHT = 8
 MAX_REPORTED_ERRORS = 100
 
+# (code, message) when a line's model cannot serve the batch's endpoint (`routing.check_line`).
+ModelCheck = Callable[[object], tuple[str, str] | None]
+
 
 class SplitLimits(BaseModel):
     max_requests: int = Field(default=50_000, ge=1, description="requests per batch")
@@ -87,9 +90,10 @@ def split_lines(
     endpoint: str,
     limits: SplitLimits,
     write_chunk: Callable[[ChunkRef, bytes], None],
+    check_model: ModelCheck | None = None,
 ) -> SplitResult:
     """Validate `lines`; hand each full chunk to `write_chunk` (none once an error is seen)."""
-    state = _State(batch_id, endpoint, limits, write_chunk)
+    state = _State(batch_id, endpoint, limits, write_chunk, check_model)
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -100,7 +104,14 @@ def split_lines(
 
 
 def split_s3_object(
-    s3: Any, *, bucket: str, key: str, batch_id: str, endpoint: str, limits: SplitLimits
+    s3: Any,
+    *,
+    bucket: str,
+    key: str,
+    batch_id: str,
+    endpoint: str,
+    limits: SplitLimits,
+    check_model: ModelCheck | None = None,
 ) -> SplitResult:
     """Stream `s3://bucket/key` and write chunk objects beside it under `batches/{batch_id}/`.
 
@@ -131,6 +142,7 @@ def split_s3_object(
                 endpoint=endpoint,
                 limits=limits,
                 write_chunk=write,
+                check_model=check_model,
             )
             for upload in pending:
                 upload.result()  # an upload that failed fails the split (and its retry redoes it)
@@ -146,9 +158,11 @@ class _State:
         endpoint: str,
         limits: SplitLimits,
         write_chunk: Callable[[ChunkRef, bytes], None],
+        check_model: ModelCheck | None,
     ) -> None:
         self.batch_id, self.endpoint, self.limits = batch_id, endpoint, limits
         self.write_chunk = write_chunk
+        self.check_model = check_model
         self.seen: set[int] = set()
         self.requests = 0
         self.errors: list[SplitError] = []
@@ -292,6 +306,30 @@ class _State:
                 param="custom_id",
             )
         self.seen.add(digest)
-        if self.model is None and isinstance(request["body"].get("model"), str):
-            self.model = request["body"]["model"]  # OpenAI reports one model per batch
+        return self._check_model(number, request["body"].get("model"))
+
+    def _check_model(self, number: int, model: object) -> SplitError | None:
+        """One model per batch file, as OpenAI requires (its chunks go to one endpoint), and
+        one this deployment serves for the batch's endpoint."""
+        if self.check_model is not None:
+            refused = self.check_model(model)
+            if refused is not None:
+                code, message = refused
+                return SplitError(
+                    code=code, line=number, message=f"Line {number}: {message}", param="body.model"
+                )
+        if not isinstance(model, str):
+            return None  # no map: the worker's default model answers (or refuses) it
+        if self.model is None:
+            self.model = model
+        elif model != self.model:
+            return SplitError(
+                code="mismatched_model",
+                line=number,
+                message=(
+                    f"Line {number}: model {model!r} differs from {self.model!r} on an earlier "
+                    "line; a batch file holds requests for one model."
+                ),
+                param="body.model",
+            )
         return None

@@ -161,13 +161,19 @@ def tries(chunk: ChunkItem) -> int:
     return int(chunk["attempts"]) - int(chunk.get("refunds", 0))
 
 
-def set_job(table: Table, chunk: ChunkItem, job_id: str) -> None:
+def set_job(table: Table, chunk: ChunkItem, job_id: str, *, endpoint_id: str) -> None:
+    """Record the RunPod job (and the endpoint it runs on: status and cancel must ask that one)."""
     table.update(
         keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
-        "SET job_id = :job",
+        "SET job_id = :job, runpod_endpoint_id = :endpoint",
         condition="#state = :dispatched AND attempts = :attempt",
         names={"#state": "state"},
-        values={":job": job_id, ":dispatched": "dispatched", ":attempt": chunk["attempts"]},
+        values={
+            ":job": job_id,
+            ":endpoint": endpoint_id,
+            ":dispatched": "dispatched",
+            ":attempt": chunk["attempts"],
+        },
     )
 
 

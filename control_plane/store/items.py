@@ -87,6 +87,7 @@ class ChunkFields(TypedDict, total=False):
     lease_until: int
     dispatched_at: int
     job_id: str
+    runpod_endpoint_id: str  # the endpoint its job was sent to (absent: the default one)
     output_key: str
     error_key: str
     completed: int

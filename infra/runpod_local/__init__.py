@@ -4,6 +4,9 @@ endpoint = LocalEndpoint(pool=PoolConfig(max_workers=2)).start()
 runpod.endpoint_url_base = endpoint.client_base_url      # ends in /v2
 runpod.Endpoint("local", api_key=endpoint.api_key).run_sync({"action": "health"})
 endpoint.stop()
+
+`also` serves more endpoints from the same server (each with its id, API key, worker token and
+pool), as one RunPod account holds several: `backends` and `pools` hold every endpoint's, by id.
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ class LocalEndpoint:
     config: EndpointConfig = field(default_factory=EndpointConfig)
     pool_config: PoolConfig | None = None
     port: int = 0
+    also: list[tuple[EndpointConfig, PoolConfig | None]] = field(default_factory=list)
     backend: EndpointBackend | None = None
     pool: WorkerPool | None = None
+    backends: dict[str, EndpointBackend] = field(default_factory=dict)
+    pools: dict[str, WorkerPool] = field(default_factory=dict)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
+    _faults_app: web.Application | None = None
 
     @property
     def base_url(self) -> str:
@@ -50,16 +57,18 @@ class LocalEndpoint:
     def api_key(self) -> str:
         return self.config.api_key
 
-    def worker_urls(self) -> dict[str, str]:
-        """The RUNPOD_WEBHOOK_* values a runpod SDK worker needs to serve this endpoint."""
-        root = f"{self.client_base_url}/{self.config.endpoint_id}"
-        token = f"token={self.config.worker_token}"
+    def worker_urls(self, config: EndpointConfig | None = None) -> dict[str, str]:
+        """The RUNPOD_WEBHOOK_* values a runpod SDK worker needs to serve this endpoint (or
+        `config`'s, one of `also`)."""
+        config = config or self.config
+        root = f"{self.client_base_url}/{config.endpoint_id}"
+        token = f"token={config.worker_token}"
         return {
             "RUNPOD_WEBHOOK_GET_JOB": f"{root}/job-take/$ID?{token}",
             "RUNPOD_WEBHOOK_POST_OUTPUT": f"{root}/job-done/$RUNPOD_POD_ID/$ID?{token}",
             "RUNPOD_WEBHOOK_POST_STREAM": f"{root}/job-stream/$RUNPOD_POD_ID/$ID?{token}",
             "RUNPOD_WEBHOOK_PING": f"{root}/ping/$RUNPOD_POD_ID?{token}",
-            "RUNPOD_AI_API_KEY": self.config.worker_token,
+            "RUNPOD_AI_API_KEY": config.worker_token,
         }
 
     def reserve_port(self) -> int:
@@ -97,28 +106,49 @@ class LocalEndpoint:
         return self
 
     async def _open(self) -> None:
-        self.backend = EndpointBackend(endpoint_id=self.config.endpoint_id)
-        if self.pool_config is not None:
-            self.pool = WorkerPool(self.backend, self.pool_config, self.worker_urls())
-        on_tick = self.pool.reconcile if self.pool is not None else None
-        self._runner = web.AppRunner(create_app(self.backend, self.config, on_tick))
+        endpoints = [(self.config, self.pool_config), *self.also]
+        apps = [
+            self._endpoint_app(config, pool, mounted=bool(self.also)) for config, pool in endpoints
+        ]
+        self.backend = self.backends[self.config.endpoint_id]
+        self.pool = self.pools.get(self.config.endpoint_id)
+        app = apps[0]
+        if self.also:
+            # One server, one sub-application per endpoint at its own prefix.
+            app = web.Application()
+            for (config, _), sub in zip(endpoints, apps, strict=True):
+                app.add_subapp(f"/v2/{config.endpoint_id}", sub)
+        self._faults_app = apps[0]
+        self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def _endpoint_app(
+        self, config: EndpointConfig, pool_config: PoolConfig | None, *, mounted: bool
+    ) -> web.Application:
+        backend = EndpointBackend(endpoint_id=config.endpoint_id)
+        self.backends[config.endpoint_id] = backend
+        on_tick = None
+        if pool_config is not None:
+            pool = WorkerPool(backend, pool_config, self.worker_urls(config))
+            self.pools[config.endpoint_id] = pool
+            on_tick = pool.reconcile
+        return create_app(backend, config, on_tick, **({"base": ""} if mounted else {}))
 
     async def _close(self) -> None:
         # The server first (its cleanup stops housekeeping, which would scale the pool back up),
         # then the workers.
         if self._runner is not None:
             await self._runner.cleanup()
-        if self.pool is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
+        for pool in self.pools.values():
+            await asyncio.get_running_loop().run_in_executor(None, pool.close)
 
     def inject_fault(
         self, *, seconds: float, status: int | None = None, delay_s: float = 0.0
     ) -> None:
         """Make the client API answer `status` (or answer late) for the next `seconds`."""
-        assert self._runner is not None
-        faults = self._runner.app[FAULTS]
+        assert self._faults_app is not None
+        faults = self._faults_app[FAULTS]
         faults.status, faults.delay_s = status, delay_s
         faults.until = time.monotonic() + seconds
 

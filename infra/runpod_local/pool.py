@@ -41,6 +41,8 @@ class PoolConfig:
     restart_backoff_max_s: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
+    # Worker ids (RUNPOD_POD_ID, log and directory names): distinct per pool sharing a workdir.
+    id_prefix: str = "local-worker"
     # Each worker runs in its own directory: the runpod SDK keeps its jobs-in-progress state in
     # `.runpod_jobs.pkl` in the working directory, so workers sharing one would see each other's
     # jobs (one killed mid-job would block every later worker). On RunPod each has a container.
@@ -96,7 +98,7 @@ class WorkerPool:
             self.spawn()
 
     def spawn(self) -> str:
-        worker_id = f"local-worker-{next(self._ids)}"
+        worker_id = f"{self.config.id_prefix}-{next(self._ids)}"
         command = list(self.config.command)
         if self.config.cold_start_delay_s > 0:
             command = ["/bin/sh", "-c", f'sleep {self.config.cold_start_delay_s}; exec "$0" "$@"']

@@ -73,7 +73,11 @@ def create_app(
     backend: EndpointBackend,
     config: EndpointConfig,
     on_tick: Callable[[], Awaitable[None]] | None = None,
+    *,
+    base: str = "/v2/{endpoint_id}",
 ) -> web.Application:
+    """The endpoint's app. `base=""` makes it a sub-application mounted at `/v2/{its id}` beside
+    other endpoints on one server (`LocalEndpoint(also=…)`)."""
     faults = Faults()
     limiter = _RateLimiter(config.rate_limit_per_s)
     app = web.Application(
@@ -83,7 +87,6 @@ def create_app(
     app[FAULTS] = faults
     client = _Client(backend, config)
     worker = _WorkerFace(backend, config)
-    base = "/v2/{endpoint_id}"
     app.add_routes(
         [
             web.post(f"{base}/run", client.run),
@@ -157,8 +160,10 @@ class _RateLimiter:
 
 
 def _check_endpoint(request: web.Request, config: EndpointConfig) -> None:
-    if request.match_info["endpoint_id"] != config.endpoint_id:
-        raise EndpointNotFound(request.match_info["endpoint_id"])
+    # Mounted at its own prefix, the app has no {endpoint_id} in its routes: the prefix matched.
+    endpoint_id = request.match_info.get("endpoint_id", config.endpoint_id)
+    if endpoint_id != config.endpoint_id:
+        raise EndpointNotFound(endpoint_id)
 
 
 class _Client:

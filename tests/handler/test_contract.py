@@ -31,7 +31,7 @@ def test_health_job_parses_by_action() -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        {"endpoint": "/v1/embeddings"},
+        {"endpoint": "/v1/moderations"},
         {"attempt": 0},
         {"input_url": ""},
         {"unexpected": 1},

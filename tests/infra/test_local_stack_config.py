@@ -58,3 +58,27 @@ def test_start_attempts_default_to_one_and_ready_timeout_stays(
     defaults: Any = seen[0]
     assert defaults.start_attempts == 1 and defaults.ready_timeout == 900.0
     assert seen[1].start_attempts == 3
+
+
+def test_the_tiny_stack_serves_a_chat_and_an_embedding_model_on_two_endpoints(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tiny_model, "generate", lambda directory: directory)
+    stack, chat_env = local_stack.planned(LocalOptions(workdir=tmp_path, workers=2))
+    config = stack.config
+    assert (config.chat_model, config.embed_model) == ("tiny", "tiny-embed")
+    assert config.embed_pool is not None and config.embed_pool.min_workers == 1
+    assert config.embed_pool.max_workers == 1
+    assert config.embed_pool.id_prefix != config.pool.id_prefix  # one workdir, distinct ids
+    embed_env = config.embed_pool.env
+    assert embed_env["RUNNER"] == "pooling" and "RUNNER" not in chat_env
+    assert embed_env["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] == "tiny-embed"
+    assert embed_env["MODEL_NAME"] == chat_env["MODEL_NAME"]  # the same generated weights
+    assert embed_env["KV_CACHE_MEMORY_BYTES"] == tiny_model.EMBED_KV_CACHE_BYTES
+    assert chat_env["KV_CACHE_MEMORY_BYTES"] == tiny_model.KV_CACHE_BYTES
+
+
+def test_a_model_of_your_own_runs_on_one_endpoint_without_a_model_map(clean_env: None) -> None:
+    stack, _ = local_stack.planned(LocalOptions(model="/models/m", served_model_name="m"))
+    assert stack.config.embed_pool is None and stack.config.embed_model is None
+    assert stack._models() == {}

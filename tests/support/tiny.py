@@ -6,3 +6,5 @@ from typing import Final
 
 TINY_MODEL_NAME: Final = "tiny"
 TINY_MAX_MODEL_LEN: Final = 512
+# The same generated model under vLLM's pooling runner, served for /v1/embeddings.
+TINY_EMBED_MODEL_NAME: Final = "tiny-embed"

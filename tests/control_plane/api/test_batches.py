@@ -171,8 +171,8 @@ def test_metadata_beyond_openais_limits_is_a_400(
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("endpoint", "/v1/embeddings"),
-        ("endpoint", "/v1/responses"),
+        ("endpoint", "/v1/moderations"),
+        ("endpoint", "/v1/audio/speech"),
         ("completion_window", "48h"),
         ("priority", "urgent"),
     ],

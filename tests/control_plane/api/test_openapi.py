@@ -82,7 +82,12 @@ def test_request_schemas_carry_the_limits_the_server_checks(
     assert (metadata["maxProperties"], metadata["propertyNames"]["maxLength"]) == (16, 64)
     assert metadata["additionalProperties"]["maxLength"] == 512
     endpoint = schemas["CreateBatchBody"]["properties"]["endpoint"]
-    assert endpoint["enum"] == ["/v1/chat/completions", "/v1/completions"]
+    assert endpoint["enum"] == [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+    ]
 
 
 def test_links_lead_from_a_file_to_a_batch(document: dict[str, Any]) -> None:

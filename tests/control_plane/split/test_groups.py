@@ -339,3 +339,17 @@ def test_chunks_of_distinct_prompts_dispatch_in_number_order(aws: Aws) -> None:
     assert [item["chunk_id"] for item in pending] == [f"0000{n}" for n in range(5)]
     assert [item["group_order"] for item in pending] == list(range(5))
     assert all(item["groups"] == 4 for item in pending)
+
+
+def test_responses_requests_group_by_their_instructions_and_embeddings_by_their_input() -> None:
+    def responses(instructions: str, text: str) -> dict[str, Any]:
+        return {"model": "tiny", "instructions": instructions, "input": text}
+
+    assert prefix_group(responses("be brief", "a")) == prefix_group(responses("be brief", "b"))
+    assert prefix_group(responses("be brief", "a")) != prefix_group(responses("be long", "a"))
+    system = {"role": "system", "content": "grade the answer"}
+    items = [{"model": "tiny", "input": [system, {"role": "user", "content": t}]} for t in "ab"]
+    assert prefix_group(items[0]) == prefix_group(items[1])
+    embed = [{"model": "tiny-embed", "input": t} for t in ("x" * 300 + "1", "x" * 300 + "2")]
+    assert prefix_group(embed[0]) == prefix_group(embed[1])
+    assert prefix_group(embed[0]) != prefix_group({"model": "tiny-embed", "input": "y" * 300})

@@ -127,7 +127,7 @@ def test_s3_split_writes_chunk_objects_and_is_idempotent(s3: Any) -> None:
     lines = [line(f"r{i}") for i in range(2500)]
     s3.put_object(Bucket="hotbatch-test", Key="files/file-1", Body=b"\r\n".join(lines) + b"\r\n")
     limits = SplitLimits(chunk_max_requests=1000)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "bucket": "hotbatch-test",
         "key": "files/file-1",
         "batch_id": "batch_9",

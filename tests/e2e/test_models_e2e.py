@@ -1,0 +1,117 @@
+"""Issue 14's models, embeddings and responses, shown only through the official openai SDK
+against `hotbatch local up` with its default flags (real workers on vLLM's CPU build: the
+tiny chat model on one endpoint, the same weights under the pooling runner as `tiny-embed` on a
+second): `models.list()` names both, and an `/v1/embeddings` batch and a `/v1/responses` batch
+complete with one parsed object per line, their usage counted on the batch."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+from openai import OpenAI
+from openai.types import Batch, CreateEmbeddingResponse
+from openai.types.responses import Response
+
+from infra.wait import wait_for
+from tests.support.lines import EMBED_MODEL, EMBEDDINGS, MODEL, RESPONSES, request_line
+from tests.support.stack import local_up
+
+pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+REQUESTS = 12
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAI]:
+    with local_up(tmp_path_factory.mktemp("models-e2e")) as exports:
+        yield OpenAI(
+            base_url=exports["HOTBATCH_API_URL"], api_key=exports["HOTBATCH_API_KEY"], max_retries=2
+        )
+
+
+def run_batch(client: OpenAI, endpoint: str, lines: list[str]) -> tuple[Batch, list[dict]]:  # type: ignore[type-arg]
+    file = client.files.create(
+        file=("input.jsonl", io.BytesIO(("\n".join(lines) + "\n").encode())), purpose="batch"
+    )
+    batch = client.batches.create(
+        input_file_id=file.id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+    )
+    final = wait_for(
+        lambda: (
+            b
+            if (b := client.batches.retrieve(batch.id)).status in ("completed", "failed")
+            else None
+        ),
+        f"batch {batch.id} to finish",
+        timeout=600,
+        every=1.0,
+    )
+    assert final.status == "completed", final.errors
+    assert final.output_file_id is not None
+    content = client.files.content(final.output_file_id).content
+    return final, [json.loads(line) for line in content.splitlines()]
+
+
+def test_models_list_names_the_chat_and_the_embedding_model(client: OpenAI) -> None:
+    names = {model.id for model in client.models.list()}
+    assert names == {MODEL, EMBED_MODEL}
+    assert client.models.retrieve(EMBED_MODEL).object == "model"
+
+
+def test_an_embeddings_batch_completes_with_one_embedding_per_line(client: OpenAI) -> None:
+    lines = [
+        request_line(f"e{i}", f"embed item {i}", url=EMBEDDINGS, model=EMBED_MODEL)
+        for i in range(REQUESTS)
+    ]
+    batch, outputs = run_batch(client, EMBEDDINGS, lines)
+    assert batch.request_counts is not None and batch.request_counts.completed == REQUESTS
+    assert sorted(line["custom_id"] for line in outputs) == sorted(f"e{i}" for i in range(REQUESTS))
+    prompt_tokens = 0
+    for line in outputs:
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        reply = CreateEmbeddingResponse.model_validate(line["response"]["body"])
+        assert reply.model == EMBED_MODEL and len(reply.data) == 1
+        assert len(reply.data[0].embedding) > 0
+        prompt_tokens += reply.usage.prompt_tokens
+    assert batch.model == EMBED_MODEL
+    assert batch.usage is not None and batch.usage.input_tokens == prompt_tokens > 0
+    assert batch.usage.output_tokens == 0
+
+
+def test_a_responses_batch_completes_with_one_response_per_line(client: OpenAI) -> None:
+    lines = [
+        request_line(f"r{i}", f"question {i}: answer yes", url=RESPONSES, max_output_tokens=6)
+        for i in range(REQUESTS)
+    ]
+    batch, outputs = run_batch(client, RESPONSES, lines)
+    assert len(outputs) == REQUESTS
+    output_tokens = 0
+    for line in outputs:
+        assert line["response"]["status_code"] == 200
+        response = Response.model_validate(line["response"]["body"])
+        assert response.object == "response" and response.model == MODEL
+        assert response.usage is not None and 0 < response.usage.output_tokens <= 6
+        output_tokens += response.usage.output_tokens
+    assert batch.usage is not None and batch.usage.output_tokens == output_tokens
+
+
+def test_an_embedding_model_on_the_chat_endpoint_fails_validation(client: OpenAI) -> None:
+    file = client.files.create(
+        file=("bad.jsonl", io.BytesIO((request_line("x", model=EMBED_MODEL) + "\n").encode())),
+        purpose="batch",
+    )
+    batch = client.batches.create(
+        input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    final = wait_for(
+        lambda: b if (b := client.batches.retrieve(batch.id)).status == "failed" else None,
+        "the batch to fail validation",
+        timeout=60,
+        every=0.5,
+    )
+    assert final.errors is not None and final.errors.data is not None
+    assert [(e.code, e.line) for e in final.errors.data] == [("unsupported_model_endpoint", 1)]
