@@ -102,7 +102,12 @@ def test_one_worker_overlaps_two_chunks_and_keeps_its_engine_busy(
     drains, so its engine is busy from the first chunk's start to the last one's end."""
     jobs = []
     for n in range(4):
-        lines = [request_line(f"c{n}-r{i}", f"hello {n} {i}", max_tokens=16) for i in range(300)]
+        # Several seconds of work each: the runpod SDK looks for the next job about once a
+        # second, and only a chunk longer than that can cover the look.
+        lines = [
+            request_line(f"c{n}-r{i}", f"hello {n} {i}", max_tokens=64, ignore_eos=True)
+            for i in range(300)
+        ]
         jobs.append(sdk.run(stage_chunk(blobs, lines, chunk_id=f"busy{n}").model_dump()))
     summaries = [job.output(timeout=600) for job in jobs]
     assert [s["counts"]["completed"] for s in summaries] == [300] * 4
@@ -110,7 +115,9 @@ def test_one_worker_overlaps_two_chunks_and_keeps_its_engine_busy(
     assert max(t["concurrent_chunks"] for t in timings) == 2
     spans = sorted((t["started_at"], t["finished_at"]) for t in timings)
     # Each chunk after the first started before the one ahead of it had finished.
-    assert all(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    assert all(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False)), (
+        spans
+    )
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     busy = sum(t["engine_busy_s"] for t in timings)
     assert busy <= wall + 0.05  # one clock: overlapping chunks are not counted twice
