@@ -206,7 +206,7 @@ def test_errors_are_the_sdks_exception_types(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError, match="endpoint"):
         client.batches.create(
             input_file_id=file.id,
-            endpoint="/v1/embeddings",
+            endpoint="/v1/audio/transcriptions",  # type: ignore[arg-type]
             completion_window="24h",
         )
 

@@ -106,11 +106,11 @@ def test_one_worker_overlaps_two_chunks_and_keeps_its_engine_busy(
         # second, and only a chunk longer than that can cover the look.
         lines = [
             request_line(f"c{n}-r{i}", f"hello {n} {i}", max_tokens=64, ignore_eos=True)
-            for i in range(300)
+            for i in range(1000)
         ]
         jobs.append(sdk.run(stage_chunk(blobs, lines, chunk_id=f"busy{n}").model_dump()))
     summaries = [job.output(timeout=600) for job in jobs]
-    assert [s["counts"]["completed"] for s in summaries] == [300] * 4
+    assert [s["counts"]["completed"] for s in summaries] == [1000] * 4
     timings = [s["timings"] for s in summaries]
     assert max(t["concurrent_chunks"] for t in timings) == 2
     spans = sorted((t["started_at"], t["finished_at"]) for t in timings)
