@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.stack import local_up
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "batch.jsonl"
@@ -30,45 +29,11 @@ TIME_WITHIN = 2.5
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    workdir = tmp_path_factory.mktemp("cli-e2e")
-    command = [sys.executable, "-m", "infra.cli", "local", "up", "--workers", "1"]
-    command += ["--chunk-size", "50", "--gpu-price-per-hour", str(PRICE)]
-    for flag in ("--port", "--aws-port", "--runpod-port"):
-        command += [flag, str(free_port())]
-    command += ["--api-key", "hb-cli-e2e", "--workdir", str(workdir / "stack")]
-    stack = subprocess.Popen(
-        command,
-        cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        found: dict[str, str] = {}
-        assert stack.stdout is not None
-        for line in stack.stdout:
-            if line.strip() == "ready":
-                break
-            if line.startswith("export "):
-                key, _, value = line.removeprefix("export ").strip().partition("=")
-                found[key] = shlex.split(value)[0]
-        assert "HOTBATCH_API_URL" in found, "the stack never printed ready"
+    flags = ("--workers", "1", "--chunk-size", "50", "--gpu-price-per-hour", str(PRICE))
+    with local_up(tmp_path_factory.mktemp("cli-e2e"), *flags) as found:
         yield found
-    finally:
-        stack.send_signal(signal.SIGTERM)
-        try:
-            stack.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            stack.kill()
 
 
 def hotbatch(exports: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
