@@ -353,11 +353,14 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
         )
         assert outcome == "done"
         assert policy.load(table, PROFILE).breaker == "open"
-        # Open: nothing is sent before the cooldown; after it, one probe, which fails too.
-        tick(stack, skew=PROFILE.breaker_cooldown_s - 5)
-        assert policy.load(table, PROFILE).breaker == "open"
-        probe_at = int(time.time()) + PROFILE.breaker_cooldown_s + 1
-        tick(stack, skew=PROFILE.breaker_cooldown_s + 1)
+        # Open: nothing is sent before the cooldown; after it, one probe, which fails too. The
+        # clock is set from when the breaker opened, not from now: waiting for the busy chunk
+        # can take seconds on a loaded machine.
+        opened_at = policy.load(table, PROFILE).opened_at
+        tick(stack, skew=opened_at + PROFILE.breaker_cooldown_s - 5 - int(time.time()))
+        assert policy.load(table, PROFILE).opened_at == opened_at  # no probe yet
+        probe_at = opened_at + PROFILE.breaker_cooldown_s + 1
+        tick(stack, skew=probe_at - int(time.time()))
         reopened = policy.load(table, PROFILE)
         assert reopened.breaker == "open" and reopened.opened_at >= probe_at
         assert {chunk_store.tries(c) for c in chunks(stack, batch_id).values()} == {0}

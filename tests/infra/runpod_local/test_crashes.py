@@ -16,7 +16,7 @@ from infra.runpod_local.crashes import RestartBackoff, StartFailure, error_lines
 from infra.runpod_local.models import EndpointBackend
 from infra.wait import wait_for
 from tests.infra.runpod_local.test_endpoint import client
-from tests.support.stack import ECHO_WORKER
+from tests.support.stack import ECHO_WORKER, worker_env
 
 # What a worker whose engine could not reserve memory leaves in its log (vLLM 0.32, CPU build):
 # the root cause in the engine core's process, then the chain up to `python -m handler`.
@@ -138,6 +138,7 @@ def crash_endpoint(tmp_path: Path, command: list[str], **pool: float) -> LocalEn
         log_dir=tmp_path / "logs",
         work_dir=tmp_path / "workers",
         stop_grace_s=3.0,
+        env=worker_env(),  # the echo worker imports this checkout from the worker's own cwd
         **pool,  # type: ignore[arg-type]
     )
     config = EndpointConfig(take_poll_s=1.0, stop_poll_s=1.0)
