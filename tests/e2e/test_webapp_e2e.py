@@ -1,8 +1,10 @@
-"""Issue 14's models, embeddings and responses, shown only through the official openai SDK
-against `hotbatch local up` with its default flags (real workers on vLLM's CPU build: the
-tiny chat model on one endpoint, the same weights under the pooling runner as `tiny-embed` on a
-second): `models.list()` names both, and an `/v1/embeddings` batch and a `/v1/responses` batch
-complete with one parsed object per line, their usage counted on the batch."""
+"""Issue 14's web-app side, shown only through the official openai SDK against `hotbatch local
+up` with its default flags (real workers on vLLM's CPU build: the tiny chat model on one
+endpoint, the same weights under the pooling runner as `tiny-embed` on a second):
+`models.list()` names both; `webhooks.create` returns a signing secret, `webhooks.list` shows
+the endpoint and a completed batch delivers `batch.completed` that `webhooks.unwrap` accepts;
+`uploads.upload_file_chunked` with 1 MiB parts yields the whole file; an `/v1/embeddings` and a
+`/v1/responses` batch complete with one parsed object per line, their usage counted."""
 
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ from openai.types import Batch, CreateEmbeddingResponse
 from openai.types.responses import Response
 
 from infra.wait import wait_for
-from tests.support.lines import EMBED_MODEL, EMBEDDINGS, MODEL, RESPONSES, request_line
+from tests.support.lines import EMBED_MODEL, EMBEDDINGS, MODEL, RESPONSES, jsonl, request_line
+from tests.support.receiver import Receiver
 from tests.support.stack import local_up
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 REQUESTS = 12
+MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,13 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAI]:
         yield OpenAI(
             base_url=exports["HOTBATCH_API_URL"], api_key=exports["HOTBATCH_API_KEY"], max_retries=2
         )
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    server = Receiver().start()
+    yield server
+    server.stop()
 
 
 def run_batch(client: OpenAI, endpoint: str, lines: list[str]) -> tuple[Batch, list[dict]]:  # type: ignore[type-arg]
@@ -115,3 +126,60 @@ def test_an_embedding_model_on_the_chat_endpoint_fails_validation(client: OpenAI
     )
     assert final.errors is not None and final.errors.data is not None
     assert [(e.code, e.line) for e in final.errors.data] == [("unsupported_model_endpoint", 1)]
+
+
+def test_a_completed_batch_delivers_batch_completed_that_unwrap_accepts(
+    client: OpenAI, receiver: Receiver
+) -> None:
+    # A receiver on 127.0.0.1 over http: `local up` allows private webhook URLs, a deployment
+    # does not (https on a public name only).
+    hook = client.webhooks.create(
+        name="web app", url=f"{receiver.url}/done", event_types=["batch.completed"]
+    )
+    assert hook.signing_secret.startswith("whsec_")
+    listed = {endpoint.id: endpoint for endpoint in client.webhooks.list()}
+    assert listed[hook.id].url == f"{receiver.url}/done"
+    assert listed[hook.id].event_types == ["batch.completed"]
+
+    content = jsonl(REQUESTS, prefix="hook")
+    upload = client.uploads.upload_file_chunked(
+        file=content,
+        filename="hooked.jsonl",
+        bytes=len(content),
+        mime_type="application/jsonl",
+        purpose="batch",
+        part_size=MiB,
+    )
+    assert upload.file is not None
+    batch = client.batches.create(
+        input_file_id=upload.file.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+    def delivered() -> list[bytes]:
+        return [got.body for got in receiver.on("/done") if batch.id.encode() in got.body]
+
+    wait_for(delivered, f"batch.completed for {batch.id}", timeout=600, every=1.0)
+    assert client.batches.retrieve(batch.id).status == "completed"
+    (got,) = [got for got in receiver.on("/done") if batch.id.encode() in got.body]
+    event = client.webhooks.unwrap(got.body, got.headers, secret=hook.signing_secret)
+    assert event.type == "batch.completed" and event.data.id == batch.id
+    assert event.object == "event" and event.id.startswith("evt_")
+    # A wrong secret is refused: the signature is checked, not only parsed.
+    with pytest.raises(Exception, match="(?i)signature"):
+        client.webhooks.unwrap(got.body, got.headers, secret="whsec_" + "A" * 32)
+
+
+def test_upload_file_chunked_with_1_mib_parts_yields_the_whole_file(client: OpenAI) -> None:
+    content = jsonl(20_000, prefix="big")  # ~2.8 MiB: three parts
+    assert 2 * MiB < len(content) < 4 * MiB
+    done = client.uploads.upload_file_chunked(
+        file=content,
+        filename="big.jsonl",
+        bytes=len(content),
+        mime_type="application/jsonl",
+        purpose="batch",
+        part_size=MiB,
+    )
+    assert done.status == "completed" and done.file is not None
+    assert done.file.bytes == len(content)
+    assert client.files.content(done.file.id).content == content
