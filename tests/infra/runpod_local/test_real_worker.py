@@ -120,5 +120,8 @@ def test_one_worker_overlaps_two_chunks_and_keeps_its_engine_busy(
     )
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     busy = sum(t["engine_busy_s"] for t in timings)
-    assert busy <= wall + 0.05  # one clock: overlapping chunks are not counted twice
+    # One clock: overlapping chunks are not counted twice (that would be ~1.5-2x the wall).
+    # The chunks' stamps and the busy clock are read at slightly different moments, which
+    # a loaded machine stretches to a few tens of milliseconds per chunk.
+    assert busy <= wall * 1.02 + 0.2
     assert busy / wall >= 0.9, (busy, wall, timings)
