@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--chunk-size", type=int, default=500)
-    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--worker-kills", type=int, default=4)
     parser.add_argument("--error-bursts", type=int, default=4)
     parser.add_argument("--stall-bursts", type=int, default=3)
@@ -39,7 +39,7 @@ def main() -> None:
         stall_bursts=args.stall_bursts,
         tick_kills=args.tick_kills,
         duplicate_webhooks=args.duplicate_webhooks,
-        gap_s=(2.0, 8.0),
+        gap_s=(1.0, 4.0),
         seed=args.seed,
     )
     print(f"machine: {machine()}; load before: {load()}")

@@ -119,6 +119,15 @@ class Settings(BaseSettings):
         default="medium",
         description="HOTBATCH_DISPATCH_PROFILE: in-flight window, retries, timeouts, breaker.",
     )
+    progress_poll_s: int = Field(
+        default=10,
+        ge=0,
+        description=(
+            "HOTBATCH_PROGRESS_POLL_S: seconds between the tick's progress reads of a running "
+            "chunk (RunPod's /status; the workers report requests answered so far), so "
+            "request_counts move while chunks run; 0 reads none (counts move per chunk)."
+        ),
+    )
     keep_hot_schedule: str = Field(
         default="pending",
         description=(

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from handler.contract import (
     BatchRequestOutput,
     BatchResponseData,
     ChunkCounts,
+    ChunkProgress,
     ChunkSummary,
     ChunkTimings,
     ChunkUsage,
@@ -67,7 +69,11 @@ async def process_chunk(
     session: aiohttp.ClientSession,
     worker: WorkerIdentity,
     transfer_retries: int,
+    progress: Callable[[ChunkProgress], None] | None = None,
+    progress_interval_s: float = 5.0,
 ) -> ChunkSummary:
+    """Run one chunk. `progress`, when given, is called every `progress_interval_s` seconds
+    while the chunk's requests run, with the requests answered so far (only when they moved)."""
     ids = {"batch_id": job.batch_id, "chunk_id": job.chunk_id, "attempt": job.attempt}
     # The lane is taken on arrival, before the download: a chunk ranks by when it came.
     with gate.lane() as lane:
@@ -86,7 +92,26 @@ async def process_chunk(
         parsed = time.perf_counter()
         log.info("chunk start", extra={**ids, "requests": len(pending), "chunks": gate.chunks})
 
-        outcomes, rendered = await _run_all(pending, lane, job.endpoint, ids)
+        tally = _Tally(
+            ChunkProgress(
+                batch_id=job.batch_id,
+                chunk_id=job.chunk_id,
+                attempt=job.attempt,
+                requests=len(pending),
+                completed=0,
+                failed=0,
+            )
+        )
+        reporter = (
+            asyncio.create_task(_report(tally, progress, progress_interval_s))
+            if progress is not None and progress_interval_s > 0
+            else None
+        )
+        try:
+            outcomes, rendered = await _run_all(pending, lane, job.endpoint, ids, tally)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
         ran = time.perf_counter()
 
         output_lines, error_lines = _jsonl_split(outcomes, rendered)
@@ -186,11 +211,42 @@ def _failure(
     return _Outcome(custom_id, status, error_body(message, status=status, param=param), code)
 
 
+@dataclass
+class _Tally:
+    """The chunk's progress so far, counted as its requests finish."""
+
+    now: ChunkProgress
+
+    def add(self, outcome: _Outcome) -> None:
+        if outcome.ok:
+            self.now.completed += 1
+        else:
+            self.now.failed += 1
+
+
+async def _report(
+    tally: _Tally, progress: Callable[[ChunkProgress], None], interval_s: float
+) -> None:
+    sent: tuple[int, int] = (0, 0)
+    while True:
+        await asyncio.sleep(interval_s)
+        counts = (tally.now.completed, tally.now.failed)
+        if counts == sent:
+            continue
+        try:
+            progress(tally.now.model_copy())
+        except Exception:
+            # A progress report is a nicety: it must never fail the chunk.
+            log.warning("progress report failed", exc_info=True)
+        sent = counts
+
+
 async def _run_all(
     pending: list[tuple[str, dict[str, Any]] | _Outcome],
     engine: RequestRunner,
     endpoint: str,
     ids: dict[str, Any],
+    tally: _Tally,
 ) -> tuple[list[_Outcome], list[str]]:
     """Every request handed to the engine at once (the lane bounds how many are in it), so
     its scheduler batches them; awaiting them one by one would run the chunk at batch size 1.
@@ -217,6 +273,7 @@ async def _run_all(
                 )
         outcomes[index] = outcome
         rendered[index] = _render_line(outcome)
+        tally.add(outcome)
 
     await asyncio.gather(*(run_one(index, item) for index, item in enumerate(pending)))
     return [outcome for outcome in outcomes if outcome is not None], rendered

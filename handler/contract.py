@@ -32,6 +32,19 @@ class ProcessChunkInput(BaseModel):
     error_url: str = Field(min_length=1)
 
 
+class ChunkProgress(BaseModel):
+    """What a worker reports while a chunk runs (the runpod SDK's `progress_update`; RunPod
+    shows it as the job's `output` while the job is IN_PROGRESS): requests answered so far."""
+
+    kind: Literal["progress"] = "progress"
+    batch_id: str
+    chunk_id: str
+    attempt: int
+    requests: int = Field(ge=0)
+    completed: int = Field(ge=0)
+    failed: int = Field(ge=0)
+
+
 class HealthInput(BaseModel):
     """RunPod job input for `action: health` (also what keep-hot pings send)."""
 

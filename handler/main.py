@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
-from handler.contract import ACTIONS, JOB_INPUT, HealthInput
+from handler.contract import ACTIONS, JOB_INPUT, ChunkProgress, HealthInput
 from handler.engine import EngineDead
 from handler.runtime import Runtime
 from handler.settings import WorkerSettings
@@ -47,6 +48,20 @@ def serve(settings: WorkerSettings) -> None:
     )
 
 
+def _progress_sender(job: dict[str, Any]) -> Callable[[ChunkProgress], None] | None:
+    """Progress through the runpod SDK (RunPod shows it as the running job's output); none
+    for a job that did not come from the SDK's loop (`hotbatch run-chunk`, tests)."""
+    if not job.get("id"):
+        return None
+
+    def send(progress: ChunkProgress) -> None:
+        from runpod.serverless import progress_update
+
+        progress_update(job, progress.model_dump())
+
+    return send
+
+
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """The function given to `runpod.serverless.start`."""
     job_id = job.get("id")
@@ -60,7 +75,7 @@ async def handler(job: dict[str, Any]) -> dict[str, Any]:
     if isinstance(request, HealthInput):
         return _runtime.health().model_dump(mode="json")
     try:
-        summary = await _runtime.process(request)
+        summary = await _runtime.process(request, progress=_progress_sender(job))
     except asyncio.CancelledError:
         log.warning(
             "chunk cancelled",

@@ -25,7 +25,7 @@ import aiohttp
 
 from handler import __version__, health
 from handler.chunk import process_chunk
-from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.contract import ChunkProgress, ChunkSummary, ProcessChunkInput, WorkerIdentity
 from handler.pipeline import EngineGate, RequestRunner
 from handler.settings import WorkerSettings
 
@@ -73,7 +73,9 @@ class Runtime:
         """Run `coro` on the engine loop; await the result from any other loop."""
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
-    async def process(self, job: ProcessChunkInput) -> ChunkSummary:
+    async def process(
+        self, job: ProcessChunkInput, progress: Callable[[ChunkProgress], None] | None = None
+    ) -> ChunkSummary:
         self.jobs_in_progress += 1
         try:
             summary = await self.submit(
@@ -83,6 +85,8 @@ class Runtime:
                     session=self.session,
                     worker=self.identity,
                     transfer_retries=self.settings.transfer_retries,
+                    progress=progress,
+                    progress_interval_s=self.settings.progress_interval_s,
                 )
             )
             self.chunks_done += 1

@@ -106,6 +106,14 @@ class WorkerSettings(BaseSettings):
             "queue, and keeps two chunks from oversubscribing one engine."
         ),
     )
+    progress_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "PROGRESS_INTERVAL_S: seconds between progress reports while a chunk runs (requests "
+            "answered so far, through the runpod SDK's progress_update); 0 sends none."
+        ),
+    )
     transfer_timeout_s: float = Field(default=300.0, description="TRANSFER_TIMEOUT_S")
     transfer_retries: int = Field(default=3, ge=1, description="TRANSFER_RETRIES")
     enable_vllm_monitor: bool = Field(default=False, description="ENABLE_VLLM_MONITOR")

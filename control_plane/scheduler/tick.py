@@ -13,14 +13,18 @@ import logging
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from control_plane import secrets
 from control_plane.aws import Aws
+from control_plane.errors import StateConflict
 from control_plane.runpod import EndpointError, JobGone, RunPodClient
 from control_plane.scheduler import dispatch, finalize, isolate, keephot, policy, record, upkeep
 from control_plane.scheduler.context import TickContext
 from control_plane.store import BatchItem, ChunkItem, TransactionConflict, keys
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
+from handler.contract import ChunkProgress
 
 log = logging.getLogger("control_plane.tick")
 
@@ -112,7 +116,7 @@ def poll_chunk(
             return "running", state  # the dispatching tick is between claim and /run
         # That tick died before recording the job id; the attempt counts, its keys are spent.
         return record.fail_chunk(ctx, chunk, "dispatch did not finish", state)
-    if ctx.webhooks and not lease_over:
+    if ctx.webhooks and not lease_over and not _progress_due(ctx, chunk):
         return "running", state
     try:
         job = ctx.runpod_for(chunk.get("runpod_endpoint_id")).status(job_id)
@@ -123,6 +127,8 @@ def poll_chunk(
         return "unreachable", policy.on_endpoint_failure(state, ctx.profile, now=ctx.now)
     state = policy.on_endpoint_answer(state)
     outcome, state = record.record_job(ctx, chunk, job, state)
+    if outcome == "running" and not lease_over:
+        _keep_progress(ctx, chunk, job)
     if outcome == "running" and lease_over:
         try:
             ctx.runpod_for(chunk.get("runpod_endpoint_id")).cancel(job_id)
@@ -132,6 +138,42 @@ def poll_chunk(
             ctx, chunk, f"lease expired with the job {job.get('status')}", state
         )
     return outcome, state
+
+
+def _progress_due(ctx: TickContext, chunk: ChunkItem) -> bool:
+    """With webhooks a running chunk is asked about only for its progress, every
+    `progress_poll_s` (RunPod's /status shows a worker's last progress report)."""
+    every = ctx.settings.progress_poll_s
+    last = int(chunk.get("progress_at", chunk.get("dispatched_at", 0)))
+    return every > 0 and ctx.now - last >= every
+
+
+def _keep_progress(ctx: TickContext, chunk: ChunkItem, job: dict[str, Any]) -> None:
+    """Store what the chunk's worker reported answered so far, so request_counts move while
+    it runs. A report of another attempt (a late one) is not this chunk's progress."""
+    try:
+        progress = ChunkProgress.model_validate(job.get("output"))
+    except ValidationError:
+        progress = None
+    if progress is not None and (progress.chunk_id, progress.attempt) != (
+        chunk["chunk_id"],
+        chunk["attempts"],
+    ):
+        progress = None
+    stored = (int(chunk.get("progress_completed", 0)), int(chunk.get("progress_failed", 0)))
+    try:
+        if progress is not None and (progress.completed, progress.failed) != stored:
+            chunk_store.save_progress(
+                ctx.aws.table,
+                chunk,
+                completed=min(progress.completed, int(chunk.get("requests", progress.requests))),
+                failed=progress.failed,
+                now=ctx.now,
+            )
+        elif ctx.webhooks:
+            chunk_store.progress_checked(ctx.aws.table, chunk, now=ctx.now)
+    except StateConflict:
+        pass  # finished or retried meanwhile: its result or its next attempt counts instead
 
 
 def record_webhook(

@@ -129,7 +129,8 @@ def claim(table: Table, chunk: ChunkItem, *, lease_until: int, now: int) -> Chun
                 table,
                 chunk,
                 "SET #state = :dispatched, attempts = :attempt, lease_until = :lease, "
-                "dispatched_at = :now, gsi2pk = :queue, gsi2sk = :order REMOVE job_id",
+                "dispatched_at = :now, gsi2pk = :queue, gsi2sk = :order "
+                "REMOVE job_id, progress_completed, progress_failed, progress_at",
                 expect_state="pending",
                 values={
                     ":dispatched": "dispatched",
@@ -175,6 +176,48 @@ def set_job(table: Table, chunk: ChunkItem, job_id: str, *, endpoint_id: str) ->
             ":attempt": chunk["attempts"],
         },
     )
+
+
+def save_progress(table: Table, chunk: ChunkItem, *, completed: int, failed: int, now: int) -> None:
+    """A running chunk's requests answered so far (from its worker's progress report), kept
+    only while the chunk is dispatched at this attempt: a finished or retried chunk ignores it."""
+    table.update(
+        keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
+        "SET progress_completed = :completed, progress_failed = :failed, progress_at = :now",
+        condition="#state = :dispatched AND attempts = :attempt",
+        names={"#state": "state"},
+        values={
+            ":completed": completed,
+            ":failed": failed,
+            ":now": now,
+            ":dispatched": "dispatched",
+            ":attempt": chunk["attempts"],
+        },
+    )
+
+
+def progress_checked(table: Table, chunk: ChunkItem, *, now: int) -> None:
+    """When the tick last asked about a running chunk's progress (so it asks again only after
+    `progress_poll_s`)."""
+    table.update(
+        keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
+        "SET progress_at = :now",
+        condition="#state = :dispatched AND attempts = :attempt",
+        names={"#state": "state"},
+        values={":now": now, ":dispatched": "dispatched", ":attempt": chunk["attempts"]},
+    )
+
+
+def progress_by_batch(table: Table) -> dict[str, tuple[int, int]]:
+    """Requests answered so far in the running chunks, per batch: (completed, failed)."""
+    totals: dict[str, tuple[int, int]] = {}
+    for chunk in in_flight(table):
+        completed = int(chunk.get("progress_completed", 0))
+        failed = int(chunk.get("progress_failed", 0))
+        if completed or failed:
+            was = totals.get(chunk["batch_id"], (0, 0))
+            totals[chunk["batch_id"]] = (was[0] + completed, was[1] + failed)
+    return totals
 
 
 def release(

@@ -101,6 +101,11 @@ class ChunkFields(TypedDict, total=False):
     engine_busy_s: float
     run_started_at: float
     run_finished_at: float
+    # While dispatched: the requests its worker reported answered so far, and when the tick
+    # last asked (cleared by the next claim, so an earlier attempt's count never lingers).
+    progress_completed: int
+    progress_failed: int
+    progress_at: int
 
 
 class ChunkItem(ChunkFields, total=False):

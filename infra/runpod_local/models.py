@@ -223,6 +223,12 @@ class EndpointBackend:
 
     async def done(self, worker_id: str, job_id: str, result: dict[str, Any]) -> None:
         worker = self.worker(worker_id)
+        if result.get("status") == "IN_PROGRESS":
+            # The SDK's progress_update: RunPod shows it as the running job's output.
+            job = self.jobs.get(job_id)
+            if job is not None and job.status == "IN_PROGRESS" and job.worker_id == worker_id:
+                job.output = result.get("output")
+            return
         worker.jobs.discard(job_id)
         worker.stopping.pop(job_id, None)
         if not worker.jobs:
@@ -301,6 +307,7 @@ class EndpointBackend:
                 job.retries += 1
                 self.counters["retried"] += 1
                 job.status, job.started_at, job.worker_id = "IN_QUEUE", None, None
+                job.output = None  # the dead attempt's progress
                 self.queue.appendleft(job.id)
             else:
                 job.error = f"worker {worker_id} exited while running the job"

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from handler.chunk import process_chunk
-from handler.contract import ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.contract import ChunkProgress, ChunkSummary, ProcessChunkInput, WorkerIdentity
 from handler.pipeline import EngineGate
 from handler.transfer import TransferError
 from infra.blob_server import BlobServer
@@ -171,3 +171,51 @@ async def test_transient_5xx_on_upload_is_retried(
     summary = await run(job, StandinEngine(), session, retries=3)
     assert summary.counts.completed == 1
     assert len(read_lines(blobs, job, "output")) == 1
+
+
+async def test_progress_is_reported_while_the_chunk_runs_and_only_when_it_moved(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    # Requests end one after another over ~0.8 s; one of them fails (an unknown model).
+    lines = [request_line(f"r{i}", f"standin-sleep={0.1 * i}") for i in range(8)]
+    lines[3] = request_line("bad", "standin-sleep=0.3", model="nope")
+    job = stage_chunk(blobs, lines)
+    reports: list[ChunkProgress] = []
+    summary = await process_chunk(
+        job,
+        gate=EngineGate(StandinEngine(), 4096),
+        session=session,
+        worker=WORKER,
+        transfer_retries=1,
+        progress=reports.append,
+        progress_interval_s=0.15,
+    )
+    assert summary.counts.completed == 7 and summary.counts.failed == 1
+    assert 2 <= len(reports) <= 6, reports
+    assert {(p.batch_id, p.chunk_id, p.attempt, p.requests) for p in reports} == {
+        (job.batch_id, job.chunk_id, job.attempt, 8)
+    }
+    answered = [p.completed + p.failed for p in reports]
+    assert answered == sorted(set(answered)), answered  # only sent when it moved
+    assert 0 < answered[0] < 8
+    assert any(p.failed == 1 for p in reports)
+
+
+async def test_a_failing_progress_sender_never_fails_the_chunk(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [request_line(f"r{i}", f"standin-sleep={0.1 * i}") for i in range(4)])
+
+    def broken(progress: ChunkProgress) -> None:
+        raise ConnectionError("RunPod unreachable")
+
+    summary = await process_chunk(
+        job,
+        gate=EngineGate(StandinEngine(), 4096),
+        session=session,
+        worker=WORKER,
+        transfer_retries=1,
+        progress=broken,
+        progress_interval_s=0.05,
+    )
+    assert summary.counts.completed == 4

@@ -56,3 +56,21 @@ async def test_take_long_polls_until_a_job_arrives() -> None:
     job = await backend.submit({"input": {"n": 1}})
     assert [taken.id for taken in await asyncio.wait_for(waiting, 1)] == [job.id]
     assert backend.health()["workers"]["running"] == 1
+
+
+async def test_a_progress_update_shows_as_the_running_jobs_output_and_finishes_nothing() -> None:
+    backend = EndpointBackend()
+    job = await backend.submit({"input": {}, "webhook": "http://127.0.0.1:9/hook"})
+    await backend.take("w1", 1, timeout=0.1)
+    # What the runpod SDK's progress_update posts to job-done.
+    await backend.done("w1", job.id, {"status": "IN_PROGRESS", "output": {"completed": 3}})
+    status = backend.get(job.id).to_dict()
+    assert status["status"] == "IN_PROGRESS" and status["output"] == {"completed": 3}
+    assert backend.workers["w1"].jobs == {job.id}  # still the worker's job
+    assert backend.webhooks.empty() and backend.health()["jobs"]["completed"] == 0
+    # Another worker's report (the job was taken from a dead one) is not this job's progress.
+    await backend.done("w2", job.id, {"status": "IN_PROGRESS", "output": {"completed": 9}})
+    assert backend.get(job.id).output == {"completed": 3}
+    await backend.done("w1", job.id, {"output": {"done": True}})
+    assert backend.get(job.id).status == "COMPLETED"
+    assert backend.get(job.id).output == {"done": True}
