@@ -5,6 +5,9 @@ OpenAI counts it) and no retries here: the tick's backoff owns retrying. A tenan
 checked before anything is sent to it: HTTPS, and a host that is not, and does not resolve to,
 a loopback, private, link-local or otherwise internal address (the Lambda's own runtime API
 listens on 127.0.0.1) unless `HOTBATCH_EVENT_WEBHOOK_PRIVATE_URLS` allows it (the local stack).
+The connection goes to the very address that was checked (TLS still verifies the name): a name
+that resolves to a public address for the check and to an internal one a moment later (DNS
+rebinding) cannot redirect the POST.
 """
 
 from __future__ import annotations
@@ -71,11 +74,61 @@ def check_url(url: str, *, allow_private: bool) -> str:
     return url
 
 
-def _check_resolved(host: str, port: int) -> None:
-    for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
-        address = ipaddress.ip_address(sockaddr[0])
+def _public_address(host: str, port: int) -> str:
+    """The address to connect to: the host's first, once every address it resolves to is
+    public (one internal answer refuses the name)."""
+    addresses = [
+        ipaddress.ip_address(sockaddr[0])
+        for *_, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    ]
+    for address in addresses:
         if not address.is_global:
             raise UnsafeUrl(f"{host} resolves to {address}, not a public address")
+    if not addresses:
+        raise UnsafeUrl(f"{host} does not resolve")
+    return str(addresses[0])
+
+
+def _request(
+    url: str, body: bytes, headers: dict[str, str], *, timeout_s: float, allow_private: bool
+) -> urllib3.BaseHTTPResponse:
+    timeout = urllib3.Timeout(total=timeout_s)
+    if allow_private:
+        return _http.request(
+            "POST",
+            url,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            redirect=False,
+            preload_content=False,
+        )
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    # A pool for this one send, on the checked address; SNI, the certificate check and the
+    # Host header keep the name.
+    pool = urllib3.HTTPSConnectionPool(
+        _public_address(host, port),
+        port,
+        server_hostname=host,
+        assert_hostname=host,
+        retries=False,
+        maxsize=1,
+    )
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    netloc = host if parts.port is None else f"{host}:{port}"
+    try:
+        return pool.urlopen(
+            "POST",
+            path,
+            body=body,
+            headers={**headers, "Host": netloc},
+            timeout=timeout,
+            redirect=False,
+            preload_content=False,
+        )
+    finally:
+        pool.close()
 
 
 def post(
@@ -89,17 +142,12 @@ def post(
 
     try:
         check_url(url, allow_private=allow_private)
-        if not allow_private:
-            parts = urlsplit(url)
-            _check_resolved(parts.hostname or "", parts.port or 443)
-        reply = _http.request(
-            "POST",
+        reply = _request(
             url,
-            body=payload.encode(),
-            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
-            timeout=urllib3.Timeout(total=timeout_s),
-            redirect=False,
-            preload_content=False,
+            payload.encode(),
+            {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+            timeout_s=timeout_s,
+            allow_private=allow_private,
         )
     except UnsafeUrl as exc:
         return Attempt(status_code=None, latency_ms=took(), error=f"refused: {exc}")
