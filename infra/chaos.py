@@ -171,15 +171,16 @@ class _Driver:
         assert endpoint is not None and endpoint.pool is not None
         backend, pool = endpoint.backend, endpoint.pool
         assert backend is not None
-        busy = wait_for(
-            lambda: [w.id for w in list(backend.workers.values()) if w.alive and w.jobs],
-            "a busy worker",
-            timeout=120,
-            every=0.1,
-        )
-        if self.done.is_set():
+
+        def busy() -> list[str]:
+            return [w.id for w in list(backend.workers.values()) if w.alive and w.jobs]
+
+        # Until a worker holds a chunk, or the batch has ended (then the fault is not caused).
+        wait_for(lambda: busy() or self.done.is_set(), "a busy worker", timeout=600, every=0.1)
+        workers = busy()
+        if self.done.is_set() or not workers:
             return False
-        pool.kill(self.rng.choice(sorted(busy)))
+        pool.kill(self.rng.choice(sorted(workers)))
         return True
 
     def error_burst(self) -> bool:
@@ -215,9 +216,13 @@ class _Driver:
         failed: the same body to the same signed URL."""
         assert self.stack.endpoint is not None and self.stack.endpoint.backend is not None
         backend = self.stack.endpoint.backend
-        finished = wait_for(
-            lambda: _finished_jobs(backend.jobs), "a finished job", timeout=120, every=0.2
+        wait_for(
+            lambda: _finished_jobs(backend.jobs) or self.done.is_set(),
+            "a finished job",
+            timeout=600,
+            every=0.2,
         )
+        finished = _finished_jobs(backend.jobs)
         sent = 0
         for url, body in self.rng.sample(finished, min(5, len(finished))):
             response = httpx.post(url, json=body, timeout=30)
