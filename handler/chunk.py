@@ -37,9 +37,12 @@ from handler.contract import (
     error_body,
 )
 from handler.engine import EngineDead
+from handler.health import GpuSampler, GpuStats
 from handler.pipeline import EngineGate, RequestRunner
 
 log = logging.getLogger(__name__)
+GPU_SAMPLE_S = 5.0
+GpuRead = Callable[[], tuple[list[GpuStats], str | None]]
 
 # Short, stable codes for the failures the control plane turns into dead letters.
 _CODE_BY_STATUS = {
@@ -71,9 +74,12 @@ async def process_chunk(
     transfer_retries: int,
     progress: Callable[[ChunkProgress], None] | None = None,
     progress_interval_s: float = 5.0,
+    gpu_read: GpuRead | None = None,
 ) -> ChunkSummary:
     """Run one chunk. `progress`, when given, is called every `progress_interval_s` seconds
-    while the chunk's requests run, with the requests answered so far (only when they moved)."""
+    while the chunk's requests run, with the requests answered so far (only when they moved).
+    `gpu_read` (NVML) is sampled as the requests start, every `GPU_SAMPLE_S` while they run
+    and as they end; the summary carries the readings per GPU."""
     ids = {"batch_id": job.batch_id, "chunk_id": job.chunk_id, "attempt": job.attempt}
     # The lane is taken on arrival, before the download: a chunk ranks by when it came.
     with gate.lane() as lane:
@@ -107,11 +113,16 @@ async def process_chunk(
             if progress is not None and progress_interval_s > 0
             else None
         )
+        gpus = GpuSampler(gpu_read) if gpu_read is not None else None
+        sampling = asyncio.create_task(_sample_gpus(gpus)) if gpus is not None else None
         try:
             outcomes, rendered = await _run_all(pending, lane, job.endpoint, ids, tally)
         finally:
-            if reporter is not None:
-                reporter.cancel()
+            for task in (reporter, sampling):
+                if task is not None:
+                    task.cancel()
+        if gpus is not None:
+            await asyncio.to_thread(gpus.take)
         ran = time.perf_counter()
 
         output_lines, error_lines = _jsonl_split(outcomes, rendered)
@@ -130,6 +141,8 @@ async def process_chunk(
         finished = time.perf_counter()
 
     summary = _summarize(job, outcomes, worker)
+    if gpus is not None:
+        summary.gpus = gpus.summary()
     engine_s = ran - parsed
     summary.timings = ChunkTimings(
         download_s=round(downloaded - started, 4),
@@ -222,6 +235,13 @@ class _Tally:
             self.now.completed += 1
         else:
             self.now.failed += 1
+
+
+async def _sample_gpus(gpus: GpuSampler) -> None:
+    # NVML calls block for milliseconds: off the engine's event loop.
+    while True:
+        await asyncio.to_thread(gpus.take)
+        await asyncio.sleep(GPU_SAMPLE_S)
 
 
 async def _report(

@@ -149,6 +149,18 @@ class WorkerIdentity(BaseModel):
     hotbatch_version: str
 
 
+class ChunkGpu(BaseModel):
+    """One GPU over a chunk: NVML readings sampled while the chunk ran (at its start, every
+    few seconds, at its end), so health is rated from work rather than from idle pings."""
+
+    index: int
+    name: str = ""
+    samples: int = Field(ge=1)
+    utilization_percent: float | None = None  # the mean of the samples that had one
+    memory_used_mb: float = 0.0  # the most seen
+    memory_total_mb: float = 0.0
+
+
 class ChunkSummary(BaseModel):
     """What `process_chunk` returns as the RunPod job output."""
 
@@ -161,3 +173,4 @@ class ChunkSummary(BaseModel):
     failures: list[RequestFailure]
     timings: ChunkTimings
     worker: WorkerIdentity
+    gpus: list[ChunkGpu] = Field(default_factory=list)  # none on a machine without NVML

@@ -11,11 +11,13 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
 from pydantic import BaseModel
+
+from handler.contract import ChunkGpu
 
 # vLLM V1 metric names (checked on 0.32); the prefix-cache pair are counters (`_total` samples).
 _GAUGES = {
@@ -87,6 +89,39 @@ class HealthReport(BaseModel):
     last_error: str | None
     engine_busy_s: float = 0.0  # the worker's busy clock (handler/pipeline.py) since start
     requests_in_flight: int = 0
+
+
+class GpuSampler:
+    """NVML readings taken while a chunk runs, folded per GPU into the chunk's summary."""
+
+    def __init__(self, read: Callable[[], tuple[list[GpuStats], str | None]]) -> None:
+        self._read = read
+        self._seen: dict[int, list[GpuStats]] = {}
+
+    def take(self) -> None:
+        readings, _ = self._read()
+        for reading in readings:
+            self._seen.setdefault(reading.index, []).append(reading)
+
+    def summary(self) -> list[ChunkGpu]:
+        gpus = []
+        for index, readings in sorted(self._seen.items()):
+            utilization = [
+                r.utilization_percent for r in readings if r.utilization_percent is not None
+            ]
+            gpus.append(
+                ChunkGpu(
+                    index=index,
+                    name=readings[-1].name,
+                    samples=len(readings),
+                    utilization_percent=round(sum(utilization) / len(utilization), 1)
+                    if utilization
+                    else None,
+                    memory_used_mb=max(r.memory_used_mb for r in readings),
+                    memory_total_mb=readings[-1].memory_total_mb,
+                )
+            )
+        return gpus
 
 
 def gpu_stats(nvml: Any = None) -> tuple[list[GpuStats], str | None]:

@@ -87,6 +87,7 @@ class Runtime:
                     transfer_retries=self.settings.transfer_retries,
                     progress=progress,
                     progress_interval_s=self.settings.progress_interval_s,
+                    gpu_read=health.gpu_stats,
                 )
             )
             self.chunks_done += 1

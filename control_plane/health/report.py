@@ -2,7 +2,8 @@
 
 Components, each `healthy` / `degraded` / `down`, the overall status being the worst:
 - gpu: mean GPU utilisation of the worker readings taken while work waited (an idle GPU with
-  nothing to do is not a fault);
+  nothing to do is not a fault): the readings workers take over each chunk (NVML, sampled
+  while the chunk runs) and those of keep-hot pings on samples where work waited;
 - workers: the share of warm workers sitting idle while work waited;
 - queue: how long the oldest pending chunk (backfill aside) has waited;
 - endpoint: the dispatch circuit breaker (closed, half open, open).
@@ -119,13 +120,19 @@ def build_report(samples: list[HealthSample], *, breaker: str, now: int) -> Heal
     )
 
 
+def _has_work_readings(sample: HealthSample) -> bool:
+    return any(reading.status == "chunk" for reading in sample.readings)
+
+
 def _gpu(samples: list[HealthSample]) -> Component:
-    waiting = [s for s in samples if s.work_waiting]
+    waiting = [s for s in samples if s.work_waiting or _has_work_readings(s)]
     values = [
         value
         for s in waiting
         for reading in s.readings
-        if (value := reading.mean_gpu_utilization()) is not None
+        # A chunk's readings were taken while it ran, whatever the queue is at the sample.
+        if (s.work_waiting or reading.status == "chunk")
+        and (value := reading.mean_gpu_utilization()) is not None
     ]
     latest = next((r for s in reversed(samples) for r in s.readings), None)
     metrics: dict[str, Metric] = {

@@ -67,6 +67,7 @@ def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
         _read_endpoint(ctx, sample)
     if sample.workers is not None:
         pings = _harvest(ctx, pings, sample)
+    pings = _take_work_readings(ctx, pings, sample)
     reason = _why_no_ping(ctx, state, sample, pings)
     sent: list[str] = []
     if reason is None:
@@ -129,6 +130,17 @@ def _read_endpoint(ctx: TickContext, sample: HealthSample) -> None:
         return
     sample.workers = WorkerCounts.model_validate(health.get("workers") or {})
     sample.jobs = JobCounts.model_validate(health.get("jobs") or {})
+
+
+def _take_work_readings(
+    ctx: TickContext, pings: store.PingRound, sample: HealthSample
+) -> store.PingRound:
+    """The GPU readings workers took over the chunks recorded since the last sample."""
+    items = store.work_readings_between(ctx.aws.table, after=pings.work_read_until, until=ctx.now)
+    if not items:
+        return pings
+    sample.readings.extend(WorkerReading.model_validate(item) for item in items)
+    return pings.model_copy(update={"work_read_until": max(int(item["at"]) for item in items)})
 
 
 def _harvest(ctx: TickContext, pings: store.PingRound, sample: HealthSample) -> store.PingRound:

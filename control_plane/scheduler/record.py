@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 
 from control_plane import layout
+from control_plane.health.sample import GpuReading, WorkerReading
 from control_plane.models import ChunkRef
 from control_plane.observability import count, seconds
 from control_plane.scheduler import policy
@@ -22,6 +23,7 @@ from control_plane.scheduler.context import TickContext
 from control_plane.store import ChunkItem, TransactionConflict, deadletters, throughput
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
+from control_plane.store import health as health_store
 from handler.contract import BatchRequestOutput, BatchResponseData, ChunkSummary, error_body
 
 log = logging.getLogger("control_plane.record")
@@ -178,6 +180,41 @@ def _measure(
         # The result is recorded already; a lost sample only thins the next estimate's basis.
         log.exception(
             "throughput sample not stored",
+            extra={"batch_id": chunk["batch_id"], "chunk_id": chunk["chunk_id"]},
+        )
+    if summary.gpus:
+        _keep_gpu_readings(ctx, chunk, summary)
+
+
+def _keep_gpu_readings(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> None:
+    """The GPU readings the worker took over the chunk, for the next health sample: `/v1/health`
+    rates the GPUs from work, not only from pings sent while nothing waits."""
+    reading = WorkerReading(
+        worker_id=summary.worker.worker_id,
+        status="chunk",
+        gpus=[
+            GpuReading(
+                name=gpu.name,
+                utilization_percent=gpu.utilization_percent,
+                memory_used_mb=gpu.memory_used_mb,
+                memory_total_mb=gpu.memory_total_mb,
+                memory_percent=round(100 * gpu.memory_used_mb / gpu.memory_total_mb, 2)
+                if gpu.memory_total_mb
+                else None,
+            )
+            for gpu in summary.gpus
+        ],
+    )
+    try:
+        health_store.put_work_reading(
+            ctx.aws.table,
+            reading.model_dump(),
+            at=ctx.now,
+            chunk=f"{chunk['batch_id']}#{chunk['chunk_id']}",
+        )
+    except Exception:
+        log.exception(
+            "GPU readings not stored",
             extra={"batch_id": chunk["batch_id"], "chunk_id": chunk["chunk_id"]},
         )
 

@@ -27,6 +27,7 @@ class PingRound(BaseModel):
     rounds: int = 0  # rounds sent so far
     last_reading: dict[str, Any] | None = None
     last_reading_at: int = 0
+    work_read_until: int = 0  # work readings up to this second are in a sample already
     version: int = 0
 
 
@@ -46,6 +47,33 @@ def save_pings(table: Table, before: PingRound, after: PingRound, *, now: int) -
 def put_sample(table: Table, sample: Item) -> None:
     """`sample` carries `at` (its time) and `expires_at` (the TTL)."""
     table.put({**keys.health_sample(int(sample["at"]), secrets.token_hex(3)), **sample})
+
+
+WORK_READING_TTL_S = 2 * 24 * 3600
+
+
+def put_work_reading(table: Table, reading: dict[str, Any], *, at: int, chunk: str) -> None:
+    """GPU readings a worker took while it ran a chunk (the next tick's sample takes them in)."""
+    table.put(
+        {**keys.work_reading(at, chunk), **reading, "at": at, "expires_at": at + WORK_READING_TTL_S}
+    )
+
+
+def work_readings_between(table: Table, *, after: int, until: int) -> list[Item]:
+    """Work readings recorded in (after, until], oldest first (at most 200: a sample's worth)."""
+    items, _ = table.query_page(
+        index=None,
+        key_name="pk",
+        key_value=keys.HEALTH,
+        limit=200,
+        newest_first=False,
+        sort_condition=("sk", ">", keys.work_reading(after)["sk"] + "~"),
+    )
+    return [
+        item
+        for item in items
+        if str(item["sk"]).startswith(keys.WORK_READING_PREFIX) and int(item["at"]) <= until
+    ]
 
 
 def samples_since(table: Table, *, since: int, limit: int) -> list[Item]:

@@ -16,6 +16,7 @@ SORT_KEY_MAX_BYTES = 1024
 META = "META"
 HEALTH = "HEALTH"
 SAMPLE_PREFIX = "SAMPLE#"
+WORK_READING_PREFIX = "WORK#"
 CHUNK_PREFIX = "CHUNK#"
 DEAD_PREFIX = "DEAD#"
 THROUGHPUT = "THROUGHPUT"
@@ -109,6 +110,11 @@ def health_sample(at: int, suffix: str = "") -> Key:
     """Zero-padded seconds, so a range of `sk` is a range of time; the suffix keeps both
     samples of two ticks in one second (a kick after a split beside the scheduled tick)."""
     return {"pk": HEALTH, "sk": f"{SAMPLE_PREFIX}{at:010d}{'#' + suffix if suffix else ''}"}
+
+
+def work_reading(at: int, suffix: str = "") -> Key:
+    """A worker's GPU readings over one chunk, by when the chunk was recorded (seconds)."""
+    return {"pk": HEALTH, "sk": f"{WORK_READING_PREFIX}{at:010d}{'#' + suffix if suffix else ''}"}
 
 
 def throughput_bucket(start: int) -> Key:

@@ -10,6 +10,7 @@ import pytest
 
 from handler.chunk import process_chunk
 from handler.contract import ChunkProgress, ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.health import GpuStats
 from handler.pipeline import EngineGate
 from handler.transfer import TransferError
 from infra.blob_server import BlobServer
@@ -219,3 +220,60 @@ async def test_a_failing_progress_sender_never_fails_the_chunk(
         progress_interval_s=0.05,
     )
     assert summary.counts.completed == 4
+
+
+async def test_the_summary_carries_the_gpu_readings_taken_while_the_chunk_ran(
+    blobs: BlobServer, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("handler.chunk.GPU_SAMPLE_S", 0.1)
+    utilization = iter([40.0, 80.0, 90.0, 70.0, 60.0, 50.0, 30.0, 20.0, 10.0])
+    reads = 0
+
+    def read() -> tuple[list[GpuStats], str | None]:
+        nonlocal reads
+        reads += 1
+        used = 1000.0 * reads
+        gpu = GpuStats(
+            index=0,
+            name="H100",
+            memory_used_mb=used,
+            memory_total_mb=81920.0,
+            memory_percent=100 * used / 81920,
+            utilization_percent=next(utilization),
+            temperature_c=None,
+            power_w=None,
+            power_limit_w=None,
+        )
+        return [gpu], None
+
+    job = stage_chunk(blobs, [request_line(f"r{i}", f"standin-sleep={0.1 * i}") for i in range(4)])
+    summary = await process_chunk(
+        job,
+        gate=EngineGate(StandinEngine(), 4096),
+        session=session,
+        worker=WORKER,
+        transfer_retries=1,
+        gpu_read=read,
+    )
+    (gpu,) = summary.gpus
+    # At the start, every 0.1 s while the ~0.3 s of requests run, and once at the end.
+    assert gpu.samples == reads and 3 <= reads <= 8, reads
+    taken = [40.0, 80.0, 90.0, 70.0, 60.0, 50.0, 30.0, 20.0, 10.0][:reads]
+    assert gpu.utilization_percent == round(sum(taken) / reads, 1)
+    assert gpu.memory_used_mb == 1000.0 * reads and gpu.memory_total_mb == 81920.0
+    assert ChunkSummary.model_validate(summary.model_dump()).gpus == summary.gpus
+
+
+async def test_no_gpu_readings_leave_the_summary_without_gpus(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    job = stage_chunk(blobs, [request_line("r0", "hi")])
+    summary = await process_chunk(
+        job,
+        gate=EngineGate(StandinEngine(), 4096),
+        session=session,
+        worker=WORKER,
+        transfer_retries=1,
+        gpu_read=lambda: ([], "NVML unavailable: no driver"),
+    )
+    assert summary.gpus == [] and summary.counts.completed == 1
