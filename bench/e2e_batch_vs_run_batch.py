@@ -44,8 +44,8 @@ from stack_runs import (
 def hotbatch(path: Path, requests: int, workdir: Path, flags: list[str]) -> dict[str, Any]:
     from openai import OpenAI
 
+    from control_plane.metering.throughput import busy_share
     from control_plane.store import chunks as chunk_store
-    from control_plane.throughput import busy_share
     from infra.cli import run_stack
 
     stack, _ = run_stack(path, "--workdir", str(workdir), *flags)

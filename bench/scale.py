@@ -128,9 +128,9 @@ def hotbatch(
 ) -> dict[str, Any]:
     from openai import OpenAI
 
+    from control_plane.metering.throughput import busy_share
     from control_plane.store import batches as batch_store
     from control_plane.store import chunks as chunk_store
-    from control_plane.throughput import busy_share
     from infra.cli import run_stack
 
     stack, _ = run_stack(path, "--workdir", str(workdir), *args.flags)

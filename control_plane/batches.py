@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from control_plane import sizing
 from control_plane.aws import Aws
 from control_plane.errors import (
     Conflict,
@@ -18,6 +17,7 @@ from control_plane.errors import (
 )
 from control_plane.ids import new_id, now_s
 from control_plane.kick import Kick, no_kick
+from control_plane.metering import sizing
 from control_plane.metering.figures import Figures
 from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody, CursorPage, DeadLetter
 from control_plane.split.launch import start_split

@@ -198,7 +198,7 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "HOTBATCH_CHUNK_MAX_REQUESTS: requests per chunk at most, and the size before any "
-            "throughput has been measured (control_plane/sizing.py)."
+            "throughput has been measured (control_plane/metering/sizing.py)."
         ),
     )
     chunk_min_requests: int = Field(

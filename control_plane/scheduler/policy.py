@@ -4,7 +4,7 @@ The state lives in one item (store/endpoint.py) that every tick reads once and w
 conditioned on the version it read: two ticks at once cannot both move it, and the loser's
 changes are simply recomputed by the next tick. Beside the window and the breaker it keeps the
 workers' measured throughput (an EWMA over chunk summaries) that sizes new batches' chunks
-(`control_plane/sizing.py`), and the warm workers RunPod last reported.
+(`control_plane/metering/sizing.py`), and the warm workers RunPod last reported.
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ class BatchItem(BatchCounters, total=False):
     queued: int  # this batch's share of the tenant's queued_requests
     n_total: int
     chunk_count: int  # chunks the split wrote
-    chunk_requests: int  # requests per chunk, chosen at admission (control_plane/sizing.py)
+    chunk_requests: (
+        int  # requests per chunk, chosen at admission (control_plane/metering/sizing.py)
+    )
     chunk_seq: int  # the next free chunk number (bisect and redrive make new chunks)
     output_expires_after_s: int
     redrives: int  # redrive generations so far
@@ -97,7 +99,7 @@ class ChunkFields(TypedDict, total=False):
     engine_s: float  # the chunk's own engine phase (overlaps its neighbours' on the worker)
     # The worker's engine-busy seconds this chunk reported (one clock per worker: summed over a
     # batch's chunks it counts each busy second once) and, on the worker's clock, when the
-    # chunk started and ended there: `control_plane/throughput.py` makes a busy share of them.
+    # chunk started and ended there: `metering/throughput.py` makes a busy share of them.
     engine_busy_s: float
     run_started_at: float
     run_finished_at: float

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from openai import OpenAI
 
+from control_plane.metering.throughput import busy_share
 from control_plane.store import chunks as chunk_store
-from control_plane.throughput import busy_share
 from infra.stack import LocalStack, StackConfig, worker_pool
 from infra.wait import wait_for
 from tests.support.lines import CHAT, jsonl

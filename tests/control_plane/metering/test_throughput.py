@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane import sizing
 from control_plane.api import create_app
 from control_plane.aws import Aws
+from control_plane.metering import sizing
+from control_plane.metering.throughput import busy_share
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler import policy, record
 from control_plane.scheduler.context import TickContext
@@ -21,7 +22,6 @@ from control_plane.store import ChunkItem
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import endpoint as endpoint_store
-from control_plane.throughput import busy_share
 from control_plane.webhooks import signature
 from handler.contract import (
     ChunkCounts,
