@@ -19,6 +19,8 @@ Figures per policy, from the local endpoint's own records, sampled every 0.25 s:
 - idle while work waits: of the time a chunk job sat queued, the share with no ready worker;
 - keep-warm overhead: ready-worker seconds without a chunk (pings, idle timeout) over the
   seconds it ran chunks; engine loads are counted apart (seconds spent starting workers);
+- extra over `never`: the GPU-seconds a policy pays beyond scale-to-zero's (ready without a
+  chunk, plus starting), over the seconds of work — what keeping warm costs;
 - each batch's latency (create -> completed).
 
 Batches of 300-1,500 chat requests of 16 tokens (~20K requests in the day); `always` starts the
@@ -314,16 +316,23 @@ def main() -> None:
             results.append(result)
             shown = {k: v for k, v in result.items() if k != "timeline"}
             print(json.dumps(shown), f"load {load()}", flush=True)
+    never = next((r for r in results if r["policy"] == "never"), None)
     print(
-        "| policy | warm starts | idle while work waits | keep-warm overhead | busy s | "
-        "warm idle s | starting s | latency p50 / p95 |"
+        "| policy | warm starts | idle while work waits | keep-warm overhead | extra over "
+        "never | busy s | warm idle s | starting s | latency p50 / p95 |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
+        extra = "—"
+        if never is not None and r["busy_s"]:
+            paid = r["warm_idle_s"] + r["starting_s"]
+            extra = (
+                f"{100 * (paid - never['warm_idle_s'] - never['starting_s']) / r['busy_s']:.0f} %"
+            )
         print(
             f"| {r['policy']} | {100 * r['warm_starts']:.0f} % ({r['chunks']} chunks) | "
             f"{100 * r['idle_while_waiting']:.1f} % | {100 * r['keep_warm_overhead']:.0f} % | "
-            f"{r['busy_s']} | {r['warm_idle_s']} | {r['starting_s']} | "
+            f"{extra} | {r['busy_s']} | {r['warm_idle_s']} | {r['starting_s']} | "
             f"{r['latency_p50_s']} s / {r['latency_p95_s']} s |"
         )
     chart(results, arrivals, args.hour_s, args.chart)
