@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,14 +31,22 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def run(
-    job: ProcessChunkInput, engine: StandinEngine, session: aiohttp.ClientSession, **kw: int
+    job: ProcessChunkInput,
+    engine: StandinEngine,
+    session: aiohttp.ClientSession,
+    *,
+    max_in_flight: int = 4096,
+    retries: int = 1,
+    **options: Any,
 ) -> ChunkSummary:
+    """process_chunk on the stand-in; `options` are its progress and GPU arguments."""
     return await process_chunk(
         job,
-        gate=EngineGate(engine, kw.get("max_in_flight", 4096)),
+        gate=EngineGate(engine, max_in_flight),
         session=session,
         worker=WORKER,
-        transfer_retries=kw.get("retries", 1),
+        transfer_retries=retries,
+        **options,
     )
 
 
@@ -182,14 +191,8 @@ async def test_progress_is_reported_while_the_chunk_runs_and_only_when_it_moved(
     lines[3] = request_line("bad", "standin-sleep=0.3", model="nope")
     job = stage_chunk(blobs, lines)
     reports: list[ChunkProgress] = []
-    summary = await process_chunk(
-        job,
-        gate=EngineGate(StandinEngine(), 4096),
-        session=session,
-        worker=WORKER,
-        transfer_retries=1,
-        progress=reports.append,
-        progress_interval_s=0.15,
+    summary = await run(
+        job, StandinEngine(), session, progress=reports.append, progress_interval_s=0.15
     )
     assert summary.counts.completed == 7 and summary.counts.failed == 1
     assert 2 <= len(reports) <= 6, reports
@@ -210,15 +213,7 @@ async def test_a_failing_progress_sender_never_fails_the_chunk(
     def broken(progress: ChunkProgress) -> None:
         raise ConnectionError("RunPod unreachable")
 
-    summary = await process_chunk(
-        job,
-        gate=EngineGate(StandinEngine(), 4096),
-        session=session,
-        worker=WORKER,
-        transfer_retries=1,
-        progress=broken,
-        progress_interval_s=0.05,
-    )
+    summary = await run(job, StandinEngine(), session, progress=broken, progress_interval_s=0.05)
     assert summary.counts.completed == 4
 
 
@@ -247,14 +242,7 @@ async def test_the_summary_carries_the_gpu_readings_taken_while_the_chunk_ran(
         return [gpu], None
 
     job = stage_chunk(blobs, [request_line(f"r{i}", f"standin-sleep={0.1 * i}") for i in range(4)])
-    summary = await process_chunk(
-        job,
-        gate=EngineGate(StandinEngine(), 4096),
-        session=session,
-        worker=WORKER,
-        transfer_retries=1,
-        gpu_read=read,
-    )
+    summary = await run(job, StandinEngine(), session, gpu_read=read)
     (gpu,) = summary.gpus
     # At the start, every 0.1 s while the ~0.3 s of requests run, and once at the end.
     assert gpu.samples == reads and 3 <= reads <= 8, reads
@@ -268,12 +256,7 @@ async def test_no_gpu_readings_leave_the_summary_without_gpus(
     blobs: BlobServer, session: aiohttp.ClientSession
 ) -> None:
     job = stage_chunk(blobs, [request_line("r0", "hi")])
-    summary = await process_chunk(
-        job,
-        gate=EngineGate(StandinEngine(), 4096),
-        session=session,
-        worker=WORKER,
-        transfer_retries=1,
-        gpu_read=lambda: ([], "NVML unavailable: no driver"),
+    summary = await run(
+        job, StandinEngine(), session, gpu_read=lambda: ([], "NVML unavailable: no driver")
     )
     assert summary.gpus == [] and summary.counts.completed == 1
