@@ -12,7 +12,9 @@ window cannot be given to the tick as a schedule of the compressed day: the benc
 itself (`control_plane.health.schedule.in_schedule` at the day's time) and switches the stack's
 `keep_hot_schedule` between `always` and `never` as the compressed clock crosses its edges.
 Note what compression does: an engine load (~15-20 s here) lasts hours of the compressed day,
-and the idle timeout half an hour; the window opens early for that reason.
+and the idle timeout half an hour; the window opens early for that reason. `--window-lead-s`
+says the same in real seconds: the window opens that long before its start on the compressed
+clock (its end stays), as an operator opens a window one cold start ahead of the busy hours.
 
 Figures per policy, from the local endpoint's own records, sampled every 0.25 s:
 - warm starts: chunks taken by a worker that was ready when the chunk's job arrived;
@@ -26,7 +28,8 @@ Figures per policy, from the local endpoint's own records, sampled every 0.25 s:
 Batches of 300-1,500 chat requests of 16 tokens (~20K requests in the day); `always` starts the
 day with its worker already up (a deployment kept warm has been for days), the others cold.
 
-    python bench/keephot_day.py [--hour-s 10] [--window 06:00-21:00] [--chart bench/keephot_day.png]
+    python bench/keephot_day.py [--hour-s 10] [--window 06:00-21:00] [--window-lead-s 0]
+        [--cold-start 0] [--max-workers 1] [--chart bench/keephot_day.png] [--json FILE]
 """
 
 from __future__ import annotations
@@ -202,7 +205,11 @@ def replay(
         while time.monotonic() - started < day_s:
             hour = (time.monotonic() - started) / args.hour_s
             if policy == "window":
-                inside = in_schedule(window, MONDAY + timedelta(hours=hour), False)
+                lead = args.window_lead_s / args.hour_s
+                inside = any(
+                    in_schedule(window, MONDAY + timedelta(hours=at), False)
+                    for at in (hour, hour + lead)
+                )
                 set_schedule(stack, "always" if inside else "never")
             while pending and pending[0].at_h <= hour:
                 arrival = pending.pop(0)
@@ -326,6 +333,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hour-s", type=float, default=10.0)
     parser.add_argument("--window", default="06:00-21:00")
+    parser.add_argument(
+        "--window-lead-s", type=float, default=0.0, help="real seconds the window opens early"
+    )
     parser.add_argument("--cold-start", type=float, default=0.0, help="extra seconds per start")
     parser.add_argument("--max-workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=20261204)
@@ -346,8 +356,8 @@ def main() -> None:
     print(f"machine: {machine()}; load before: {load()}")
     print(
         f"day: {len(arrivals)} batches, {sum(a.requests for a in arrivals)} requests; one hour "
-        f"= {args.hour_s:g} s; window {args.window}; extra cold start {args.cold_start:g} s; "
-        f"max workers {args.max_workers}",
+        f"= {args.hour_s:g} s; window {args.window} opening {args.window_lead_s:g} s early; "
+        f"extra cold start {args.cold_start:g} s; max workers {args.max_workers}",
         flush=True,
     )
     results = []
