@@ -199,7 +199,9 @@ class EndpointBackend:
         deadline = time.monotonic() + timeout
         async with self.changed:
             while True:
-                taken = self._dequeue(worker, batch_size)
+                # A worker the pool is retiring (idle timeout, shutdown) takes nothing more: a
+                # job handed to it would die with its engine.
+                taken = self._dequeue(worker, batch_size) if worker.alive else []
                 if taken or time.monotonic() >= deadline or not worker.alive:
                     break
                 try:

@@ -74,3 +74,18 @@ async def test_a_progress_update_shows_as_the_running_jobs_output_and_finishes_n
     await backend.done("w1", job.id, {"output": {"done": True}})
     assert backend.get(job.id).status == "COMPLETED"
     assert backend.get(job.id).output == {"done": True}
+
+
+async def test_a_worker_being_retired_takes_no_new_job() -> None:
+    # The pool marks an idle worker not alive and sends it SIGTERM; its long-poll may still be
+    # open. A job that arrives then must wait for another worker, not go to the dying one (it
+    # would die with the engine mid-chunk), as RunPod sends nothing to a worker scaling down.
+    backend = EndpointBackend()
+    waiting = asyncio.ensure_future(backend.take("w1", 2, timeout=5))
+    await asyncio.sleep(0.1)
+    backend.workers["w1"].alive = False
+    job = await backend.submit({"input": {"n": 1}})
+    assert await asyncio.wait_for(waiting, 1) == []
+    assert backend.get(job.id).status == "IN_QUEUE"
+    [taken] = await backend.take("w2", 2, timeout=0.1)
+    assert taken.id == job.id and taken.worker_id == "w2"
