@@ -12,7 +12,9 @@ window cannot be given to the tick as a schedule of the compressed day: the benc
 itself (`control_plane.health.schedule.in_schedule` at the day's time) and switches the stack's
 `keep_hot_schedule` between `always` and `never` as the compressed clock crosses its edges.
 Note what compression does: an engine load (~15-20 s here) lasts hours of the compressed day,
-and the idle timeout half an hour; the window opens early for that reason.
+and the idle timeout half an hour; the window opens early for that reason. `--window-lead-s`
+says the same in real seconds: the window opens that long before its start on the compressed
+clock (its end stays), as an operator opens a window one cold start ahead of the busy hours.
 
 Figures per policy, from the local endpoint's own records, sampled every 0.25 s:
 - warm starts: chunks taken by a worker that was ready when the chunk's job arrived;
@@ -26,7 +28,8 @@ Figures per policy, from the local endpoint's own records, sampled every 0.25 s:
 Batches of 300-1,500 chat requests of 16 tokens (~20K requests in the day); `always` starts the
 day with its worker already up (a deployment kept warm has been for days), the others cold.
 
-    python bench/keephot_day.py [--hour-s 10] [--window 06:00-21:00] [--chart bench/keephot_day.png]
+    python bench/keephot_day.py [--hour-s 10] [--window 06:00-21:00] [--window-lead-s 0]
+        [--cold-start 0] [--max-workers 1] [--chart bench/keephot_day.png] [--json FILE]
 """
 
 from __future__ import annotations
@@ -147,11 +150,14 @@ def request_lines(batch: int, requests: int) -> bytes:
     )
 
 
-def day_stack(workdir: Path, schedule: str, cold_start_s: float) -> LocalStack:
+def day_stack(workdir: Path, schedule: str, cold_start_s: float, max_workers: int) -> LocalStack:
     from infra.local_stack import LocalOptions, planned
 
     options = LocalOptions(
-        workers=0, max_workers=1, cold_start_delay=cold_start_s, workdir=workdir.resolve()
+        workers=0,
+        max_workers=max_workers,
+        cold_start_delay=cold_start_s,
+        workdir=workdir.resolve(),
     )
     stack, _ = planned(options)
     stack.config.embed_model, stack.config.embed_pool = None, None
@@ -175,7 +181,7 @@ def replay(
 
     window = f"Mon-Sun {args.window}"
     schedule = "never" if policy == "window" else policy
-    stack = day_stack(workdir, schedule, args.cold_start)
+    stack = day_stack(workdir, schedule, args.cold_start, args.max_workers)
     stack.start()
     samples = Samples()
     stop = threading.Event()
@@ -199,7 +205,11 @@ def replay(
         while time.monotonic() - started < day_s:
             hour = (time.monotonic() - started) / args.hour_s
             if policy == "window":
-                inside = in_schedule(window, MONDAY + timedelta(hours=hour), False)
+                lead = args.window_lead_s / args.hour_s
+                inside = any(
+                    in_schedule(window, MONDAY + timedelta(hours=at), False)
+                    for at in (hour, hour + lead)
+                )
                 set_schedule(stack, "always" if inside else "never")
             while pending and pending[0].at_h <= hour:
                 arrival = pending.pop(0)
@@ -293,20 +303,61 @@ def chart(
     figure.savefig(path, dpi=90)
 
 
+def table(results: list[dict[str, Any]]) -> None:
+    """The figures as a markdown table; `extra over never` and `p50 vs never` against the
+    scale-to-zero run of the same day."""
+    never = next((r for r in results if r["policy"] == "never"), None)
+    print(
+        "| policy | warm starts | idle while work waits | keep-warm overhead | extra over "
+        "never | busy s | warm idle s | starting s | latency p50 / p95 | p50 vs never |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        extra = faster = "—"
+        if never is not None and r["busy_s"]:
+            paid = r["warm_idle_s"] + r["starting_s"]
+            extra = (
+                f"{100 * (paid - never['warm_idle_s'] - never['starting_s']) / r['busy_s']:.0f} %"
+            )
+        if never is not None and r["latency_p50_s"]:
+            faster = f"{never['latency_p50_s'] / r['latency_p50_s']:.2f}x"
+        print(
+            f"| {r['policy']} | {100 * r['warm_starts']:.0f} % ({r['chunks']} chunks) | "
+            f"{100 * r['idle_while_waiting']:.1f} % | {100 * r['keep_warm_overhead']:.0f} % | "
+            f"{extra} | {r['busy_s']} | {r['warm_idle_s']} | {r['starting_s']} | "
+            f"{r['latency_p50_s']} s / {r['latency_p95_s']} s | {faster} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hour-s", type=float, default=10.0)
     parser.add_argument("--window", default="06:00-21:00")
+    parser.add_argument(
+        "--window-lead-s", type=float, default=0.0, help="real seconds the window opens early"
+    )
     parser.add_argument("--cold-start", type=float, default=0.0, help="extra seconds per start")
+    parser.add_argument("--max-workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=20261204)
     parser.add_argument("--policies", default="never,pending,window,always")
     parser.add_argument("--chart", type=Path, default=Path(__file__).with_name("keephot_day.png"))
+    parser.add_argument("--json", type=Path, help="also write the figures and timelines here")
+    parser.add_argument(
+        "--from-json", type=Path, help="no run: the table and chart from an earlier --json"
+    )
     args = parser.parse_args()
     arrivals = the_day(args.seed)
+    if args.from_json is not None:
+        saved = json.loads(args.from_json.read_text())
+        table(saved["results"])
+        chart(saved["results"], arrivals, saved["hour_s"], args.chart)
+        print(f"chart: {args.chart}")
+        return
     print(f"machine: {machine()}; load before: {load()}")
     print(
         f"day: {len(arrivals)} batches, {sum(a.requests for a in arrivals)} requests; one hour "
-        f"= {args.hour_s:g} s; window {args.window}",
+        f"= {args.hour_s:g} s; window {args.window} opening {args.window_lead_s:g} s early; "
+        f"extra cold start {args.cold_start:g} s; max workers {args.max_workers}",
         flush=True,
     )
     results = []
@@ -316,25 +367,9 @@ def main() -> None:
             results.append(result)
             shown = {k: v for k, v in result.items() if k != "timeline"}
             print(json.dumps(shown), f"load {load()}", flush=True)
-    never = next((r for r in results if r["policy"] == "never"), None)
-    print(
-        "| policy | warm starts | idle while work waits | keep-warm overhead | extra over "
-        "never | busy s | warm idle s | starting s | latency p50 / p95 |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in results:
-        extra = "—"
-        if never is not None and r["busy_s"]:
-            paid = r["warm_idle_s"] + r["starting_s"]
-            extra = (
-                f"{100 * (paid - never['warm_idle_s'] - never['starting_s']) / r['busy_s']:.0f} %"
-            )
-        print(
-            f"| {r['policy']} | {100 * r['warm_starts']:.0f} % ({r['chunks']} chunks) | "
-            f"{100 * r['idle_while_waiting']:.1f} % | {100 * r['keep_warm_overhead']:.0f} % | "
-            f"{extra} | {r['busy_s']} | {r['warm_idle_s']} | {r['starting_s']} | "
-            f"{r['latency_p50_s']} s / {r['latency_p95_s']} s |"
-        )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"hour_s": args.hour_s, "results": results}))
+    table(results)
     chart(results, arrivals, args.hour_s, args.chart)
     print(f"chart: {args.chart}")
 
