@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import pytest
 from openai import OpenAI
-from openai.types import Batch, CreateEmbeddingResponse
+from openai.types import Batch, CreateEmbeddingResponse, Upload
 from openai.types.responses import Response
 
 from infra.wait import wait_for
 from tests.support.lines import EMBED_MODEL, EMBEDDINGS, MODEL, RESPONSES, jsonl, request_line
-from tests.support.receiver import Receiver
+from tests.support.receiver import Received, Receiver
 from tests.support.stack import local_up
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
@@ -40,6 +40,18 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver().start()
     yield server
     server.stop()
+
+
+def upload_chunked(client: OpenAI, content: bytes, filename: str) -> Upload:
+    """The SDK's own large-file helper, with 1 MiB parts (`POST /v1/uploads/{id}/parts`)."""
+    return client.uploads.upload_file_chunked(
+        file=content,
+        filename=filename,
+        bytes=len(content),
+        mime_type="application/jsonl",
+        purpose="batch",
+        part_size=MiB,
+    )
 
 
 def run_batch(client: OpenAI, endpoint: str, lines: list[str]) -> tuple[Batch, list[dict]]:  # type: ignore[type-arg]
@@ -141,26 +153,18 @@ def test_a_completed_batch_delivers_batch_completed_that_unwrap_accepts(
     assert listed[hook.id].url == f"{receiver.url}/done"
     assert listed[hook.id].event_types == ["batch.completed"]
 
-    content = jsonl(REQUESTS, prefix="hook")
-    upload = client.uploads.upload_file_chunked(
-        file=content,
-        filename="hooked.jsonl",
-        bytes=len(content),
-        mime_type="application/jsonl",
-        purpose="batch",
-        part_size=MiB,
-    )
+    upload = upload_chunked(client, jsonl(REQUESTS, prefix="hook"), "hooked.jsonl")
     assert upload.file is not None
     batch = client.batches.create(
         input_file_id=upload.file.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
 
-    def delivered() -> list[bytes]:
-        return [got.body for got in receiver.on("/done") if batch.id.encode() in got.body]
+    def delivered() -> list[Received]:
+        return [got for got in receiver.on("/done") if batch.id.encode() in got.body]
 
     wait_for(delivered, f"batch.completed for {batch.id}", timeout=600, every=1.0)
     assert client.batches.retrieve(batch.id).status == "completed"
-    (got,) = [got for got in receiver.on("/done") if batch.id.encode() in got.body]
+    (got,) = delivered()
     event = client.webhooks.unwrap(got.body, got.headers, secret=hook.signing_secret)
     assert event.type == "batch.completed" and event.data.id == batch.id
     assert event.object == "event" and event.id.startswith("evt_")
@@ -172,14 +176,7 @@ def test_a_completed_batch_delivers_batch_completed_that_unwrap_accepts(
 def test_upload_file_chunked_with_1_mib_parts_yields_the_whole_file(client: OpenAI) -> None:
     content = jsonl(20_000, prefix="big")  # ~2.8 MiB: three parts
     assert 2 * MiB < len(content) < 4 * MiB
-    done = client.uploads.upload_file_chunked(
-        file=content,
-        filename="big.jsonl",
-        bytes=len(content),
-        mime_type="application/jsonl",
-        purpose="batch",
-        part_size=MiB,
-    )
+    done = upload_chunked(client, content, "big.jsonl")
     assert done.status == "completed" and done.file is not None
     assert done.file.bytes == len(content)
     assert client.files.content(done.file.id).content == content
