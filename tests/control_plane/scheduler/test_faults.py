@@ -64,6 +64,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         # down (at the default of 2 its neighbour would be retried too).
         env={"STANDIN_EXIT_ON": POISON, "MAX_CONCURRENCY": "1"},
     )
+    # These tests kill workers on purpose, several in a row: at the pool's default backoff
+    # (doubling up to 60 s) the next test could wait half a minute for a worker to come back.
+    pool.restart_backoff_max_s = 2.0
     settings = {
         "chunk_max_requests": CHUNK,
         "worker_concurrency": 1,
@@ -85,6 +88,9 @@ def quiet(stack: LocalStack) -> Iterator[None]:
     table = aws(stack).table
     set_window(stack, PROFILE.window_start)
     endpoint_store.set_endpoint_state(table, state="closed")
+    # Workers an earlier test killed are back before this one starts: its waits then time
+    # the scheduler, not the pool's restarts.
+    wait_for(lambda: ready_workers(stack) >= 1, "a ready worker", timeout=120)
     yield
     assert stack.endpoint is not None
     stack.endpoint.inject_fault(seconds=0)
@@ -169,6 +175,11 @@ def job_in(stack: LocalStack, batch_id: str, chunk_id: str, status: str) -> Job 
     """The chunk's latest job, if it is in `status`."""
     job = job_for(stack, batch_id, chunk_id)
     return job if job is not None and job.status == status else None
+
+
+def ready_workers(stack: LocalStack) -> int:
+    assert stack.endpoint is not None and stack.endpoint.backend is not None
+    return int(stack.endpoint.backend.health()["workers"]["ready"])
 
 
 def running_job(stack: LocalStack, batch_id: str, chunk_id: str) -> Job | None:
@@ -347,7 +358,9 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
         assert [(c["state"], chunk_store.tries(c)) for c in items] == [("pending", 0)] * 2
         assert jobs(stack, batch_id) == []
         # A worker finishing a chunk says nothing about the client API: the breaker stays open.
-        finished = wait_for(lambda: job_in(stack, busy, "00000", "COMPLETED"), "the busy chunk")
+        finished = wait_for(
+            lambda: job_in(stack, busy, "00000", "COMPLETED"), "the busy chunk", timeout=120
+        )
         outcome = record_webhook(
             aws(stack), batch_id=busy, chunk_id="00000", attempt=1, job=finished.to_dict()
         )
