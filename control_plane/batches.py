@@ -3,6 +3,7 @@ and the dead letters of a batch."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ from control_plane.store import Item, deadletters
 from control_plane.store import batches as batch_store
 from control_plane.store import endpoint as endpoint_store
 from control_plane.store import files as file_store
+from control_plane.store import health as health_store
+
+log = logging.getLogger("control_plane.batches")
 
 WINDOW_S = {"24h": 24 * 3600}
 CANCELLABLE = {"validating", "in_progress", "finalizing"}
@@ -106,6 +110,11 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
         limits=aws.limits,
         extra=extra,
     )
+    try:
+        health_store.record_arrival(aws.table, created)
+    except Exception as exc:
+        # The forecast's history, not the batch: the batch stands without it.
+        log.warning("batch arrival not recorded", extra={"batch_id": batch.id, "error": str(exc)})
     return batch
 
 

@@ -131,8 +131,29 @@ class Settings(BaseSettings):
     keep_hot_schedule: str = Field(
         default="pending",
         description=(
-            "HOTBATCH_KEEP_HOT_SCHEDULE: `always`, `pending` (while work waits), `never`, or UTC "
-            "windows such as `Mon-Fri 08:00-20:00, Sat 10:00-14:00`."
+            "HOTBATCH_KEEP_HOT_SCHEDULE: `always`, `pending` (while work waits), `never`, "
+            "`learned` (ahead of batches that recur at the same time of day), or UTC windows "
+            "such as `Mon-Fri 08:00-20:00, Sat 10:00-14:00`; `pending`, `learned` and windows "
+            "combine."
+        ),
+    )
+    keep_hot_lead_s: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description=(
+            "HOTBATCH_KEEP_HOT_LEAD_S: for `learned`, how long before a recurring batch workers "
+            "are warmed: one cold start of the model plus a tick interval."
+        ),
+    )
+    keep_hot_tolerance_s: int = Field(
+        default=900,
+        ge=60,
+        le=6 * 3600,
+        description=(
+            "HOTBATCH_KEEP_HOT_TOLERANCE_S: for `learned`, batches this close in time of day "
+            "on different days count as one recurring batch, and a forecast one is waited for "
+            "this long after its time."
         ),
     )
     keep_hot_workers: int = Field(

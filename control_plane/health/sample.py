@@ -101,6 +101,7 @@ class HealthSample(BaseModel):
     in_schedule: bool
     keep_hot_workers: int
     work_waiting: bool
+    work_expected: bool | None = None  # `learned`: the forecast expects a recurring batch
     pending_chunks: int
     in_flight_chunks: int
     oldest_pending_age_s: int | None = None  # high and normal priority

@@ -1,10 +1,11 @@
 """`HOTBATCH_KEEP_HOT_SCHEDULE`: when the tick keeps workers warm.
 
-    always | never | pending | WINDOW[, WINDOW…]      (`;` separates as well as `,`)
+    always | never | pending | learned | WINDOW[, …]  (`;` separates as well as `,`)
     WINDOW = [DAY | DAY-DAY] HH:MM-HH:MM               (UTC; no day means every day)
 
-`pending` may stand beside windows ("pending, Mon-Fri 08:00-20:00": inside the windows, and
-outside them while work waits). A window whose end is not after its start crosses midnight:
+`pending` and `learned` may stand beside windows and each other ("learned, Mon-Fri
+08:00-20:00": inside the windows, and outside them ahead of the batches that recur at the same
+time of day, `health/forecast.py`). A window whose end is not after its start crosses midnight:
 `Fri 22:00-02:00` runs from Friday 22:00 to Saturday 02:00. `24:00` is the end of a day.
 
 Pure and free of control-plane imports: `Settings` validates the value with it at start-up.
@@ -24,7 +25,7 @@ _WINDOW = re.compile(
     re.IGNORECASE,
 )
 _EXPECTED = (
-    "expected `always`, `never`, `pending`, or UTC windows such as "
+    "expected `always`, `never`, `pending`, `learned`, or UTC windows such as "
     "`Mon-Fri 08:00-20:00, Sat 10:00-14:00`"
 )
 MINUTES_PER_DAY = 24 * 60
@@ -51,6 +52,7 @@ class Window:
 class Schedule:
     always: bool = False
     pending: bool = False
+    learned: bool = False  # ahead of recurring batches (the tick asks the forecast)
     windows: tuple[Window, ...] = ()
 
 
@@ -65,16 +67,23 @@ def parse_schedule(text: str) -> Schedule:
         if len(parts) > 1:
             raise _bad(text, "`always` and `never` must stand alone")
         return Schedule(always=words[0] == "always")
-    windows = tuple(_window(part, text) for part in parts if part.lower() != "pending")
-    return Schedule(pending="pending" in words, windows=windows)
+    windows = tuple(
+        _window(part, text) for part in parts if part.lower() not in ("pending", "learned")
+    )
+    return Schedule(pending="pending" in words, learned="learned" in words, windows=windows)
 
 
-def in_schedule(schedule: str | Schedule, now_utc: datetime, work_waiting: bool) -> bool:
-    """Whether workers should be kept warm at `now_utc` (naive datetimes are taken as UTC)."""
+def in_schedule(
+    schedule: str | Schedule, now_utc: datetime, work_waiting: bool, work_expected: bool = False
+) -> bool:
+    """Whether workers should be kept warm at `now_utc` (naive datetimes are taken as UTC).
+    `work_expected`: the forecast expects a recurring batch soon (used by `learned` only)."""
     parsed = parse_schedule(schedule) if isinstance(schedule, str) else schedule
     if parsed.always:
         return True
     if parsed.pending and work_waiting:
+        return True
+    if parsed.learned and work_expected:
         return True
     now = now_utc.astimezone(UTC) if now_utc.tzinfo is not None else now_utc
     return any(window.contains(now) for window in parsed.windows)

@@ -17,6 +17,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from control_plane.health.forecast import DAY_S, Forecast, expects_work
 from control_plane.health.sample import (
     SAMPLE_TTL_S,
     HealthSample,
@@ -24,7 +25,7 @@ from control_plane.health.sample import (
     WorkerCounts,
     WorkerReading,
 )
-from control_plane.health.schedule import in_schedule
+from control_plane.health.schedule import in_schedule, parse_schedule
 from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler.policy import SchedulerState
 from control_plane.store import health as store
@@ -57,8 +58,14 @@ def keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
 def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
     table, settings = ctx.aws.table, ctx.settings
     sample = _queue_sample(ctx, state)
+    schedule = parse_schedule(settings.keep_hot_schedule)
+    if schedule.learned:
+        sample.work_expected = _work_expected(ctx)
     sample.in_schedule = in_schedule(
-        settings.keep_hot_schedule, datetime.fromtimestamp(ctx.now, UTC), sample.work_waiting
+        schedule,
+        datetime.fromtimestamp(ctx.now, UTC),
+        sample.work_waiting,
+        work_expected=bool(sample.work_expected),
     )
     before = store.load_pings(table)
     pings = before
@@ -85,6 +92,7 @@ def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
     return {
         "in_schedule": sample.in_schedule,
         "work_waiting": sample.work_waiting,
+        "work_expected": sample.work_expected,
         "warm": sample.workers.warm if sample.workers else None,
         "pings_sent": len(sent),
         "pings_outstanding": len(pings.jobs),
@@ -118,6 +126,14 @@ def _queue_sample(ctx: TickContext, state: SchedulerState) -> HealthSample:
         window=state.window,
         failures=state.failures,
     )
+
+
+def _work_expected(ctx: TickContext) -> bool:
+    """The forecast from the batch arrivals of the last days (`learned`)."""
+    settings = ctx.settings
+    forecast = Forecast(lead_s=settings.keep_hot_lead_s, tolerance_s=settings.keep_hot_tolerance_s)
+    arrivals = store.arrivals_since(ctx.aws.table, since=ctx.now - (forecast.days + 1) * DAY_S)
+    return expects_work(arrivals, now=ctx.now, forecast=forecast)
 
 
 def _read_endpoint(ctx: TickContext, sample: HealthSample) -> None:

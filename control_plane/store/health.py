@@ -1,6 +1,7 @@
-"""Health items in the `HEALTH` partition: the ping round in flight (`PINGS`) and the health
-samples (`SAMPLE#{at:010d}`, one per tick, expiring by TTL), plus the queue figures a sample
-records.
+"""Health items in the `HEALTH` partition: the ping round in flight (`PINGS`), the health
+samples (`SAMPLE#{at:010d}`, one per tick, expiring by TTL), the batch arrivals of each day
+(`ARRIVALS#{day:06d}`, what the `learned` keep-hot schedule forecasts from), plus the queue
+figures a sample records.
 
 Timeline of the `PINGS` item, written by the tick only, conditioned on the version it read:
   send     jobs = [ids of the round], sent_at = now, version + 1
@@ -15,10 +16,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from control_plane.errors import StateConflict
 from control_plane.store import keys
 from control_plane.store.table import Item, Table
 
 QUEUE_COUNT_CAP = 100_000
+DAY_S = 86_400
+# One day's arrivals stay one small item: past this many batches a day, later ones are not
+# recorded (a forecast needs the recurring times, not every ad-hoc batch).
+ARRIVALS_PER_DAY_CAP = 5_000
+ARRIVALS_TTL_DAYS = 9  # a week of history and the day being forecast
 
 
 class PingRound(BaseModel):
@@ -110,3 +117,43 @@ def oldest_pending(table: Table, priority: str) -> Item | None:
         sort_condition=("gsi2sk", "begins_with", keys.priority_prefix(priority)),
     )
     return items[0] if items else None
+
+
+def record_arrival(table: Table, at: int) -> None:
+    """Note that a batch was created at `at` (Unix seconds) in that day's arrivals item."""
+    day = at // DAY_S
+    try:
+        table.update(
+            keys.arrivals(day),
+            "SET #at = list_append(if_not_exists(#at, :none), :one), expires_at = :expires",
+            condition="attribute_not_exists(#at) OR size(#at) < :cap",
+            names={"#at": "at"},
+            values={
+                ":none": [],
+                ":one": [at],
+                ":expires": (day + ARRIVALS_TTL_DAYS) * DAY_S,
+                ":cap": ARRIVALS_PER_DAY_CAP,
+            },
+            returns="NONE",
+        )
+    except StateConflict:
+        pass  # the day is full: its recurring times are in it already
+
+
+def arrivals_since(table: Table, *, since: int) -> list[int]:
+    """Batch creation times (Unix seconds) from the day of `since` on, oldest day first."""
+    items, _ = table.query_page(
+        index=None,
+        key_name="pk",
+        key_value=keys.HEALTH,
+        limit=16,
+        newest_first=False,
+        # ARRIVALS# sorts first in the partition: the days asked for, then other items.
+        sort_condition=("sk", ">=", keys.arrivals(since // DAY_S)["sk"]),
+    )
+    return [
+        int(at)
+        for item in items
+        if str(item["sk"]).startswith(keys.ARRIVALS_PREFIX)
+        for at in item.get("at", [])
+    ]

@@ -17,6 +17,7 @@ META = "META"
 HEALTH = "HEALTH"
 SAMPLE_PREFIX = "SAMPLE#"
 WORK_READING_PREFIX = "WORK#"
+ARRIVALS_PREFIX = "ARRIVALS#"
 CHUNK_PREFIX = "CHUNK#"
 DEAD_PREFIX = "DEAD#"
 THROUGHPUT = "THROUGHPUT"
@@ -115,6 +116,12 @@ def health_sample(at: int, suffix: str = "") -> Key:
 def work_reading(at: int, suffix: str = "") -> Key:
     """A worker's GPU readings over one chunk, by when the chunk was recorded (seconds)."""
     return {"pk": HEALTH, "sk": f"{WORK_READING_PREFIX}{at:010d}{'#' + suffix if suffix else ''}"}
+
+
+def arrivals(day: int) -> Key:
+    """The batch creation times of one UTC day (Unix seconds // 86400, zero-padded so a range
+    of `sk` is a range of days)."""
+    return {"pk": HEALTH, "sk": f"{ARRIVALS_PREFIX}{day:06d}"}
 
 
 def throughput_bucket(start: int) -> Key:

@@ -20,6 +20,7 @@ from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store import endpoint, keys
 from control_plane.store import files as file_store
+from control_plane.store import health as health_store
 from tests.support.api import BUCKET, auth, create_batch, stored_file, tick, upload_id
 from tests.support.lines import CHAT, COMPLETIONS, jsonl, request_line
 
@@ -64,6 +65,22 @@ def test_create_answers_validating_at_once(client: TestClient, key_a: str) -> No
     assert batch["expires_at"] == batch["created_at"] + 24 * 3600
     assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
     assert batch["priority"] == "normal" and batch["metadata"] is None
+
+
+def test_each_created_batch_is_an_arrival_for_the_keep_hot_forecast(
+    client: TestClient, key_a: str, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = now_s()
+    created = [new_batch(client, key_a, jsonl(2))["created_at"] for _ in range(2)]
+    assert health_store.arrivals_since(aws.table, since=before) == created
+
+    def broken(table: Any, at: int) -> None:
+        raise RuntimeError("throttled")
+
+    # The history is an aid: a batch whose arrival cannot be noted is created all the same.
+    monkeypatch.setattr(health_store, "record_arrival", broken)
+    assert new_batch(client, key_a, jsonl(2))["status"] == "validating"
+    assert len(health_store.arrivals_since(aws.table, since=before)) == 2
 
 
 def test_split_moves_the_batch_to_in_progress_with_counts_and_model(

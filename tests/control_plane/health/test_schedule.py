@@ -28,6 +28,20 @@ def test_keywords_always_never_and_pending_follow_waiting_work() -> None:
     assert not in_schedule("pending", noon, work_waiting=False)
 
 
+def test_learned_follows_the_forecast_and_combines_with_windows_and_pending() -> None:
+    noon, night = utc(WED, 12), utc(WED, 23)
+    assert in_schedule("learned", noon, work_waiting=False, work_expected=True)
+    assert not in_schedule("learned", noon, work_waiting=True, work_expected=False)
+    assert not in_schedule("pending", noon, work_waiting=False, work_expected=True)
+    mixed = parse_schedule("learned, pending; Mon-Fri 08:00-20:00")
+    assert (mixed.learned, mixed.pending, len(mixed.windows)) == (True, True, 1)
+    assert in_schedule(mixed, noon, work_waiting=False)
+    assert in_schedule(mixed, night, work_waiting=False, work_expected=True)
+    assert not in_schedule(mixed, night, work_waiting=False)
+    with pytest.raises(ValueError, match="`learned`"):
+        parse_schedule("learnt")
+
+
 def test_windows_cover_day_ranges_and_single_days_with_exclusive_ends() -> None:
     schedule = "Mon-Fri 08:00-20:00, Sat 10:00-14:00"
     assert in_schedule(schedule, utc(WED, 12), work_waiting=False)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from control_plane.aws import Aws
+from control_plane.health.forecast import DAY_S
 from control_plane.health.sample import HealthSample, WorkerCounts
 from control_plane.models import ChunkRef
 from control_plane.runpod import RunPodClient
@@ -65,6 +66,37 @@ class ScriptedRunPod(RunPodClient):
 
 
 ALWAYS_TWO = [{"keep_hot_schedule": "always", "keep_hot_workers": 2}]
+LEARNED = [{"keep_hot_schedule": "learned", "keep_hot_lead_s": 300, "keep_hot_tolerance_s": 900}]
+
+
+@pytest.mark.parametrize("settings", LEARNED, indirect=True)
+def test_learned_warms_ahead_of_a_batch_that_recurs_and_lets_go_once_it_came(aws: Aws) -> None:
+    runpod = ScriptedRunPod(base_url="http://unused", endpoint_id="e", api_key="k")
+    runpod.job_status = "COMPLETED"  # each round is done by the next tick
+    today = 20_426 * DAY_S  # midnight UTC
+    for day in range(1, 8):  # the 09:00 batch of the week before
+        health_store.record_arrival(aws.table, today - day * DAY_S + 9 * 3600 + 60 * (day % 3))
+    health_store.record_arrival(aws.table, today - 3 * DAY_S + 15 * 3600)  # a one-off
+
+    def step(clock: str) -> dict[str, Any]:
+        hours, minutes = (int(part) for part in clock.split(":"))
+        now = today + hours * 3600 + minutes * 60
+        return keep_hot(TickContext(aws=aws, runpod=runpod, now=now), SchedulerState(window=4))
+
+    early = step("08:50")
+    assert (early["work_expected"], early["pings_sent"], early["skipped"]) == (
+        False,
+        0,
+        "out of schedule",
+    )
+    assert step("08:56")["pings_sent"] == 1  # one lead (300 s) before the earliest 09:00
+    assert step("09:01")["pings_sent"] == 1  # no batch yet: kept warm
+    health_store.record_arrival(aws.table, today + 9 * 3600 + 90)
+    came = step("09:02")
+    assert (came["work_expected"], came["pings_sent"]) == (False, 0)
+    assert step("14:56")["pings_sent"] == 0  # the one-off 15:00 is no pattern
+    sample = HealthSample.model_validate(health_store.samples_since(aws.table, since=0, limit=1)[0])
+    assert sample.work_expected is False and sample.schedule == "learned"
 
 
 @pytest.mark.parametrize("settings", ALWAYS_TWO, indirect=True)
