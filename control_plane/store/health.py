@@ -68,32 +68,24 @@ def put_work_reading(table: Table, reading: dict[str, Any], *, at: int, chunk: s
 
 def work_readings_between(table: Table, *, after: int, until: int) -> list[Item]:
     """Work readings recorded in (after, until], oldest first (at most 200: a sample's worth)."""
-    items, _ = table.query_page(
-        index=None,
-        key_name="pk",
-        key_value=keys.HEALTH,
-        limit=200,
-        newest_first=False,
+    items = _health_items(
+        table,
+        keys.WORK_READING_PREFIX,
         sort_condition=("sk", ">", keys.work_reading(after)["sk"] + "~"),
+        limit=200,
     )
-    return [
-        item
-        for item in items
-        if str(item["sk"]).startswith(keys.WORK_READING_PREFIX) and int(item["at"]) <= until
-    ]
+    return [item for item in items if int(item["at"]) <= until]
 
 
 def samples_since(table: Table, *, since: int, limit: int) -> list[Item]:
     """The newest `limit` samples taken at or after `since`, newest first."""
-    items, _ = table.query_page(
-        index=None,
-        key_name="pk",
-        key_value=keys.HEALTH,
+    return _health_items(
+        table,
+        keys.SAMPLE_PREFIX,
+        sort_condition=("sk", ">=", keys.health_sample(since)["sk"]),
         limit=limit,
         newest_first=True,
-        sort_condition=("sk", ">=", keys.health_sample(since)["sk"]),
     )
-    return [item for item in items if str(item["sk"]).startswith(keys.SAMPLE_PREFIX)]
 
 
 def queue_counts(table: Table) -> tuple[int, int]:
@@ -142,18 +134,31 @@ def record_arrival(table: Table, at: int) -> None:
 
 def arrivals_since(table: Table, *, since: int) -> list[int]:
     """Batch creation times (Unix seconds) from the day of `since` on, oldest day first."""
+    items = _health_items(
+        table,
+        keys.ARRIVALS_PREFIX,
+        # ARRIVALS# sorts first in the partition: the days asked for, then other items.
+        sort_condition=("sk", ">=", keys.arrivals(since // DAY_S)["sk"]),
+        limit=16,
+    )
+    return [int(at) for item in items for at in item.get("at", [])]
+
+
+def _health_items(
+    table: Table,
+    prefix: str,
+    *,
+    sort_condition: tuple[str, str, str],
+    limit: int,
+    newest_first: bool = False,
+) -> list[Item]:
+    """One page of the `HEALTH` partition from `sort_condition` on, only the `prefix` items."""
     items, _ = table.query_page(
         index=None,
         key_name="pk",
         key_value=keys.HEALTH,
-        limit=16,
-        newest_first=False,
-        # ARRIVALS# sorts first in the partition: the days asked for, then other items.
-        sort_condition=("sk", ">=", keys.arrivals(since // DAY_S)["sk"]),
+        limit=limit,
+        newest_first=newest_first,
+        sort_condition=sort_condition,
     )
-    return [
-        int(at)
-        for item in items
-        if str(item["sk"]).startswith(keys.ARRIVALS_PREFIX)
-        for at in item.get("at", [])
-    ]
+    return [item for item in items if str(item["sk"]).startswith(prefix)]
