@@ -33,15 +33,18 @@ def install(runtime: Runtime | None) -> None:
 def serve(settings: WorkerSettings) -> None:
     """Run the runpod SDK's worker loop on `handler` (returns when the SDK stops).
 
-    The SDK's `JobScaler.get_jobs` sleeps a second whenever the worker is full, and counts a job
-    it just took twice (queued and in progress) until the job starts, so it asks for the next
-    job up to a second after a slot frees. At MAX_CONCURRENCY 1 the engine sits empty through
-    that second and the next chunk's download at every chunk boundary; at 2 the next chunk is
-    taken while the current one runs. Both share the one engine through `Runtime.gate`, so
-    they never oversubscribe it.
+    The SDK's `JobScaler.get_jobs` sleeps a second whenever the worker is full, so it asks for
+    the next job up to a second after a slot frees. At MAX_CONCURRENCY 1 the engine sits empty
+    through that second and the next chunk's download at every chunk boundary; at 2 the next
+    chunk is taken while the current one runs. Both share the one engine through
+    `Runtime.gate`, so they never oversubscribe it. The SDK also counted a job it just took
+    twice, which made a worker with a slot free sleep that second too (`take_loop`).
     """
     import runpod
 
+    from handler.take_loop import count_taken_jobs_once
+
+    count_taken_jobs_once()
     concurrency = settings.max_concurrency
     runpod.serverless.start(
         {"handler": handler, "concurrency_modifier": lambda _current: concurrency}
