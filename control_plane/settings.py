@@ -143,7 +143,25 @@ class Settings(BaseSettings):
         le=86_400,
         description=(
             "HOTBATCH_KEEP_HOT_LEAD_S: for `learned`, how long before a recurring batch workers "
-            "are warmed: one cold start of the model plus a tick interval."
+            "are warmed until a cold start has been measured (or always, with "
+            "HOTBATCH_KEEP_HOT_LEAD_MEASURED off): one cold start of the model plus a tick."
+        ),
+    )
+    keep_hot_lead_measured: bool = Field(
+        default=True,
+        description=(
+            "HOTBATCH_KEEP_HOT_LEAD_MEASURED: for `learned`, warm ahead by the slowest of the "
+            "last five cold starts measured (keep-hot pings sent with no worker warm) plus "
+            "HOTBATCH_KEEP_HOT_LEAD_MARGIN_S, rather than the fixed lead."
+        ),
+    )
+    keep_hot_lead_margin_s: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description=(
+            "HOTBATCH_KEEP_HOT_LEAD_MARGIN_S: added to the measured cold start: one tick "
+            "interval (the warm-up begins at the first tick inside the lead)."
         ),
     )
     keep_hot_tolerance_s: int = Field(

@@ -11,7 +11,7 @@ that batch's work and then to the endpoint's idle timeout, so a right forecast c
 start scale-to-zero would pay anyway, paid earlier. Ad-hoc batches are not forecast.
 
 Pure and free of control-plane imports: the tick reads the arrivals through the store, and the
-keep-hot day benchmark calls `expects_work` on its compressed clock.
+keep-hot day benchmark calls `expects_work` and `lead_s` on its compressed clock.
 """
 
 from __future__ import annotations
@@ -31,6 +31,17 @@ class Forecast:
     tolerance_s: int = 900  # arrivals this close count as the same slot
     min_share: float = 0.5  # of the days observed, at least two
     days: int = 7  # the history looked at
+
+
+def lead_s(cold_starts_s: Sequence[float], *, margin_s: int, fallback_s: int) -> int:
+    """How long before a recurring batch to start warming: the slowest of the cold starts
+    measured lately plus `margin_s` (a tick interval: the warm-up starts at the first tick
+    inside the lead), or `fallback_s` while none has been measured. A lead shorter than a cold
+    start leaves the batch waiting; each second longer is a second of warm idle per forecast
+    batch, which is the whole cost of a right forecast."""
+    if not cold_starts_s:
+        return fallback_s
+    return math.ceil(max(cold_starts_s)) + margin_s
 
 
 def recurring_minutes(arrivals: Iterable[int], *, today: int, forecast: Forecast) -> list[int]:

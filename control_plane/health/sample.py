@@ -102,6 +102,7 @@ class HealthSample(BaseModel):
     keep_hot_workers: int
     work_waiting: bool
     work_expected: bool | None = None  # `learned`: the forecast expects a recurring batch
+    lead_s: int | None = None  # `learned`: how long ahead of a recurring batch it warms
     pending_chunks: int
     in_flight_chunks: int
     oldest_pending_age_s: int | None = None  # high and normal priority

@@ -17,7 +17,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from control_plane.health.forecast import DAY_S, Forecast, expects_work
+from control_plane.health.forecast import DAY_S, Forecast, expects_work, lead_s
 from control_plane.health.sample import (
     SAMPLE_TTL_S,
     HealthSample,
@@ -41,6 +41,7 @@ PING_EXECUTION_TIMEOUT_S = 60
 PING_TTL_S = 600
 # A round older than this is given up (its jobs cancelled) even if RunPod still lists them.
 PING_GIVE_UP_S = PING_TTL_S + 60
+COLD_STARTS_KEPT = 5  # the lead follows the slowest of these: an image or model change shows soon
 FINAL_JOB = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 
@@ -58,16 +59,17 @@ def keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
 def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
     table, settings = ctx.aws.table, ctx.settings
     sample = _queue_sample(ctx, state)
+    before = store.load_pings(table)
     schedule = parse_schedule(settings.keep_hot_schedule)
     if schedule.learned:
-        sample.work_expected = _work_expected(ctx)
+        sample.lead_s = _lead_s(ctx, before)
+        sample.work_expected = _work_expected(ctx, sample.lead_s)
     sample.in_schedule = in_schedule(
         schedule,
         datetime.fromtimestamp(ctx.now, UTC),
         sample.work_waiting,
         work_expected=bool(sample.work_expected),
     )
-    before = store.load_pings(table)
     pings = before
     # While the breaker is open the endpoint is left alone entirely (no /health, no polls).
     if state.breaker != "open":
@@ -80,8 +82,15 @@ def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
     if reason is None:
         sent = _send_round(ctx, settings.keep_hot_workers)
     if sent:
+        workers = sample.workers
+        cold = workers is not None and workers.warm == 0 and workers.initializing == 0
         pings = pings.model_copy(
-            update={"jobs": sent, "sent_at": ctx.now, "rounds": pings.rounds + 1}
+            update={
+                "jobs": sent,
+                "sent_at": ctx.now,
+                "rounds": pings.rounds + 1,
+                "sent_cold": cold,
+            }
         )
     if not store.save_pings(table, before, pings, now=ctx.now) and sent:
         _cancel(ctx, sent)  # another tick moved the round meanwhile: its round stands
@@ -93,6 +102,7 @@ def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
         "in_schedule": sample.in_schedule,
         "work_waiting": sample.work_waiting,
         "work_expected": sample.work_expected,
+        "lead_s": sample.lead_s,
         "warm": sample.workers.warm if sample.workers else None,
         "pings_sent": len(sent),
         "pings_outstanding": len(pings.jobs),
@@ -128,10 +138,23 @@ def _queue_sample(ctx: TickContext, state: SchedulerState) -> HealthSample:
     )
 
 
-def _work_expected(ctx: TickContext) -> bool:
+def _lead_s(ctx: TickContext, pings: store.PingRound) -> int:
+    """The `learned` lead: measured from the cold starts of pings sent with no worker warm,
+    unless the operator fixed it."""
+    settings = ctx.settings
+    if not settings.keep_hot_lead_measured:
+        return settings.keep_hot_lead_s
+    return lead_s(
+        pings.cold_starts_s,
+        margin_s=settings.keep_hot_lead_margin_s,
+        fallback_s=settings.keep_hot_lead_s,
+    )
+
+
+def _work_expected(ctx: TickContext, lead: int) -> bool:
     """The forecast from the batch arrivals of the last days (`learned`)."""
     settings = ctx.settings
-    forecast = Forecast(lead_s=settings.keep_hot_lead_s, tolerance_s=settings.keep_hot_tolerance_s)
+    forecast = Forecast(lead_s=lead, tolerance_s=settings.keep_hot_tolerance_s)
     arrivals = store.arrivals_since(ctx.aws.table, since=ctx.now - (forecast.days + 1) * DAY_S)
     return expects_work(arrivals, now=ctx.now, forecast=forecast)
 
@@ -164,6 +187,7 @@ def _harvest(ctx: TickContext, pings: store.PingRound, sample: HealthSample) -> 
     if not pings.jobs:
         return pings
     still: list[str] = []
+    cold_starts = list(pings.cold_starts_s)
     for job_id in pings.jobs:
         try:
             job = ctx.runpod.status(job_id)
@@ -177,6 +201,9 @@ def _harvest(ctx: TickContext, pings: store.PingRound, sample: HealthSample) -> 
         if status not in FINAL_JOB:
             still.append(job_id)
         elif status == "COMPLETED":
+            if pings.sent_cold and job.get("delayTime") is not None:
+                # Sent with no worker warm or starting, its wait in the queue was a cold start.
+                cold_starts.append(round(float(job["delayTime"]) / 1000, 1))
             reading = WorkerReading.from_report(job.get("output"), worker_id=job.get("workerId"))
             if reading is not None:
                 sample.readings.append(reading)
@@ -186,7 +213,7 @@ def _harvest(ctx: TickContext, pings: store.PingRound, sample: HealthSample) -> 
         log.warning("keep-hot round given up", extra={"job_ids": still})
         _cancel(ctx, still)
         still = []
-    update: dict[str, Any] = {"jobs": still}
+    update: dict[str, Any] = {"jobs": still, "cold_starts_s": cold_starts[-COLD_STARTS_KEPT:]}
     if sample.readings:
         update.update(last_reading=sample.readings[-1].model_dump(), last_reading_at=ctx.now)
     return pings.model_copy(update=update)

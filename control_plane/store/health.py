@@ -35,6 +35,8 @@ class PingRound(BaseModel):
     last_reading: dict[str, Any] | None = None
     last_reading_at: int = 0
     work_read_until: int = 0  # work readings up to this second are in a sample already
+    sent_cold: bool = False  # the round in flight went out with no worker warm
+    cold_starts_s: list[float] = Field(default_factory=list)  # the last ones measured, oldest first
     version: int = 0
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from control_plane.health.forecast import DAY_S, Forecast, expects_work, recurring_minutes
+from control_plane.health.forecast import (
+    DAY_S,
+    Forecast,
+    expects_work,
+    lead_s,
+    recurring_minutes,
+)
 
 TODAY = 20_426  # 2025-12-04 as a day number
 FORECAST = Forecast(lead_s=300, tolerance_s=900, min_share=0.5, days=7)
@@ -60,3 +66,9 @@ def test_a_slot_just_after_midnight_is_led_into_from_the_evening_before() -> Non
 
 def test_no_history_expects_nothing() -> None:
     assert not expects_work([], now=at(0, 12), forecast=FORECAST)
+
+
+def test_the_lead_is_the_slowest_recent_cold_start_and_a_margin() -> None:
+    assert lead_s([], margin_s=60, fallback_s=300) == 300  # nothing measured yet
+    assert lead_s([41.2, 95.0, 58.3], margin_s=60, fallback_s=300) == 155
+    assert lead_s([20.0], margin_s=0, fallback_s=300) == 20  # shorter than the fallback too

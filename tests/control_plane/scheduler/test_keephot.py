@@ -43,6 +43,8 @@ class ScriptedRunPod(RunPodClient):
     """Answers like RunPod would, as the test scripts it; counts every call."""
 
     job_status: str = "IN_QUEUE"
+    delay_ms: int = 0  # RunPod's delayTime: the job's wait in the queue
+    workers: dict[str, int] = field(default_factory=lambda: {"idle": 1, "running": 0})
     sent: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     health_reads: int = 0
@@ -54,7 +56,12 @@ class ScriptedRunPod(RunPodClient):
 
     def status(self, job_id: str) -> dict[str, Any]:
         report = {"status": "ok", "worker_id": "w1", "engine": {"kv_cache_usage_percent": 12.5}}
-        return {"id": job_id, "status": self.job_status, "output": report}
+        return {
+            "id": job_id,
+            "status": self.job_status,
+            "output": report,
+            "delayTime": self.delay_ms,
+        }
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         self.cancelled.append(job_id)
@@ -62,7 +69,7 @@ class ScriptedRunPod(RunPodClient):
 
     def health(self) -> dict[str, Any]:
         self.health_reads += 1
-        return {"workers": {"idle": 1, "running": 0}, "jobs": {"inQueue": 0}}
+        return {"workers": self.workers, "jobs": {"inQueue": 0}}
 
 
 ALWAYS_TWO = [{"keep_hot_schedule": "always", "keep_hot_workers": 2}]
@@ -97,6 +104,62 @@ def test_learned_warms_ahead_of_a_batch_that_recurs_and_lets_go_once_it_came(aws
     assert step("14:56")["pings_sent"] == 0  # the one-off 15:00 is no pattern
     sample = HealthSample.model_validate(health_store.samples_since(aws.table, since=0, limit=1)[0])
     assert sample.work_expected is False and sample.schedule == "learned"
+
+
+@pytest.mark.parametrize("settings", LEARNED, indirect=True)
+def test_learned_leads_by_the_cold_starts_its_pings_measured(aws: Aws) -> None:
+    runpod = ScriptedRunPod(base_url="http://unused", endpoint_id="e", api_key="k")
+    today = 20_426 * DAY_S
+    for day in range(1, 8):
+        health_store.record_arrival(aws.table, today - day * DAY_S + 9 * 3600)
+
+    def step(clock: str) -> dict[str, Any]:
+        hours, minutes = (int(part) for part in clock.split(":"))
+        now = today + hours * 3600 + minutes * 60
+        return keep_hot(TickContext(aws=aws, runpod=runpod, now=now), SchedulerState(window=4))
+
+    def measured() -> list[float]:
+        return health_store.load_pings(aws.table).cold_starts_s
+
+    early = step("08:54")
+    assert (early["lead_s"], early["pings_sent"]) == (300, 0)  # nothing measured: fixed lead
+    assert step("08:55")["pings_sent"] == 1  # a worker is warm: this round measures nothing
+    runpod.workers = {"idle": 0, "running": 0, "initializing": 0}  # the worker left meanwhile
+    runpod.job_status, runpod.delay_ms = "COMPLETED", 90_000
+    assert step("08:56")["pings_sent"] == 1 and measured() == []
+    assert health_store.load_pings(aws.table).sent_cold  # no worker warm or starting
+    runpod.delay_ms = 41_200
+    step("08:57")
+    assert measured() == [41.2]
+    runpod.workers, runpod.delay_ms = {"idle": 0, "initializing": 1}, 99_000
+    assert step("08:58")["lead_s"] == 42 + 60  # the slowest cold start and a tick
+    assert measured() == [41.2, 99.0]  # the 08:57 round went out cold
+    assert step("08:59")["lead_s"] == 99 + 60
+    assert measured() == [41.2, 99.0]  # the 08:58 one found a worker starting: not measured
+    for _ in range(6):
+        runpod.workers = {"idle": 0}
+        step("09:00")
+    assert measured() == [99.0] * 5  # the last five
+    assert step("08:40")["work_expected"] is False  # 20 minutes ahead is too early now
+    sample = HealthSample.model_validate(health_store.samples_since(aws.table, since=0, limit=1)[0])
+    assert sample.lead_s == 159
+
+
+@pytest.mark.parametrize(
+    "settings", [{**LEARNED[0], "keep_hot_lead_measured": False}], indirect=True
+)
+def test_a_fixed_lead_ignores_measured_cold_starts(aws: Aws) -> None:
+    runpod = ScriptedRunPod(base_url="http://unused", endpoint_id="e", api_key="k")
+    health_store.save_pings(
+        aws.table,
+        health_store.PingRound(),
+        health_store.PingRound(cold_starts_s=[20.0]),
+        now=1,
+    )
+    assert (
+        keep_hot(TickContext(aws=aws, runpod=runpod, now=1000), SchedulerState(window=4))["lead_s"]
+        == 300
+    )
 
 
 @pytest.mark.parametrize("settings", ALWAYS_TWO, indirect=True)
