@@ -10,7 +10,9 @@ is the eighth of a week in which each batch comes back at its time of day give o
 every day). `--scale` multiplies every batch's requests. Policies: `never` (scale to zero),
 `pending` (warm while work waits), a window (`--window`, e.g. 06:00-21:00), `learned` (the
 control plane's forecast, `control_plane.health.forecast`, from the seven days before, warming
-`--learned-lead-s` real seconds ahead of each recurring batch) and `always`.
+`--learned-lead-s` real seconds ahead of each recurring batch, or with `auto` by the lead the
+tick measured: the slowest of the last five cold starts its cold ping rounds waited, plus 2 s)
+and `always`.
 
 The tick runs on the real clock (leases, timeouts and the idle timeout stay real), so the
 window and the forecast cannot be given to the tick on the compressed day: the bench evaluates
@@ -71,6 +73,10 @@ if TYPE_CHECKING:
 DAY = {3: 1, 8: 3, 9: 3, 10: 1, 12: 1, 13: 1, 14: 2, 15: 1, 16: 1, 18: 2, 19: 3, 20: 1, 23: 1}
 MONDAY = datetime(2026, 12, 7, tzinfo=UTC)
 SAMPLE_S = 0.25
+# `--learned-lead-s auto`: the control plane's measured lead on the real clock, its margin the
+# local tick and the bench's own loop; 30 s until a cold start has been measured.
+AUTO_LEAD_MARGIN_S = 2
+AUTO_LEAD_FALLBACK_S = 30
 
 
 @dataclass
@@ -221,16 +227,18 @@ def replay(
 ) -> dict[str, Any]:
     from openai import OpenAI
 
-    from control_plane.health.forecast import Forecast, expects_work
+    from control_plane.health.forecast import Forecast, expects_work, lead_s
     from control_plane.health.schedule import in_schedule
+    from control_plane.store.health import load_pings
 
     window = f"Mon-Sun {args.window}"
     schedule = "never" if policy in ("window", "learned") else policy
     # The forecast on the day's calendar: an hour of the day is `hour_s` real seconds.
     day_s_per_real_s = 3600 / args.hour_s
-    forecast = Forecast(
-        lead_s=round(args.learned_lead_s * day_s_per_real_s), tolerance_s=args.tolerance_min * 60
-    )
+    fixed_lead = None if args.learned_lead_s == "auto" else float(args.learned_lead_s)
+    lead = fixed_lead if fixed_lead is not None else AUTO_LEAD_FALLBACK_S
+    leads: list[float] = []  # the lead each time it changed
+    lead_read = 0.0
     arrived = history(args)
     stack = day_stack(workdir, schedule, args.cold_start, args.max_workers)
     stack.start()
@@ -270,6 +278,19 @@ def replay(
                 )
                 set_schedule(stack, "always" if inside else "never")
             if policy == "learned":
+                if fixed_lead is None and time.monotonic() - lead_read >= 1.0:
+                    # As the tick does: the cold starts its cold ping rounds measured.
+                    assert stack.aws is not None
+                    lead_read = time.monotonic()
+                    measured = load_pings(stack.aws.table).cold_starts_s
+                    lead = lead_s(
+                        measured, margin_s=AUTO_LEAD_MARGIN_S, fallback_s=AUTO_LEAD_FALLBACK_S
+                    )
+                if not leads or leads[-1] != lead:
+                    leads.append(lead)
+                forecast = Forecast(
+                    lead_s=round(lead * day_s_per_real_s), tolerance_s=args.tolerance_min * 60
+                )
                 now = int((MONDAY + timedelta(hours=hour)).timestamp())
                 expected = expects_work(arrived, now=now, forecast=forecast)
                 set_schedule(stack, "always" if expected else "never")
@@ -315,6 +336,7 @@ def replay(
         "starting_s": round(samples.starting_s, 1),
         "latency_p50_s": statistics.median(latencies),
         "latency_p95_s": sorted(latencies)[max(0, round(0.95 * len(latencies)) - 1)],
+        "leads_s": leads,
         "timeline": samples.timeline,
     }
 
@@ -425,7 +447,9 @@ def main() -> None:
         "--window-lead-s", type=float, default=0.0, help="real seconds the window opens early"
     )
     parser.add_argument(
-        "--learned-lead-s", type=float, default=25.0, help="real seconds `learned` warms ahead"
+        "--learned-lead-s",
+        default="25",
+        help="real seconds `learned` warms ahead, or `auto`: measured as the tick measures it",
     )
     parser.add_argument("--tolerance-min", type=int, default=15, help="`learned`: minutes of day")
     parser.add_argument("--jitter-min", type=float, default=0.0, help="a pipeline's daily drift")
@@ -462,7 +486,7 @@ def main() -> None:
         f"= {args.hour_s:g} s; window {args.window} opening {args.window_lead_s:g} s early; "
         f"extra cold start {args.cold_start:g} s; max workers {args.max_workers}; pipelines "
         f"drift {args.jitter_min:g} min a day, {args.ad_hoc} ad hoc a day, scale "
-        f"{args.scale:g}; learned leads {args.learned_lead_s:g} s, tolerance "
+        f"{args.scale:g}; learned leads {args.learned_lead_s} s, tolerance "
         f"{args.tolerance_min} min; prewarm {args.prewarm}",
         flush=True,
     )
