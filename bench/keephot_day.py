@@ -387,7 +387,8 @@ def chart(
     bars.set_ylabel("%")
     bars.axhline(90, color="grey", linewidth=0.5, linestyle="--")
     bars.axhline(10, color="grey", linewidth=0.5, linestyle=":")
-    bars.legend(fontsize=8, ncols=3)
+    bars.set_ylim(0, 135)  # room above the 100 % bars for the legend
+    bars.legend(fontsize=8, ncols=3, loc="upper center")
     bars.set_title("keep-hot day: the goal's three figures per policy (capped at 300 %)")
     for axis, result in zip(axes[1:], results, strict=True):
         times = [t / hour_s for t, _, _ in result["timeline"]]
@@ -432,7 +433,7 @@ def table(results: list[dict[str, Any]]) -> None:
         print(
             f"| {r['policy']} | {100 * r['warm_starts']:.0f} % ({r['chunks']} chunks) | "
             f"{'—' if idle is None else f'{100 * idle:.1f} %'} | "
-            f"{'—' if extra is None else f'{100 * extra:.0f} %'} | {goal} | "
+            f"{'—' if extra is None else f'{round(100 * extra)} %'} | {goal} | "
             f"{100 * cold:.1f} % | {100 * r['keep_warm_overhead']:.0f} % | "
             f"{r['busy_s']} | {r['warm_idle_s']} | {r['starting_s']} | "
             f"{r['latency_p50_s']} s / {r['latency_p95_s']} s | {faster} |"
