@@ -159,6 +159,7 @@ async def process_chunk(
         engine_busy_s=round(lane.busy_s, 4),
         worker_busy_s=round(gate.busy.seconds(), 4),
         concurrent_chunks=lane.peak_chunks,
+        started_cold=lane.started_cold,
     )
     log.info(
         "chunk end",

@@ -132,12 +132,16 @@ class ChunkTimings(BaseModel):
     # The worker's wall clock (Unix seconds) when the job began and ended on it.
     started_at: float = 0.0
     finished_at: float = 0.0
-    # Seconds the worker's engine had at least one request in flight, since the worker's
-    # previous chunk ended: one clock per worker, so chunks that overlap on it are never
-    # counted twice, and the sum over a batch's chunks is the engine's busy time for it.
+    # This chunk's share of the seconds the worker's engine had a request in flight (each
+    # busy second split among the chunks in it by their requests in flight): one clock per
+    # worker, so chunks that overlap on it are never counted twice, and the sum over a
+    # batch's chunks is the engine's busy time for it.
     engine_busy_s: float = 0.0
     worker_busy_s: float = 0.0  # the worker's busy clock since its engine loaded
     concurrent_chunks: int = 1  # chunks the worker ran at once, at most, during this one
+    # Began before the worker had finished any chunk: it shared the fresh engine's one-time
+    # costs, so estimates keep its throughput apart.
+    started_cold: bool = False
 
 
 class WorkerIdentity(BaseModel):

@@ -7,11 +7,12 @@ worker draws from one budget of `MAX_REQUESTS_IN_FLIGHT` requests, handed out ol
 first: the older chunk drains first and the newer one only fills the room its tail leaves.
 
 The busy clock runs while at least one request is in the engine. There is one per worker, not
-per chunk, so overlapping chunks are never counted twice; each chunk summary carries the busy
-seconds accrued since the worker's previous chunk ended, so summing them over a batch's chunks
-gives the engine's busy time without double counting. The share is taken when a chunk ends,
-whether it succeeded or not, so the time a failed or cancelled chunk kept the engine busy is
-never credited to the next one.
+per chunk, so overlapping chunks are never counted twice. Each busy second is shared among the
+chunks with requests in the engine, in proportion to their requests in flight, and a chunk's
+summary carries its share: summing them over a batch's chunks gives the engine's busy time for
+it, and a chunk's own figure (what estimates measure throughput from) is its own work even when
+it overlapped another. A chunk that began before the worker had finished any is marked
+`started_cold`: it shared the fresh engine's one-time costs (compilation, empty caches).
 """
 
 from __future__ import annotations
@@ -71,16 +72,18 @@ class Lane:
 
     gate: EngineGate
     order: int
+    started_cold: bool = False  # began before the worker had finished any chunk
     peak_chunks: int = 1  # chunks of the worker running at once, at most, during this one
-    busy_s: float = 0.0  # the busy seconds this chunk reports, set when it closes
+    busy_s: float = 0.0  # this chunk's share of the busy seconds, final once it closes
+    in_flight: int = 0  # its requests in the engine
 
     async def run(self, endpoint: str, body: dict[str, Any]) -> Reply:
         await self.gate.acquire(self.order)
-        self.gate.busy.enter()
+        self.gate.enter(self)
         try:
             return await self.gate.engine.run(endpoint, body)
         finally:
-            self.gate.busy.leave()
+            self.gate.leave(self)
             self.gate.release()
 
     def __enter__(self) -> Lane:
@@ -112,7 +115,9 @@ class EngineGate:
         self._tickets = itertools.count()
         self._orders = itertools.count()
         self._lanes: set[Lane] = set()
-        self._reported = 0.0
+        self._closed = 0
+        self._shared_at = clock()
+        self._clock = clock
 
     @property
     def used(self) -> int:
@@ -125,23 +130,39 @@ class EngineGate:
 
     def lane(self) -> Lane:
         """A lane for a chunk that arrives now: it ranks behind every open lane."""
-        lane = Lane(self, next(self._orders))
+        lane = Lane(self, next(self._orders), started_cold=self._closed == 0)
         self._lanes.add(lane)
         for open_lane in self._lanes:
             open_lane.peak_chunks = max(open_lane.peak_chunks, len(self._lanes))
         return lane
 
-    def close(self, lane: Lane) -> None:
-        """A chunk ends (done, failed or cancelled): it takes the busy seconds accrued since
-        the previous chunk ended, so a failed chunk's share never lands on the next one."""
-        self._lanes.discard(lane)
-        lane.busy_s = self.take_busy()
+    def enter(self, lane: Lane) -> None:
+        """One of `lane`'s requests goes into the engine."""
+        self._share()
+        lane.in_flight += 1
+        self.busy.enter()
 
-    def take_busy(self) -> float:
-        """Busy seconds since the previous call (what one chunk summary reports)."""
-        now = self.busy.seconds()
-        accrued, self._reported = now - self._reported, now
-        return accrued
+    def leave(self, lane: Lane) -> None:
+        self._share()
+        lane.in_flight -= 1
+        self.busy.leave()
+
+    def close(self, lane: Lane) -> None:
+        """A chunk ends (done, failed or cancelled): its share is final, and what a failed
+        chunk kept the engine busy never lands on another."""
+        self._share()
+        self._lanes.discard(lane)
+        self._closed += 1
+
+    def _share(self) -> None:
+        """Hand the busy time since the last event to the lanes in flight, by their requests."""
+        now = self._clock()
+        elapsed, self._shared_at = now - self._shared_at, now
+        total = self.busy.in_flight
+        if total:
+            for lane in self._lanes:
+                if lane.in_flight:
+                    lane.busy_s += elapsed * lane.in_flight / total
 
     async def acquire(self, order: int) -> None:
         if self._used < self.limit and not self._waiting:

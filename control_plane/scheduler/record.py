@@ -170,9 +170,12 @@ def _measure(
     }
     worker = summary.worker
     try:
-        cold = throughput.first_chunk_of(
+        first = throughput.first_chunk_of(
             ctx.aws.table, worker=f"{worker.worker_id}#{worker.hostname}#{worker.pid}", at=ctx.now
         )
+        # A chunk that overlapped the worker's first one shared the fresh engine's costs too
+        # (workers older than the `started_cold` flag leave only the first one to go by).
+        cold = first or summary.timings.started_cold
         throughput.add_chunk(
             ctx.aws.table, at=ctx.now, figures=figures, worker_id=worker.worker_id, cold=cold
         )

@@ -54,11 +54,12 @@ def hotbatch(exports: dict[str, str], *args: str, cwd: Path) -> subprocess.Compl
 
 
 def warm_up_file(path: Path) -> Path:
-    """150 of the example's requests under other ids, their user messages changed so the batch
-    measured afterwards gets no prefix-cache hits from them: three earlier chunks, the first of
-    which (the worker's first) is kept apart, two to measure."""
+    """The example's requests under other ids, their user messages changed so the batch
+    measured afterwards gets no prefix-cache hits from them: four earlier chunks. The worker's
+    first is kept apart, and so is the second when the worker took both at once (it shared the
+    fresh engine's costs): two or three to measure."""
     lines = []
-    for raw in EXAMPLE.read_text().splitlines()[:150]:
+    for raw in EXAMPLE.read_text().splitlines():
         request = json.loads(raw)
         request["custom_id"] = "warm-" + request["custom_id"]
         request["body"]["messages"][-1]["content"] = (
@@ -85,7 +86,7 @@ def test_estimate_submit_wait_download_on_the_real_engine(
     shown = hotbatch(exports, "batches", "estimate", str(EXAMPLE), "--json", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-3000:]
     estimate: dict[str, Any] = json.loads(shown.stdout)
-    assert estimate["basis"]["chunks"] == 2 and estimate["input_tokens_method"] == (
+    assert estimate["basis"]["chunks"] in (2, 3) and estimate["input_tokens_method"] == (
         "measured_per_byte"
     )
 

@@ -81,34 +81,42 @@ def test_busy_clock_counts_overlapping_requests_once() -> None:
     assert busy.in_flight == 0
 
 
-def test_each_busy_second_goes_to_exactly_one_chunk() -> None:
+def test_each_busy_second_is_shared_by_the_chunks_in_the_engine() -> None:
     clock = FakeClock()
     gate = EngineGate(TracingEngine(), limit=4, clock=clock)
-    older, newer = gate.lane(), gate.lane()
-    gate.busy.enter()
-    clock.now += 3
-    gate.close(older)  # the older chunk ends while the newer one's request still runs
+    older = gate.lane()
+    gate.enter(older)
+    clock.now += 2  # the older chunk alone: 2 s its own
+    newer = gate.lane()
+    gate.enter(newer)
+    gate.enter(newer)
+    clock.now += 3  # 1 request against 2: a third of 3 s to the older, two thirds to the newer
+    gate.leave(older)
+    gate.close(older)  # the older chunk ends while the newer one's requests still run
     assert older.busy_s == pytest.approx(3.0)
     clock.now += 2
-    gate.busy.leave()
+    gate.leave(newer)
+    gate.leave(newer)
     clock.now += 10  # idle: not busy
     gate.close(newer)
-    assert newer.busy_s == pytest.approx(2.0)  # only what came after the older one ended
+    assert newer.busy_s == pytest.approx(4.0)
     assert older.busy_s + newer.busy_s == pytest.approx(gate.busy.seconds())
+    assert older.started_cold and newer.started_cold  # both began before any chunk ended
+    assert not gate.lane().started_cold
 
 
 def test_a_failed_chunk_keeps_its_busy_share_off_the_next_summary() -> None:
     clock = FakeClock()
     gate = EngineGate(TracingEngine(), limit=4, clock=clock)
     with gate.lane() as failed:
-        gate.busy.enter()
+        gate.enter(failed)
         clock.now += 4
-        gate.busy.leave()
+        gate.leave(failed)
     # (it raised: no summary reports its 4 s)
     with gate.lane() as next_one:
-        gate.busy.enter()
+        gate.enter(next_one)
         clock.now += 1
-        gate.busy.leave()
+        gate.leave(next_one)
     assert failed.busy_s == pytest.approx(4.0) and next_one.busy_s == pytest.approx(1.0)
 
 

@@ -36,7 +36,12 @@ PRICE = 3.6  # USD per worker-hour: one engine-second costs a thousandth of a do
 
 
 def summary(
-    chunk: ChunkItem, *, engine_s: float, worker: str = "w1", busy_s: float = 0.0
+    chunk: ChunkItem,
+    *,
+    engine_s: float,
+    worker: str = "w1",
+    busy_s: float = 0.0,
+    started_cold: bool = False,
 ) -> ChunkSummary:
     return ChunkSummary(
         batch_id=chunk["batch_id"],
@@ -46,7 +51,9 @@ def summary(
         counts=ChunkCounts(total=10, completed=9, failed=1),
         usage=ChunkUsage(prompt_tokens=400, completion_tokens=100, cached_tokens=100),
         failures=[],
-        timings=ChunkTimings(engine_s=engine_s, total_s=engine_s + 1, engine_busy_s=busy_s),
+        timings=ChunkTimings(
+            engine_s=engine_s, total_s=engine_s + 1, engine_busy_s=busy_s, started_cold=started_cold
+        ),
         worker=WorkerIdentity(
             worker_id=worker,
             hostname="h",
@@ -146,6 +153,29 @@ def test_chunks_that_overlapped_on_a_worker_count_its_busy_clock_not_their_spans
     measured = rates.aggregate(throughput_store.buckets_since(aws.table, since=start - 600))
     # The worker's first chunk is its cold one; the warm one is measured at its busy share.
     assert measured is not None and (measured.chunks, measured.engine_s) == (1, 3.5)
+
+
+@pytest.mark.parametrize("settings", [{"chunk_max_requests": 10}], indirect=True)
+def test_a_chunk_that_overlapped_the_workers_first_is_measured_apart_with_it(
+    client: TestClient, aws: Aws, key_a: str
+) -> None:
+    """A worker took two chunks at once on a fresh engine: the second one, recorded after the
+    first, shared its one-time costs (`started_cold`), so neither is in the warm figures."""
+    batch_id = running_batch(client, aws, key_a, 30)
+    start = now_s()
+    job = {"status": "COMPLETED", "delayTime": 0, "executionTime": 6000}
+    for number, cold in ((0, True), (1, True), (2, False)):
+        chunk = dispatched(aws, batch_id, number, at=start)
+        done = record.complete_chunk(
+            tick_context(aws, start + 5),
+            chunk,
+            summary(chunk, engine_s=4.0, busy_s=2.0 + number, started_cold=cold),
+            job=job,
+        )
+        assert done == "done"
+    measured = rates.aggregate(throughput_store.buckets_since(aws.table, since=start - 600))
+    assert measured is not None and not measured.cold
+    assert (measured.chunks, measured.engine_s) == (1, 4.0)  # only the third chunk
 
 
 def test_a_batch_without_a_price_has_no_cost_and_no_eta_before_anything_ran(
