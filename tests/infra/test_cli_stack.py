@@ -61,7 +61,7 @@ def test_submit_wait_download_and_the_estimate_against_the_actual(
     stack: LocalStack, tmp_path: Path
 ) -> None:
     # Earlier chunks to measure: the estimate rests on them.
-    warm, warm_batch = submit_and_wait(stack, requests_file(tmp_path / "w.jsonl", 30, prefix="w"))
+    warm, warm_batch = submit_and_wait(stack, requests_file(tmp_path / "w.jsonl", 40, prefix="w"))
     assert warm.exit_code == 0, warm.output
     assert warm_batch["status"] == "completed"
 
@@ -69,8 +69,9 @@ def test_submit_wait_download_and_the_estimate_against_the_actual(
     shown = hotbatch(stack, "batches", "estimate", str(path), "--json")
     assert shown.exit_code == 0, shown.output
     estimate = json.loads(shown.stdout)
-    # Three chunks on one worker: its first is kept apart (one-time costs), two are the basis.
-    assert estimate["basis"]["chunks"] == 2
+    # Four chunks on one worker: its first is kept apart (one-time costs), and so is the second
+    # when the worker took both at once (it shared those costs); two or three are the basis.
+    assert estimate["basis"]["chunks"] in (2, 3)
     assert estimate["input_tokens_method"] == "measured_per_byte"
 
     # Above the (lowered) single-request limit: /v1/uploads and PUTs of presigned parts.
