@@ -125,6 +125,7 @@ def estimate_file(aws: Aws, *, tenant_id: str, body: EstimateBody) -> BatchEstim
         price_per_hour=aws.settings.gpu_price_per_hour,
         chunk_requests=aws.settings.chunk_max_requests,
         chunk_bytes=aws.settings.chunk_max_bytes,
+        concurrency=aws.settings.worker_concurrency,
     )
 
 
@@ -158,6 +159,7 @@ def build_estimate(
     price_per_hour: float,
     chunk_requests: int,
     chunk_bytes: int,
+    concurrency: int = 1,
 ) -> BatchEstimate:
     notes: list[str] = []
     requests = round(found.requests * scale)
@@ -184,7 +186,9 @@ def build_estimate(
         notes.append("output at max_tokens: an upper bound where generation stops earlier")
     chunks = max(1, math.ceil(requests / chunk_requests), math.ceil(size / chunk_bytes))
     prediction = (
-        predict(rates, tokens=input_tokens + output_tokens, chunks=chunks) if rates else None
+        predict(rates, tokens=input_tokens + output_tokens, chunks=chunks, concurrency=concurrency)
+        if rates
+        else None
     )
     if prediction is None:
         notes.append("no measured throughput yet: duration and cost appear once chunks have run")

@@ -140,16 +140,19 @@ class _Totals:
         )
 
 
-def predict(rates: Rates, *, tokens: float, chunks: int) -> Prediction | None:
-    """Engine time at the measured tokens per engine-second; wall time as waves of chunks over
-    the workers seen recently, each chunk its share of engine time plus the measured overhead.
-    Assumes those workers are there again (RunPod may scale out further, or from zero)."""
+def predict(rates: Rates, *, tokens: float, chunks: int, concurrency: int = 1) -> Prediction | None:
+    """Engine time at the measured tokens per engine-second; wall time over the workers seen
+    recently: each worker's engine runs its chunks' engine time one after another, while a
+    chunk's overhead (transfers, dispatch, the result's way back) overlaps that of the other
+    chunks it holds at once (`concurrency`, the workers' MAX_CONCURRENCY), so overheads come
+    in waves of that many. Assumes those workers are there again (RunPod may scale out
+    further, or from zero)."""
     speed = rates.tokens_per_engine_second
     if speed is None or chunks < 1:
         return None
     engine = tokens / speed
     workers = max(1, min(chunks, rates.workers))
-    per_chunk = engine / chunks + rates.overhead_per_chunk_s
-    return Prediction(
-        engine_s=engine, duration_s=math.ceil(chunks / workers) * per_chunk, workers=workers
-    )
+    per_worker = math.ceil(chunks / workers)
+    waves = math.ceil(per_worker / max(1, concurrency))
+    duration = per_worker * engine / chunks + waves * rates.overhead_per_chunk_s
+    return Prediction(engine_s=engine, duration_s=duration, workers=workers)

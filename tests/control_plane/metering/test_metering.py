@@ -344,3 +344,14 @@ def test_the_estimate_route_reads_the_file_and_rejects_other_tenants(
         "/v1/batches/estimate", headers=auth(key_b), json={"input_file_id": file_id}
     )
     assert other.status_code == 404 and other.json()["error"]["param"] == "input_file_id"
+
+
+def test_a_worker_holding_two_chunks_overlaps_their_overheads_not_their_engine_time() -> None:
+    measured = measured_rates(workers=1)
+    one = rates.predict(measured, tokens=4000.0, chunks=4)
+    two = rates.predict(measured, tokens=4000.0, chunks=4, concurrency=2)
+    assert one is not None and two is not None
+    overhead = measured.overhead_per_chunk_s
+    assert overhead > 0
+    assert one.duration_s == pytest.approx(one.engine_s + 4 * overhead)
+    assert two.duration_s == pytest.approx(two.engine_s + 2 * overhead)  # two waves of two
