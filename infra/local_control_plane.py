@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra import moto_speed
+
 LOCAL_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -83,6 +85,7 @@ class LocalAws:
             with _bound_socket(self.host, 0) as probe:
                 self.port = probe.getsockname()[1]
         serialize_dynamodb()
+        moto_speed.enable()
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         self.create_resources()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from infra import moto_speed
 from infra.blob_server import BlobServer
 from infra.tiny_model import EMBED_KV_CACHE_BYTES as TINY_EMBED_KV_CACHE_BYTES
 from infra.tiny_model import KV_CACHE_BYTES
@@ -27,6 +28,10 @@ os.environ.setdefault("KV_CACHE_MEMORY_BYTES", KV_CACHE_BYTES)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+
+# moto as the local stack runs it: queries by partition, journaled transactions (and the same
+# answers); the stack's own process applies the same patches.
+moto_speed.enable()
 
 # Tiers whose tests may start servers and processes; every other test is the fast tier.
 STARTING_MARKERS = ("stack", "engine", "e2e")
