@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from control_plane.queues import BATCHES, DISPATCH, Queues, queue_name
 from control_plane.settings import Settings
 from control_plane.store import Table
 from control_plane.store.batches import Limits
@@ -43,6 +44,22 @@ class Aws:
     @cached_property
     def lambda_(self) -> Any:
         return self._client("lambda")
+
+    @cached_property
+    def sqs(self) -> Any:
+        return self._client("sqs")
+
+    @cached_property
+    def queues(self) -> Queues:
+        """The event queues: their URLs from the settings (AWS), or looked up by the names
+        the local stack and the tests give them."""
+        settings = self.settings
+        urls = {DISPATCH: settings.dispatch_queue_url, BATCHES: settings.batch_queue_url}
+        for which, url in urls.items():
+            if not url:
+                name = queue_name(settings.table_name, which)
+                urls[which] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        return Queues(sqs=self.sqs, dispatch_url=urls[DISPATCH], batch_url=urls[BATCHES])
 
     @cached_property
     def table(self) -> Table:

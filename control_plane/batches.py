@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from control_plane import queues
 from control_plane.aws import Aws
 from control_plane.errors import (
     Conflict,
@@ -18,10 +19,11 @@ from control_plane.errors import (
 )
 from control_plane.ids import new_id, now_s
 from control_plane.kick import Kick, no_kick
+from control_plane.messages import BatchEvent
 from control_plane.metering import sizing
 from control_plane.metering.figures import Figures
 from control_plane.models import TERMINAL_STATUSES, Batch, CreateBatchBody, CursorPage, DeadLetter
-from control_plane.split.launch import start_split
+from control_plane.split.launch import SPLIT_STALE_S, start_split
 from control_plane.store import Item, deadletters
 from control_plane.store import batches as batch_store
 from control_plane.store import endpoint as endpoint_store
@@ -42,9 +44,9 @@ def submit_batch(
     background: Callable[..., Any],
     kick: Kick = no_kick,
 ) -> Batch:
-    """`POST /v1/batches`: admit the batch, then start its split without waiting for it. An
-    inline split (local stack) is followed by a kick of the tick, as the split function kicks
-    it in AWS, so the first chunks leave at once."""
+    """`POST /v1/batches`: admit the batch, then start its split without waiting for it (the
+    split tells the endpoint's dispatcher when the chunks exist). An inline split (local stack)
+    is followed by a `kick`, which wakes the local queue consumers at once."""
     batch = create_batch(aws, tenant_id=tenant_id, body=body)
     start_split(aws, batch.id, background=background)
     if aws.settings.split_mode == "inline":
@@ -109,6 +111,8 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
         queued=lines or 0,
         limits=aws.limits,
         extra=extra,
+        # The sweep restarts a split that has not finished by then.
+        due_at=created + SPLIT_STALE_S + 1,
     )
     try:
         health_store.record_arrival(aws.table, created)
@@ -118,10 +122,10 @@ def create_batch(aws: Aws, *, tenant_id: str, body: CreateBatchBody) -> Batch:
     return batch
 
 
-def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
+def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str, kick: Kick = no_kick) -> Batch:
     """validating | in_progress | finalizing → cancelling. The split (still validating) or the
-    tick (RunPod jobs cancelled, pending chunks dropped, finished output merged) then moves it
-    to cancelled."""
+    batch handler (RunPod jobs cancelled, pending chunks dropped, finished output merged), on
+    the event sent here, then moves it to cancelled."""
     item = batch_store.get_batch_item(aws.table, batch_id=batch_id, tenant_id=tenant_id)
     if item["status"] in ("cancelling", "cancelled"):
         return Figures(aws)(batch_store.batch_from_item(item))  # idempotent, as OpenAI's is
@@ -133,8 +137,13 @@ def cancel_batch(aws: Aws, *, tenant_id: str, batch_id: str) -> Batch:
     for _ in range(3):
         try:
             item = batch_store.transition(
-                aws.table, item, expect=CANCELLABLE, to="cancelling", at=now_s()
+                aws.table, item, expect=CANCELLABLE, to="cancelling", at=now_s(), due_at=now_s()
             )
+            if item.get("in_progress_at"):  # a split still running finishes the cancel itself
+                queues.send_batch(
+                    aws.queues, BatchEvent(batch_id=batch_id, at=now_s(), reason="cancel")
+                )
+                kick(f"cancel {batch_id}")
             break
         except StateConflict as exc:
             item = exc.item or item

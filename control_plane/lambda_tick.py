@@ -1,5 +1,4 @@
-"""Lambda entry point of the tick (EventBridge Scheduler; also kicked after a split and after a
-chunk result arrives by webhook: `control_plane/kick.py`)."""
+"""Lambda entry point of the sweep (EventBridge Scheduler, every minute: `scheduler/sweep.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +6,8 @@ from typing import Any
 
 from control_plane.aws import Aws
 from control_plane.observability import configure_lambda, lambda_entry
-from control_plane.scheduler.tick import make_context, run_tick
+from control_plane.scheduler.sweep import run_sweep
+from control_plane.scheduler.tick import finish, make_context
 from control_plane.settings import Settings
 
 _aws = Aws(Settings())
@@ -16,7 +16,7 @@ configure_lambda()
 
 @lambda_entry
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    # A kick (after a split or a chunk result) dispatches and settles now; keep-hot and its
-    # health sample stay on the schedule, one per scheduled tick.
-    kicked = isinstance(event, dict) and "kick" in event
-    return run_tick(make_context(_aws), kicked=kicked)
+    ctx = make_context(_aws)
+    report = run_sweep(ctx)
+    report["failures"] = finish(ctx)
+    return report

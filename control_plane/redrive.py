@@ -3,8 +3,8 @@
 Only those requests run: their lines are cut out of the chunk inputs they came from into new
 chunks, their old error lines are removed from those chunks' error objects, and the batch goes
 back to `in_progress` in one transaction with the new chunk items and its tenant's counters.
-The tick then runs the new chunks and finalizes the batch again into new output and error
-files (the previous ones stay readable by id).
+The endpoint's dispatcher, told that the tenant has work, runs the new chunks and the batch is
+finalized again into new output and error files (the previous ones stay readable by id).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import orjson
 
-from control_plane import layout
+from control_plane import layout, queues, routing
 from control_plane.aws import Aws
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.ids import now_s
@@ -61,6 +61,7 @@ def redrive(aws: Aws, *, tenant_id: str, batch_id: str, custom_ids: list[str] | 
             new_chunks=[chunk_store.new_chunk_put(table, item) for item in new_items],
             requests=len(lines),
             generation=generation,
+            now=now_s(),
         )
     except TransactionConflict as exc:
         current = batch_store.get_batch(table, batch_id)
@@ -73,6 +74,8 @@ def redrive(aws: Aws, *, tenant_id: str, batch_id: str, custom_ids: list[str] | 
     deadletters.delete_dead_letters(
         table, batch_id=batch_id, custom_ids=[letter["custom_id"] for letter in letters]
     )
+    # Lost, this is re-sent by the batch's next re-check (it has chunks waiting).
+    queues.announce_work(aws.queues, dict(batch), endpoint_id=_endpoint(aws, batch), now=now_s())
     return Figures(aws)(
         batch_store.batch_from_item(
             batch_store.get_batch_item(table, batch_id=batch_id, tenant_id=None)
@@ -117,10 +120,21 @@ def _id(raw: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _endpoint(aws: Aws, batch: BatchItem) -> str:
+    return str(
+        batch.get("runpod_endpoint_id") or routing.endpoint_for(aws.settings, batch.get("model"))
+    )
+
+
 def _new_chunk(aws: Aws, batch: BatchItem, index: int, lines: list[bytes]) -> ChunkItem:
     key = layout.chunk_input_key(batch["id"], index)
     size = layout.put_lines(aws.s3, aws.settings.bucket_name, key, lines)
     ref = ChunkRef(index=index, key=key, requests=len(lines), bytes=size, first_line=0)
     return chunk_store.chunk_item(
-        batch["id"], batch.get("priority", "normal"), ref, created_at=now_s()
+        batch["id"],
+        batch.get("priority", "normal"),
+        ref,
+        tenant_id=batch["tenant_id"],
+        endpoint_id=_endpoint(aws, batch),
+        created_at=now_s(),
     )

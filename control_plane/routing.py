@@ -87,5 +87,14 @@ def endpoint_for(settings: Settings, model: str | None) -> str:
     return route.endpoint_id or settings.runpod_endpoint_id
 
 
+def endpoint_ids(settings: Settings) -> list[str]:
+    """Every RunPod endpoint this deployment dispatches to (the default one first)."""
+    ids = [settings.runpod_endpoint_id]
+    for route in settings.models.values():
+        if route.endpoint_id and route.endpoint_id not in ids:
+            ids.append(route.endpoint_id)
+    return ids
+
+
 def _model(name: str, route: ModelRoute) -> Model:
     return Model(id=name, created=route.created, owned_by=route.owned_by)

@@ -33,6 +33,7 @@ class RunPodClient:
     base_url: str
     endpoint_id: str
     api_key: str
+    rest_url: str = ""  # RunPod's REST API (endpoint configuration), beside the job API
     _http: urllib3.PoolManager = field(
         default_factory=lambda: urllib3.PoolManager(
             num_pools=2, maxsize=16, timeout=TIMEOUT, retries=False
@@ -73,6 +74,20 @@ class RunPodClient:
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "health")
+
+    def workers_max(self) -> int | None:
+        """The endpoint's configured workersMax (RunPod's REST API), None when unreadable."""
+        if not self.rest_url:
+            return None
+        url = f"{self.rest_url.rstrip('/')}/endpoints/{self.endpoint_id}"
+        try:
+            reply = self._http.request(
+                "GET", url, headers={"Authorization": f"Bearer {self.api_key}"}
+            )
+            value = json.loads(reply.data).get("workersMax") if reply.status == 200 else None
+        except (urllib3.exceptions.HTTPError, ValueError, AttributeError):
+            return None
+        return int(value) if isinstance(value, int) and value >= 0 else None
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         url = f"{self.base_url.rstrip('/')}/{self.endpoint_id}/{path}"

@@ -111,10 +111,6 @@ class Settings(BaseSettings):
         default="",
         description="HOTBATCH_PUBLIC_URL: the API's base URL, for RunPod webhooks (none: poll).",
     )
-    tick_function_name: str = Field(
-        default="",
-        description="HOTBATCH_TICK_FUNCTION_NAME: the tick, kicked after a split (lambda mode).",
-    )
     dispatch_profile: Literal["conservative", "medium", "aggressive"] = Field(
         default="medium",
         description="HOTBATCH_DISPATCH_PROFILE: in-flight window, retries, timeouts, breaker.",
@@ -123,9 +119,74 @@ class Settings(BaseSettings):
         default=10,
         ge=0,
         description=(
-            "HOTBATCH_PROGRESS_POLL_S: seconds between the tick's progress reads of a running "
-            "chunk (RunPod's /status; the workers report requests answered so far), so "
-            "request_counts move while chunks run; 0 reads none (counts move per chunk)."
+            "HOTBATCH_PROGRESS_POLL_S: seconds between a running chunk's progress reports "
+            "(its worker posts the requests answered so far to the API), so request_counts "
+            "move while chunks run; the dispatcher stretches it so that an endpoint's chunks "
+            "send at most HOTBATCH_PROGRESS_WRITES_PER_S reports together. 0: none (counts move "
+            "per chunk)."
+        ),
+    )
+    progress_writes_per_s: int = Field(
+        default=20,
+        ge=1,
+        description=(
+            "HOTBATCH_PROGRESS_WRITES_PER_S: progress reports per second one endpoint's running "
+            "chunks send at most (each is one API call and one small DynamoDB transaction)."
+        ),
+    )
+    dispatch_queue_url: str = Field(
+        default="",
+        description=(
+            "HOTBATCH_DISPATCH_QUEUE_URL: the SQS FIFO queue of dispatch events (a result, new "
+            "work, a top-up), one message group per RunPod endpoint, so one dispatcher runs per "
+            "endpoint at a time. Empty: the queue named after the table (local stack, tests)."
+        ),
+    )
+    batch_queue_url: str = Field(
+        default="",
+        description=(
+            "HOTBATCH_BATCH_QUEUE_URL: the SQS FIFO queue of batch events (its chunks are done, "
+            "a cancel, a due look), one message group per batch. Empty: named after the table."
+        ),
+    )
+    runpod_rest_url: str = Field(
+        default="https://rest.runpod.io/v1",
+        description=(
+            "HOTBATCH_RUNPOD_REST_URL: RunPod's REST API, where the sweep reads each endpoint's "
+            "workersMax (the dispatch window is workersMax × MAX_CONCURRENCY)."
+        ),
+    )
+    workers_max: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "HOTBATCH_WORKERS_MAX: the endpoints' workersMax when RunPod's REST API cannot be "
+            "read (0: the dispatch profile's window_max)."
+        ),
+    )
+    result_check_s: int = Field(
+        default=300,
+        ge=10,
+        description=(
+            "HOTBATCH_RESULT_CHECK_S: with webhooks, a dispatched chunk is asked about (RunPod's "
+            "/status) only this long after its last check; the webhook records results long "
+            "before. Without webhooks every sweep asks."
+        ),
+    )
+    dispatch_threads: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description=(
+            "HOTBATCH_DISPATCH_THREADS: chunks one dispatcher run claims and sends at once."
+        ),
+    )
+    dispatch_runs_per_s: float = Field(
+        default=50.0,
+        gt=0,
+        description=(
+            "HOTBATCH_DISPATCH_RUNS_PER_S: RunPod /run calls per second per endpoint at most: "
+            "half of RunPod's 1,000 per 10 s."
         ),
     )
     keep_hot_schedule: str = Field(

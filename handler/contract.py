@@ -30,6 +30,10 @@ class ProcessChunkInput(BaseModel):
     input_url: str = Field(min_length=1)
     output_url: str = Field(min_length=1)
     error_url: str = Field(min_length=1)
+    # Where to post a `ChunkProgress` while the chunk runs (signed by the control plane), and
+    # how often at most; absent: progress goes only to RunPod's `progress_update`.
+    progress_url: str | None = None
+    progress_every_s: int | None = Field(default=None, ge=1)
 
 
 class ChunkProgress(BaseModel):

@@ -28,6 +28,7 @@ from handler.chunk import process_chunk
 from handler.contract import ChunkProgress, ChunkSummary, ProcessChunkInput, WorkerIdentity
 from handler.pipeline import EngineGate, RequestRunner
 from handler.settings import WorkerSettings
+from handler.transfer import posting_progress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +78,12 @@ class Runtime:
         self, job: ProcessChunkInput, progress: Callable[[ChunkProgress], None] | None = None
     ) -> ChunkSummary:
         self.jobs_in_progress += 1
+        interval = self.settings.progress_interval_s
+        if interval > 0 and job.progress_every_s:
+            # The control plane spaces reports out so that a large fleet's stay few.
+            interval = max(interval, float(job.progress_every_s))
+        if job.progress_url:
+            progress = posting_progress(progress, job.progress_url, self.session)
         try:
             summary = await self.submit(
                 process_chunk(
@@ -86,7 +93,7 @@ class Runtime:
                     worker=self.identity,
                     transfer_retries=self.settings.transfer_retries,
                     progress=progress,
-                    progress_interval_s=self.settings.progress_interval_s,
+                    progress_interval_s=interval,
                     gpu_read=health.gpu_stats,
                 )
             )

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from handler.contract import ChunkProgress
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -84,3 +86,37 @@ async def _with_retries(
             )
             await asyncio.sleep(delay)
     raise TransferError(what, url, str(last)) from last
+
+
+# A progress post is a nicety: one short try, never a retry that would hold a slot.
+PROGRESS_POST_TIMEOUT_S = 5.0
+_posts: set[asyncio.Task[None]] = set()
+
+
+def posting_progress(
+    then: Callable[[ChunkProgress], None] | None, url: str, session: aiohttp.ClientSession
+) -> Callable[[ChunkProgress], None]:
+    """A progress callback that also posts each report to the control plane's signed URL
+    (`ProcessChunkInput.progress_url`) without waiting for it, then calls `then` (the runpod
+    SDK's `progress_update`, which RunPod shows as the running job's output)."""
+
+    def report(progress: ChunkProgress) -> None:
+        task = asyncio.get_running_loop().create_task(_post(session, url, progress))
+        _posts.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(_posts.discard)
+        if then is not None:
+            then(progress)
+
+    return report
+
+
+async def _post(session: aiohttp.ClientSession, url: str, progress: ChunkProgress) -> None:
+    try:
+        timeout = aiohttp.ClientTimeout(total=PROGRESS_POST_TIMEOUT_S)
+        async with session.post(url, json=progress.model_dump(), timeout=timeout) as response:
+            if response.status >= 400:
+                log.warning(
+                    "progress post refused", extra={"url": redact(url), "status": response.status}
+                )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("progress post failed", extra={"url": redact(url), "error": repr(exc)})

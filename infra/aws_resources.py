@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from control_plane.queues import BATCHES, DISPATCH, queue_name
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 
 
@@ -74,12 +76,42 @@ def table_definition(template: dict[str, Any], table_name: str) -> dict[str, Any
     }
 
 
+# The event queues of template.yaml and the names they take here (`control_plane.queues`).
+EVENT_QUEUES = {"DispatchQueue": DISPATCH, "BatchQueue": BATCHES}
+
+
+def create_queues(sqs: Any, table_name: str, template: dict[str, Any]) -> dict[str, str]:
+    """The event queues as the template defines them (FIFO, content-based deduplication,
+    visibility timeout), named after the table; their URLs by queue."""
+    urls = {}
+    queues = resources_of_type(template, "AWS::SQS::Queue")
+    for logical, which in EVENT_QUEUES.items():
+        props = _resolve(queues[logical]["Properties"], template)
+        attributes = {
+            "FifoQueue": str(props.get("FifoQueue", False)).lower(),
+            "ContentBasedDeduplication": str(props.get("ContentBasedDeduplication", False)).lower(),
+            "VisibilityTimeout": str(props.get("VisibilityTimeout", 30)),
+        }
+        reply = sqs.create_queue(QueueName=queue_name(table_name, which), Attributes=attributes)
+        urls[which] = reply["QueueUrl"]
+    return urls
+
+
 def create_resources(
-    *, dynamodb: Any, s3: Any, table_name: str, bucket_name: str, template_path: Path = TEMPLATE
+    *,
+    dynamodb: Any,
+    s3: Any,
+    table_name: str,
+    bucket_name: str,
+    sqs: Any = None,
+    template_path: Path = TEMPLATE,
 ) -> None:
-    """Create the table (with its TTL) and the bucket (encryption, public access block,
-    lifecycle) as `template.yaml` defines them. Existing ones are left as they are."""
+    """Create the table (with its TTL), the bucket (encryption, public access block,
+    lifecycle) and the event queues as `template.yaml` defines them. Existing ones are left as
+    they are (the queues when `sqs` is given)."""
     template = load_template(template_path)
+    if sqs is not None:
+        create_queues(sqs, table_name, template)
     existing = dynamodb.list_tables()["TableNames"]
     if table_name not in existing:
         dynamodb.create_table(**table_definition(template, table_name))

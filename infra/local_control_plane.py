@@ -62,7 +62,7 @@ def serialize_dynamodb() -> None:
 
 @dataclass
 class LocalAws:
-    """moto's server (S3 and DynamoDB over real HTTP, so presigned URLs work) with the
+    """moto's server (S3, DynamoDB and SQS over real HTTP, so presigned URLs work) with the
     resources from template.yaml."""
 
     host: str = "127.0.0.1"
@@ -99,6 +99,7 @@ class LocalAws:
         create_resources(
             dynamodb=boto3.client("dynamodb", endpoint_url=self.url),
             s3=boto3.client("s3", endpoint_url=self.url),
+            sqs=boto3.client("sqs", endpoint_url=self.url),
             table_name=self.table_name,
             bucket_name=self.bucket_name,
         )

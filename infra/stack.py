@@ -1,5 +1,7 @@
 """The whole local stack as one object: moto's server, the control plane under uvicorn, the
-local RunPod endpoint with its workers, and the tick on a background thread.
+local RunPod endpoint with its workers, the sweep on a background thread (what EventBridge
+Scheduler runs in AWS) and the event queues drained on another (what SQS's event-source
+mappings do: the dispatcher and the batch handler).
 
 `hotbatch local up` runs it in the foreground; the end-to-end tests start one per module.
 """
@@ -15,7 +17,8 @@ from typing import Any
 
 from control_plane.api import create_app
 from control_plane.aws import Aws
-from control_plane.scheduler.tick import make_context, run_tick
+from control_plane.scheduler.sweep import run_sweep
+from control_plane.scheduler.tick import drain, finish, make_context, run_tick
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from infra.local_control_plane import LOCAL_CREDENTIALS, LocalApi, LocalAws
@@ -23,6 +26,8 @@ from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
 
 log = logging.getLogger("handler.local")
 EMBED_ENDPOINT_ID = "local-embed"
+# How often the events thread looks at the queues when nothing woke it (a kick wakes it at once).
+EVENT_POLL_S = 0.25
 
 
 @dataclass
@@ -34,7 +39,8 @@ class StackConfig:
     tenant: str = "local"
     pool: PoolConfig = field(default_factory=PoolConfig)
     runpod_api_key: str = "local-runpod-key"
-    # Seconds between background ticks; None: the caller ticks (`LocalStack.tick`).
+    # Seconds between background sweeps (the queues are drained as events arrive); None: the
+    # caller ticks (`LocalStack.tick`: a sweep, then the queues drained).
     tick_interval_s: float | None = 1.0
     webhooks: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
@@ -56,7 +62,7 @@ class LocalStack:
     api_key: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
     _kicked: threading.Event = field(default_factory=threading.Event)
-    _ticker: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
     _tick_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> LocalStack:
@@ -77,6 +83,7 @@ class LocalStack:
             aws_endpoint_url=self.local_aws.url,
             split_mode="inline",
             runpod_base_url=self.endpoint.client_base_url,
+            runpod_rest_url=self.endpoint.rest_url,
             runpod_endpoint_id=self.endpoint.config.endpoint_id,
             runpod_api_key=config.runpod_api_key,
             public_url=self.api.url if config.webhooks else "",
@@ -96,8 +103,10 @@ class LocalStack:
         self.api.start()
         self.endpoint.start()
         if config.tick_interval_s is not None:
-            self._ticker = threading.Thread(target=self._tick_loop, name="tick", daemon=True)
-            self._ticker.start()
+            for target, name in ((self._sweep_loop, "sweep"), (self._event_loop, "events")):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                self._threads.append(thread)
         return self
 
     def _more_endpoints(self) -> list[tuple[EndpointConfig, PoolConfig | None]]:
@@ -119,28 +128,47 @@ class LocalStack:
         return models
 
     def tick(self, *, kicked: bool = False) -> dict[str, Any]:
-        """One tick now (serialised with the background ticker, as the tests expect)."""
+        """A sweep and every queued event handled, now (serialised with the background
+        threads, as the tests expect); `kicked` leaves keep-hot out."""
         assert self.aws is not None
         with self._tick_lock:
             return run_tick(make_context(self.aws), kicked=kicked)
 
     def kick(self, reason: str) -> None:
-        """Run the background tick now (what the tick function's kick is in AWS); kicks that
-        arrive while a tick runs are folded into one more tick."""
+        """An event was queued: the events thread drains the queues now."""
         self._kicked.set()
 
-    def _tick_loop(self) -> None:
+    def _sweep_loop(self) -> None:
         interval = self.config.tick_interval_s or 1.0
+        while not self._stop.wait(interval):
+            try:
+                assert self.aws is not None
+                with self._tick_lock:
+                    ctx = make_context(self.aws)
+                    run_sweep(ctx)
+                    finish(ctx)
+                self._kicked.set()  # the sweep queued top-ups and batch events
+            except Exception:
+                # The next sweep retries whatever failed; a crash must not stop the loop.
+                log.exception("sweep failed")
+
+    def _event_loop(self) -> None:
         while not self._stop.is_set():
-            kicked = self._kicked.wait(interval)
+            self._kicked.wait(EVENT_POLL_S)
             self._kicked.clear()
             if self._stop.is_set():
                 break
             try:
-                self.tick(kicked=kicked)
+                assert self.aws is not None
+                with self._tick_lock:
+                    ctx = make_context(self.aws)
+                    drained = drain(ctx, rounds=1)
+                    finish(ctx)
+                if any(drained.values()):
+                    self._kicked.set()  # more may be queued: go round again at once
             except Exception:
-                # The next tick retries whatever failed; a crash must not stop the loop.
-                log.exception("tick failed")
+                # The messages come back after their visibility timeout, as SQS retries them.
+                log.exception("event handling failed")
 
     def exports(self) -> dict[str, str]:
         assert self.api and self.endpoint and self.local_aws
@@ -163,8 +191,8 @@ class LocalStack:
     def stop(self) -> None:
         self._stop.set()
         self._kicked.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
         if self.endpoint is not None:
             self.endpoint.stop()
         if self.api is not None:

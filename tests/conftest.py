@@ -17,6 +17,7 @@ import pytest
 
 from infra import moto_speed
 from infra.blob_server import BlobServer
+from infra.local_control_plane import serialize_dynamodb
 from infra.tiny_model import EMBED_KV_CACHE_BYTES as TINY_EMBED_KV_CACHE_BYTES
 from infra.tiny_model import KV_CACHE_BYTES
 from tests.support.tiny import TINY_EMBED_MODEL_NAME, TINY_MAX_MODEL_LEN, TINY_MODEL_NAME
@@ -30,8 +31,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 # moto as the local stack runs it: queries by partition, journaled transactions (and the same
-# answers); the stack's own process applies the same patches.
+# answers), one DynamoDB request at a time (the dispatcher sends from several threads); the
+# stack's own process applies the same patches.
 moto_speed.enable()
+serialize_dynamodb()
 
 # Tiers whose tests may start servers and processes; every other test is the fast tier.
 STARTING_MARKERS = ("stack", "engine", "e2e")

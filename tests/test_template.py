@@ -31,14 +31,17 @@ from infra.aws_resources import TEMPLATE, create_resources, load_template, resou
 
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
-FUNCTIONS = ("ApiFunction", "SplitFunction", "TickFunction")
+FUNCTIONS = ("ApiFunction", "SplitFunction", "TickFunction", "DispatchFunction", "BatchFunction")
 SECRET_PARAMETERS = ("RunPodApiKeySecretArn", "WebhookSecretArn")
 
 # Settings a function cannot or need not carry, and why. Every other setting must reach every
 # function, so a new one cannot be forgotten on one of them.
 NOT_SET_ON: dict[str, dict[str, str]] = {
-    "split_mode": {"SplitFunction": "it is the split"},
-    "split_function_name": {"SplitFunction": "it would reference itself"},
+    "split_mode": {"SplitFunction": "it is the split", "DispatchFunction": "it starts none"},
+    "split_function_name": {
+        "SplitFunction": "it would reference itself",
+        "DispatchFunction": "it starts no split",
+    },
     "public_url": {
         "ApiFunction": "HttpApi depends on ApiFunction: referencing it is a cycle",
         "SplitFunction": "ApiFunction depends on SplitFunction: referencing HttpApi is a cycle",
@@ -225,7 +228,7 @@ def test_the_cycle_check_finds_the_api_referencing_its_own_url() -> None:
     assert cycle is not None and {"ApiFunction", "HttpApi"} <= set(cycle)
 
 
-def test_transform_makes_three_python_functions_on_one_architecture(
+def test_transform_makes_five_python_functions_on_one_architecture(
     transformed: dict[str, Any],
 ) -> None:
     functions = _of_type(transformed, "AWS::Lambda::Function")
@@ -234,6 +237,8 @@ def test_transform_makes_three_python_functions_on_one_architecture(
         "ApiFunction": ("control_plane.lambda_api.handler", 30),
         "SplitFunction": ("control_plane.lambda_split.handler", 900),
         "TickFunction": ("control_plane.lambda_tick.handler", 300),
+        "DispatchFunction": ("control_plane.lambda_queues.dispatch_handler", 60),
+        "BatchFunction": ("control_plane.lambda_queues.batch_handler", 300),
     }
     (layer,) = _of_type(transformed, "AWS::Lambda::LayerVersion").values()
     for name, (handler, timeout) in expected.items():
@@ -246,18 +251,58 @@ def test_transform_makes_three_python_functions_on_one_architecture(
     assert functions["SplitFunction"]["Properties"]["MemorySize"] >= 1769
 
 
-def test_api_invokes_the_split_and_kicks_the_tick_and_the_split_only_kicks_the_tick(
+def test_only_the_api_and_the_batch_handler_start_splits_and_nothing_invokes_the_tick(
     transformed: dict[str, Any],
 ) -> None:
-    invokable = _resources_for(transformed, "ApiFunction", "lambda:InvokeFunction")
-    assert _refs(invokable) == {"SplitFunction"}  # and the tick, by name (a ref is a cycle)
-    assert "${AWS::StackName}-tick" in json.dumps(invokable) and len(invokable) == 2
-    kicked = _resources_for(transformed, "SplitFunction", "lambda:InvokeFunction")
-    assert "${AWS::StackName}-tick" in json.dumps(kicked) and len(kicked) == 1
-    restarts = _resources_for(transformed, "TickFunction", "lambda:InvokeFunction")
-    assert _refs(restarts) == {"SplitFunction"}  # a stale split is started again
-    tick = transformed["Resources"]["TickFunction"]["Properties"]
-    assert tick["FunctionName"] == {"Fn::Sub": "${AWS::StackName}-tick"}
+    for function in ("ApiFunction", "BatchFunction"):  # a new batch; a stale split again
+        invokable = _resources_for(transformed, function, "lambda:InvokeFunction")
+        assert _refs(invokable) == {"SplitFunction"} and len(invokable) == 1, function
+    for function in ("SplitFunction", "TickFunction", "DispatchFunction"):
+        assert _resources_for(transformed, function, "lambda:InvokeFunction") == []
+
+
+@pytest.mark.parametrize(
+    ("function", "queues"),
+    [
+        ("ApiFunction", {"DispatchQueue", "BatchQueue"}),  # results, cancels, redrives
+        ("SplitFunction", {"DispatchQueue"}),  # a split's new work
+        ("TickFunction", {"DispatchQueue", "BatchQueue"}),  # top-ups, due batches
+        ("DispatchFunction", {"DispatchQueue"}),  # its own "continue"
+        ("BatchFunction", {"DispatchQueue"}),  # work found waiting, cancelled jobs' slots
+    ],
+)
+def test_each_function_sends_exactly_the_events_it_makes(
+    transformed: dict[str, Any], function: str, queues: set[str]
+) -> None:
+    # SAM's SQSSendMessagePolicy grants sqs:SendMessage* on exactly the queue named.
+    assert _refs(_resources_for(transformed, function, "sqs:SendMessage*")) == queues
+
+
+def test_each_event_queue_feeds_its_one_handler_as_a_fifo_queue(
+    transformed: dict[str, Any],
+) -> None:
+    mappings = _of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
+    fed = {
+        (
+            _refs(m["Properties"]["EventSourceArn"]).pop(),
+            _refs(m["Properties"]["FunctionName"]).pop(),
+        )
+        for m in mappings
+    }
+    assert fed == {("DispatchQueue", "DispatchFunction"), ("BatchQueue", "BatchFunction")}
+    queues = _of_type(transformed, "AWS::SQS::Queue")
+    for name in ("DispatchQueue", "BatchQueue"):
+        props = queues[name]["Properties"]
+        # FIFO message groups are what make one run per endpoint (or batch) at a time.
+        assert props["FifoQueue"] is True and props["ContentBasedDeduplication"] is True
+        assert _refs(props["RedrivePolicy"]["deadLetterTargetArn"]) == {
+            name.replace("Queue", "DeadLetters")
+        }
+    functions = _of_type(transformed, "AWS::Lambda::Function")
+    for queue, function in (("DispatchQueue", "DispatchFunction"), ("BatchQueue", "BatchFunction")):
+        timeout = functions[function]["Properties"]["Timeout"]
+        # Lambda refuses a mapping whose queue's visibility timeout is below its function's.
+        assert queues[queue]["Properties"]["VisibilityTimeout"] > timeout
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -276,7 +321,9 @@ def test_every_function_reaches_exactly_the_table_and_the_bucket(
     [
         ("ApiFunction", True, set(SECRET_PARAMETERS)),
         ("SplitFunction", False, set()),
-        ("TickFunction", True, set(SECRET_PARAMETERS)),
+        ("TickFunction", False, set(SECRET_PARAMETERS)),
+        ("DispatchFunction", False, set(SECRET_PARAMETERS)),
+        ("BatchFunction", True, set(SECRET_PARAMETERS)),  # the merge's multipart copy
     ],
 )
 def test_multipart_and_secret_permissions_are_per_function(

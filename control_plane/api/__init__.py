@@ -17,7 +17,7 @@ from control_plane.api.routes import (
     webhook_endpoints,
 )
 from control_plane.aws import Aws
-from control_plane.kick import Kick, lambda_kick
+from control_plane.kick import Kick, no_kick
 from control_plane.settings import Settings
 
 
@@ -25,8 +25,8 @@ def create_app(
     settings: Settings | None = None, *, aws: Aws | None = None, kick: Kick | None = None
 ) -> FastAPI:
     """The app for Lambda (through Mangum) and uvicorn alike; tests pass their own settings.
-    `kick` runs the tick early (default: invoke the tick function; the local stack wakes its
-    own ticker)."""
+    `kick` says an event was queued (the local stack wakes its queue consumers; in AWS the
+    event-source mappings need no waking)."""
     aws = aws or Aws(settings or Settings())
     app = FastAPI(
         title="hotbatch",
@@ -35,7 +35,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.aws = aws
-    app.state.kick = kick or lambda_kick(aws)
+    app.state.kick = kick or no_kick
     app.state.key_cache = {}
     errors.install(app)
     openapi.install(app, aws.settings)

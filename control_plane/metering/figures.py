@@ -1,7 +1,6 @@
 """A batch's `hotbatch` figures: cost, cache hit rate, throughput and ETA, derived at read time
 from its counters (the engine time is stored; everything else follows from it, the usage, the
-timestamps and the price). A running batch's request_counts also take in what its running
-chunks' workers reported answered so far, so they move between chunk completions."""
+timestamps and the price)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from control_plane.aws import Aws
 from control_plane.ids import now_s
 from control_plane.metering.rates import Rates, predict, recent_rates
 from control_plane.models import Batch, BatchFigures
-from control_plane.store import chunks as chunk_store
 
 RUNNING = frozenset({"in_progress", "cancelling"})
 
@@ -27,21 +25,13 @@ class Figures:
         self.now = now_s() if now is None else now
         self._aws = aws
         self._rates: tuple[Rates | None] | None = None
-        self._progress: dict[str, tuple[int, int]] | None = None
 
     def rates(self) -> Rates | None:
         if self._rates is None:
             self._rates = (recent_rates(self._aws.table, now=self.now),)
         return self._rates[0]
 
-    def progress(self) -> dict[str, tuple[int, int]]:
-        if self._progress is None:
-            self._progress = chunk_store.progress_by_batch(self._aws.table)
-        return self._progress
-
     def __call__(self, batch: Batch) -> Batch:
-        if batch.status == "in_progress":
-            batch = with_progress(batch, self.progress().get(batch.id))
         return with_figures(
             batch,
             price_per_hour=self.price,
@@ -49,18 +39,6 @@ class Figures:
             rates=self.rates,
             chunk_requests=self.chunk_requests,
         )
-
-
-def with_progress(batch: Batch, running: tuple[int, int] | None) -> Batch:
-    """`batch` with its running chunks' answered requests added to its counts. A chunk that
-    finished between the two reads may count twice for a moment: never beyond the total."""
-    if not running:
-        return batch
-    counts = batch.request_counts
-    completed = min(counts.completed + running[0], counts.total)
-    failed = min(counts.failed + running[1], counts.total - completed)
-    moved = counts.model_copy(update={"completed": completed, "failed": failed})
-    return batch.model_copy(update={"request_counts": moved})
 
 
 def with_figures(

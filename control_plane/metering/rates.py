@@ -105,7 +105,8 @@ class _Totals:
     latency_s: float = 0.0
     queued_s: float = 0.0
     since: int = 0
-    workers: set[str] = field(default_factory=set)
+    workers_seen: int = 0  # the most distinct workers one bucket saw
+    worker_ids: set[str] = field(default_factory=set)  # buckets written before workers_seen
 
     def add(self, bucket: Item, prefix: str) -> None:
         def number(name: str) -> float:
@@ -120,7 +121,9 @@ class _Totals:
         self.engine_s += number("engine_s")
         self.latency_s += number("latency_s")
         self.queued_s += number("queued_s")
-        self.workers |= set(bucket.get("workers", ()))
+        self.workers_seen = max(self.workers_seen, int(number("workers_seen")))
+        if not prefix:
+            self.worker_ids |= set(bucket.get("workers", ()))
         self.since = int(bucket.get("started_at", 0))
 
     def rates(self, *, cold: bool) -> Rates:
@@ -134,7 +137,7 @@ class _Totals:
             engine_s=self.engine_s,
             latency_s=self.latency_s,
             queued_s=self.queued_s,
-            workers=len(self.workers),
+            workers=max(self.workers_seen, len(self.worker_ids)),
             since=self.since,
             cold=cold,
         )

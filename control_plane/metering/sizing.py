@@ -101,7 +101,7 @@ def size_for_file(aws: Aws, *, s3_key: str) -> ChunkSize:
     """The chunk size for a new batch of the file at `s3_key`: the measured throughput (one
     read of the scheduler state) and a sample of the file's first lines (one ranged GET)."""
     settings = aws.settings
-    item = endpoint_store.load_scheduler_state(aws.table)
+    item = endpoint_store.load_scheduler_state(aws.table, settings.runpod_endpoint_id)
     state = policy.SchedulerState.model_validate(item) if item else None
     rate = state.requests_per_s if state else None
     try:

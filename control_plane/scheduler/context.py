@@ -3,16 +3,35 @@ the batches that something failed on during this tick (`isolate.py`)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from control_plane import webhooks
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler.policy import PROFILES, Profile
 from control_plane.settings import Settings
+from control_plane.store import BatchItem
 
 # SigV4 presigned URLs live at most 7 days.
 MAX_PRESIGN_S = 7 * 24 * 3600
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def threads(count: int) -> Callable[[Callable[[Any], Any], list[Any]], list[Any]]:
+    """Map on `count` threads, in order (one thread: in this thread)."""
+
+    def run(work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if count <= 1 or len(items) <= 1:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(count, len(items))) as pool:
+            return list(pool.map(work, items))
+
+    return run
 
 
 @dataclass
@@ -25,8 +44,19 @@ class TickContext:
     # batch id -> what failed on it during this tick (isolate.step fills it, isolate.close
     # counts it on the batch item)
     failures: dict[str, str] = field(default_factory=dict)
+    # the batches a batch handler went through this run (isolate.close resets their count)
+    seen: list[BatchItem] = field(default_factory=list)
     # endpoint id -> a client for it, beside `runpod` (the default endpoint's)
     _clients: dict[str, RunPodClient] = field(default_factory=dict, repr=False)
+    # How a dispatcher run maps its sends (threads), and how it waits (the fleet simulation
+    # puts both on its virtual clock).
+    parallel_map: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None
+    pause: Callable[[float], None] = time.sleep
+
+    def parallel(self, work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """`work` over `items` on the dispatcher's threads (`dispatch_threads`), in order."""
+        run = self.parallel_map or threads(self.settings.dispatch_threads)
+        return run(work, items)
 
     def runpod_for(self, endpoint_id: str | None) -> RunPodClient:
         """The client of `endpoint_id` (`HOTBATCH_MODELS` routes models to several endpoints);
@@ -48,6 +78,11 @@ class TickContext:
     def lease_s(self) -> int:
         return self.profile.queue_grace_s + self.profile.execution_timeout_s
 
+    def check_after_s(self) -> int:
+        """When a dispatched chunk is first asked about: with webhooks RunPod tells us, and the
+        check is a safety net; without them every sweep asks."""
+        return self.settings.result_check_s if self.webhooks else 0
+
     def presign(self, method: str, key: str) -> str:
         operation = {"GET": "get_object", "PUT": "put_object"}[method]
         expires = min(MAX_PRESIGN_S, self.lease_s() + 600)
@@ -67,4 +102,17 @@ class TickContext:
             batch_id=batch_id,
             chunk_id=chunk_id,
             attempt=attempt,
+        )
+
+    def progress_url(self, batch_id: str, chunk_id: str, attempt: int) -> str | None:
+        """Where the chunk's worker posts its progress (signed like the result webhook)."""
+        if not self.webhooks:
+            return None
+        return webhooks.url(
+            self.settings.public_url,
+            self.webhook_secret,
+            batch_id=batch_id,
+            chunk_id=chunk_id,
+            attempt=attempt,
+            path=webhooks.PROGRESS_PATH,
         )

@@ -1,8 +1,9 @@
 """Finish batches: merge results when every chunk is done, settle cancels, expire late batches,
 and restart a split that never finished.
 
-Each step is re-entrant: a tick killed halfway leaves the batch in `finalizing` / `cancelling`
-(or `in_progress` with `stop_dispatch` set for an expiry) and the next tick redoes the step;
+Each step runs for one batch in the batch handler (`scheduler/settle.py`) and is re-entrant: a
+run killed halfway leaves the batch in `finalizing` / `cancelling` (or `in_progress` with
+`stop_dispatch` set for an expiry), SQS delivers its event again and the step is redone;
 merged files get ids derived from the batch id, so a redo writes the same files once.
 """
 
@@ -17,10 +18,10 @@ from control_plane import layout
 from control_plane.errors import StateConflict
 from control_plane.models import FileObject
 from control_plane.runpod import EndpointError, JobGone
-from control_plane.scheduler import merge, policy, record
+from control_plane.scheduler import merge, record
 from control_plane.scheduler.context import TickContext
 from control_plane.split.job import run_split
-from control_plane.split.launch import start_split
+from control_plane.split.launch import SPLIT_STALE_S, start_split
 from control_plane.store import (
     BatchCounters,
     BatchItem,
@@ -34,8 +35,6 @@ from control_plane.store import files as file_store
 
 log = logging.getLogger("control_plane.finalize")
 
-# A split runs at most 15 minutes (its Lambda timeout); one still validating after this died.
-SPLIT_STALE_S = 20 * 60
 LEAF_RESULT_STATES = frozenset({"done", "dead", "expired"})
 
 
@@ -108,6 +107,7 @@ def stop_chunk(ctx: TickContext, chunk: ChunkItem, *, to: str) -> None:
         except (EndpointError, JobGone) as exc:
             # The job may have finished or gone; its late result fails the chunk's condition.
             log.info("cancel of a job failed", extra={"job_id": chunk["job_id"], "error": str(exc)})
+        _freed(ctx, chunk)
     sets: ChunkFields = {"finished_at": ctx.now}
     deltas: BatchCounters = {"chunks_open": -1}
     if state == "dispatched":
@@ -125,6 +125,11 @@ def stop_chunk(ctx: TickContext, chunk: ChunkItem, *, to: str) -> None:
         log.info("chunk moved while stopping", extra={"chunk_id": chunk["chunk_id"]})
 
 
+def _freed(ctx: TickContext, chunk: ChunkItem) -> None:
+    """A cancelled job's slot is free: its endpoint's dispatcher counts one fewer in flight."""
+    record.announce(ctx, chunk, record.Recorded("cancelled"))
+
+
 def _recorded_if_finished(ctx: TickContext, chunk: ChunkItem) -> bool:
     """A job that completed while its webhook is still on the way is recorded, not dropped."""
     try:
@@ -133,9 +138,9 @@ def _recorded_if_finished(ctx: TickContext, chunk: ChunkItem) -> bool:
         return False
     if job.get("status") != "COMPLETED":
         return False
-    scratch = policy.SchedulerState(window=ctx.profile.window_start)
-    outcome, _ = record.record_job(ctx, chunk, job, scratch)
-    return outcome in ("done", "stale")
+    recorded = record.record_job(ctx, chunk, job)
+    record.announce(ctx, chunk, recorded)
+    return recorded.outcome in ("done", "stale")
 
 
 def _write_expired_lines(ctx: TickContext, chunk: ChunkItem) -> str:

@@ -112,12 +112,12 @@ def _keep_hot(ctx: TickContext, state: SchedulerState) -> dict[str, Any]:
 
 
 def _queue_sample(ctx: TickContext, state: SchedulerState) -> HealthSample:
-    table = ctx.aws.table
-    pending, in_flight = store.queue_counts(table)
+    table, endpoint_id = ctx.aws.table, ctx.runpod.endpoint_id
+    pending, in_flight = store.queue_counts(table, endpoint_id)
     ages: dict[str, int | None] = {"high": None, "normal": None, "backfill": None}
     if pending:
         for priority in ages:
-            chunk = store.oldest_pending(table, priority)
+            chunk = store.oldest_pending(table, endpoint_id, priority)
             if chunk is not None:
                 ages[priority] = max(0, ctx.now - int(chunk.get("created_at", ctx.now)))
     urgent = [age for age in (ages["high"], ages["normal"]) if age is not None]

@@ -1,10 +1,17 @@
 """Dispatch policy: the GPU profiles, the adaptive in-flight window and the circuit breaker.
 
-The state lives in one item (store/endpoint.py) that every tick reads once and writes once,
-conditioned on the version it read: two ticks at once cannot both move it, and the loser's
-changes are simply recomputed by the next tick. Beside the window and the breaker it keeps the
-workers' measured throughput (an EWMA over chunk summaries) that sizes new batches' chunks
-(`control_plane/metering/sizing.py`), and the warm workers RunPod last reported.
+The state lives in one item per RunPod endpoint (store/endpoint.py) that the endpoint's
+dispatcher reads once and writes once per run, conditioned on the version it read; only one
+dispatcher runs per endpoint at a time (its SQS FIFO message group), so the write does not
+race. Beside the window and the breaker it keeps the chunks it believes in flight (set from
+RunPod's own count at every top-up), the endpoint's workersMax, the workers' measured
+throughput (an EWMA over chunk summaries) that sizes new batches' chunks
+(`control_plane/metering/sizing.py`), the warm workers RunPod last reported, and the fair
+queue's virtual clock per priority.
+
+The window's ceiling is the endpoint's workersMax × MAX_CONCURRENCY: RunPod starts workers only
+for queued jobs, so a smaller window leaves paid-for capacity idle, and a larger one only queues
+jobs behind each other (and behind other tenants'). `conservative` caps it lower.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ Breaker = Literal["closed", "open", "half_open"]
 
 
 class Profile(BaseModel):
-    window_start: int
+    window_start: int  # 0: start at the ceiling (RunPod's queue, not the window, holds back)
     window_min: int
-    window_max: int
+    window_max: int  # the ceiling when the endpoint's workersMax is unknown
+    follow_workers_max: bool = True  # the ceiling is workersMax × MAX_CONCURRENCY once known
     max_attempts: int  # dispatches of a chunk before it is bisected
     backoff_base_s: int
     backoff_max_s: int
@@ -39,6 +47,7 @@ PROFILES: dict[str, Profile] = {
         window_start=1,
         window_min=1,
         window_max=4,
+        follow_workers_max=False,
         max_attempts=3,
         backoff_base_s=30,
         backoff_max_s=600,
@@ -49,7 +58,7 @@ PROFILES: dict[str, Profile] = {
         breaker_cooldown_s=300,
     ),
     "medium": Profile(
-        window_start=4,
+        window_start=0,
         window_min=1,
         window_max=32,
         max_attempts=3,
@@ -63,7 +72,7 @@ PROFILES: dict[str, Profile] = {
     ),
     # Many workers and a proven model: a wide window that opens fast.
     "aggressive": Profile(
-        window_start=16,
+        window_start=0,
         window_min=2,
         window_max=256,
         max_attempts=2,
@@ -89,6 +98,12 @@ class SchedulerState(BaseModel):
     opened_at: int = 0
     version: int = 0
     workers: int = 0  # warm workers (idle + running) at the last RunPod /health read
+    workers_max: int = 0  # the endpoint's workersMax (RunPod's REST API, or the setting)
+    workers_max_at: int = 0  # when it was read
+    in_flight: int = 0  # chunk jobs believed queued or running at RunPod
+    # The fair queue's virtual clock per priority rank: where a tenant that starts waiting
+    # enters (`scheduler/fair.py`).
+    vclock: dict[str, int] = {}
     # EWMAs of what one chunk brought: requests, tokens (prompt + completion) and the engine-busy
     # seconds its worker reported. Their ratios are one worker's requests/s and tokens/s; a
     # ratio of averages stays sane when one chunk reports almost no busy time (its neighbour on
@@ -111,21 +126,42 @@ def backoff_s(profile: Profile, attempt: int) -> int:
     return int(min(profile.backoff_max_s, profile.backoff_base_s * 2 ** max(0, attempt - 1)))
 
 
-def load(table: Table, profile: Profile) -> SchedulerState:
-    item = endpoint_store.load_scheduler_state(table)
+def ceiling(profile: Profile, state: SchedulerState, concurrency: int) -> int:
+    """The most chunks in flight: workersMax × MAX_CONCURRENCY once known (profile allowing),
+    the profile's window_max before."""
+    if profile.follow_workers_max and state.workers_max > 0:
+        return max(profile.window_min, state.workers_max * concurrency)
+    return profile.window_max
+
+
+def load(table: Table, profile: Profile, endpoint_id: str) -> SchedulerState:
+    item = endpoint_store.load_scheduler_state(table, endpoint_id)
     if item is None:
-        return SchedulerState(window=profile.window_start)
+        return SchedulerState(window=profile.window_start or profile.window_max)
     return SchedulerState.model_validate(item)
 
 
-def save(table: Table, before: SchedulerState, after: SchedulerState, *, now: int) -> bool:
+def save(
+    table: Table,
+    before: SchedulerState,
+    after: SchedulerState,
+    *,
+    now: int,
+    endpoint_id: str,
+    mirror: bool = True,
+) -> bool:
     """Write `after` if nobody moved the state since `before` was read; False if someone did.
-    The breaker's state is mirrored to the item that admission reads (503 while open)."""
+    The breaker's state is mirrored to the item that admission reads (503 while open) for the
+    default endpoint (`mirror`)."""
     if after.model_dump(exclude={"version"}) == before.model_dump(exclude={"version"}):
         return True
     state = after.model_dump(exclude={"version"})
-    if not endpoint_store.save_scheduler_state(table, state, seen=before.version, now=now):
+    if not endpoint_store.save_scheduler_state(
+        table, endpoint_id, state, seen=before.version, now=now
+    ):
         return False
+    if not mirror:
+        return True
     if after.breaker != before.breaker:
         reason = (
             f"{after.failures} consecutive endpoint failures" if after.breaker == "open" else ""
@@ -134,14 +170,16 @@ def save(table: Table, before: SchedulerState, after: SchedulerState, *, now: in
     return True
 
 
-def on_success(state: SchedulerState, profile: Profile, *, seconds: float) -> SchedulerState:
+def on_success(
+    state: SchedulerState, profile: Profile, *, seconds: float, ceiling: int
+) -> SchedulerState:
     """Additive increase for a chunk that finished in good time; a slow one halves the window.
     The breaker is left alone: a worker's result says nothing of the client API (/run) that
     the breaker guards, and closing it here would reopen admission mid-outage. Only a
     dispatch that succeeds (the half-open probe) closes it."""
     if seconds > profile.slow_chunk_s:
         return on_slow(state, profile)
-    return state.model_copy(update={"window": min(profile.window_max, state.window + 1)})
+    return state.model_copy(update={"window": min(ceiling, state.window + 1)})
 
 
 def on_slow(state: SchedulerState, profile: Profile) -> SchedulerState:
@@ -193,6 +231,13 @@ def worker_floor(state: SchedulerState, concurrency: int) -> int:
     return concurrency * max(1, state.workers)
 
 
+def within(state: SchedulerState, ceiling: int) -> SchedulerState:
+    """The window inside [window_min, ceiling] (the ceiling moves with workersMax)."""
+    if state.window <= ceiling:
+        return state
+    return state.model_copy(update={"window": ceiling})
+
+
 def on_endpoint_success(state: SchedulerState) -> SchedulerState:
     return state.model_copy(update={"failures": 0, "breaker": "closed"})
 
@@ -206,15 +251,15 @@ def on_endpoint_answer(state: SchedulerState) -> SchedulerState:
 
 
 def admit(
-    state: SchedulerState, profile: Profile, *, now: int, floor: int = 0
+    state: SchedulerState, profile: Profile, *, now: int, floor: int = 0, ceiling: int = 0
 ) -> tuple[SchedulerState, int]:
-    """How many new chunks this tick may send: none while open, one probe once the cooldown
-    has passed (half-open), the window otherwise (the caller subtracts what is in flight).
-    A closed breaker allows at least `floor` (`worker_floor`), within the profile's maximum."""
+    """How many chunks may be in flight after this run: none while open, one probe once the
+    cooldown has passed (half-open), the window otherwise (the caller subtracts what is in
+    flight). A closed breaker allows at least `floor` (`worker_floor`), within the ceiling."""
     if state.breaker == "open":
         if now - state.opened_at < profile.breaker_cooldown_s:
             return state, 0
         return state.model_copy(update={"breaker": "half_open"}), 1
     if state.breaker == "half_open":
         return state, 1
-    return state, max(state.window, min(floor, profile.window_max))
+    return state, max(state.window, min(floor, ceiling or profile.window_max))

@@ -1,21 +1,26 @@
 """Record what a RunPod job did with a chunk: counters, dead letters, retries, bisection.
 
-The same function serves the webhook and the tick's polling; every outcome is one conditional
+The same function serves the webhook and the sweep's polling; every outcome is one conditional
 transaction on the chunk at the attempt it was dispatched with, so a result that arrives twice
-(webhook and poll, or RunPod's webhook retry) counts once.
+(webhook and poll, or RunPod's webhook retry) counts once. Whoever records an outcome then
+`announce`s it: a result event frees the slot at the endpoint's dispatcher (which also folds the
+chunk into the window and the throughput averages), and the batch's last open chunk sends the
+batch an event that finalizes it.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 from pydantic import ValidationError
 
-from control_plane import layout
+from control_plane import layout, queues
 from control_plane.health.sample import GpuReading, WorkerReading
+from control_plane.messages import BatchEvent, ResultEvent
 from control_plane.models import ChunkRef
 from control_plane.observability import count, seconds
 from control_plane.scheduler import policy
@@ -28,41 +33,93 @@ from handler.contract import BatchRequestOutput, BatchResponseData, ChunkSummary
 
 log = logging.getLogger("control_plane.record")
 
-Outcome = Literal["done", "retry", "split", "dead", "running", "stale", "unreachable"]
+Outcome = Literal["done", "retry", "split", "dead", "cancelled", "running", "stale", "unreachable"]
 TERMINAL_JOB = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
+# Outcomes that free a worker's slot: the chunk left RunPod (a cancel or an expiry stopped it).
+FREEING = frozenset({"done", "retry", "split", "dead", "cancelled"})
 
 
-def record_job(
-    ctx: TickContext, chunk: ChunkItem, job: dict[str, Any], state: policy.SchedulerState
-) -> tuple[Outcome, policy.SchedulerState]:
+@dataclass(frozen=True)
+class Recorded:
+    """An outcome and what the dispatcher folds in from it."""
+
+    outcome: Outcome
+    requeued: int = 0  # chunks pending again because of it (a retry: 1, a bisection: 2)
+    seconds: float = 0.0
+    requests: int = 0
+    tokens: int = 0
+    busy_s: float = 0.0
+
+
+def record_job(ctx: TickContext, chunk: ChunkItem, job: dict[str, Any]) -> Recorded:
     """Apply one RunPod job object (from `/status` or a webhook) to its chunk."""
     status = job.get("status")
     if status not in TERMINAL_JOB:
-        return "running", state
+        return Recorded("running")
     if chunk.get("state") != "dispatched":
-        return "stale", state
+        return Recorded("stale")
     if status == "COMPLETED":
         try:
             summary = ChunkSummary.model_validate(job.get("output"))
         except ValidationError:
-            return fail_chunk(
-                ctx, chunk, f"unreadable job output: {str(job.get('output'))[:300]}", state
-            )
+            return fail_chunk(ctx, chunk, f"unreadable job output: {str(job.get('output'))[:300]}")
         if summary.attempt != chunk["attempts"] or summary.chunk_id != chunk["chunk_id"]:
-            return "stale", state
+            return Recorded("stale")
         outcome = complete_chunk(ctx, chunk, summary, job=job)
-        seconds = float(job.get("executionTime", 0)) / 1000 or summary.timings.total_s
-        state = policy.on_success(state, ctx.profile, seconds=seconds)
-        if outcome == "done":
-            state = policy.on_throughput(
-                state,
-                requests=summary.counts.total,
-                tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
-                busy_s=engine_seconds(summary),
-            )
-        return outcome, state
+        return Recorded(
+            outcome,
+            seconds=float(job.get("executionTime", 0)) / 1000 or summary.timings.total_s,
+            requests=summary.counts.total,
+            tokens=summary.usage.prompt_tokens + summary.usage.completion_tokens,
+            busy_s=engine_seconds(summary),
+        )
+    if status == "CANCELLED" and _stopping(ctx, chunk):
+        # We cancelled it: the cancel or the expiry that did finishes the chunk itself (a
+        # retry here would race it and send the chunk again).
+        return Recorded("stale")
     reason = f"{status}: {str(job.get('error') or '')[:500]}"
-    return fail_chunk(ctx, chunk, reason, state)
+    return fail_chunk(ctx, chunk, reason)
+
+
+def _stopping(ctx: TickContext, chunk: ChunkItem) -> bool:
+    batch = batch_store.get_batch(ctx.aws.table, chunk["batch_id"])
+    return batch is None or batch["status"] != "in_progress" or bool(batch.get("stop_dispatch"))
+
+
+def announce(ctx: TickContext, chunk: ChunkItem, recorded: Recorded) -> None:
+    """Tell the endpoint's dispatcher that the chunk's slot is free, and the batch that its
+    last open chunk is done (one strongly consistent read of its counters)."""
+    if recorded.outcome not in FREEING:
+        return
+    endpoint_id = str(chunk.get("runpod_endpoint_id") or ctx.runpod.endpoint_id)
+    event = ResultEvent(
+        endpoint_id=endpoint_id,
+        at=ctx.now,
+        batch_id=chunk["batch_id"],
+        chunk_id=chunk["chunk_id"],
+        attempt=int(chunk["attempts"]),
+        tenant_id=str(chunk.get("tenant_id", "")),
+        priority=chunk.get("priority", "normal"),
+        outcome=recorded.outcome,
+        requeued=recorded.requeued,
+        seconds=recorded.seconds,
+        requests=recorded.requests,
+        tokens=recorded.tokens,
+        busy_s=recorded.busy_s,
+    )
+    queues.send_dispatch(ctx.aws.queues, event)
+    if recorded.requeued or recorded.outcome == "cancelled":
+        return
+    batch = batch_store.get_batch(ctx.aws.table, chunk["batch_id"])
+    if (
+        batch is not None
+        and batch["status"] == "in_progress"
+        and int(batch.get("chunks_open", 1)) <= 0
+    ):
+        queues.send_batch(
+            ctx.aws.queues,
+            BatchEvent(batch_id=chunk["batch_id"], at=ctx.now, reason="chunks done"),
+        )
 
 
 def engine_seconds(summary: ChunkSummary) -> float:
@@ -170,14 +227,14 @@ def _measure(
     }
     worker = summary.worker
     try:
-        first = throughput.first_chunk_of(
+        first, new_in_bucket = throughput.first_chunk_of(
             ctx.aws.table, worker=f"{worker.worker_id}#{worker.hostname}#{worker.pid}", at=ctx.now
         )
         # A chunk that overlapped the worker's first one shared the fresh engine's costs too
         # (workers older than the `started_cold` flag leave only the first one to go by).
         cold = first or summary.timings.started_cold
         throughput.add_chunk(
-            ctx.aws.table, at=ctx.now, figures=figures, worker_id=worker.worker_id, cold=cold
+            ctx.aws.table, at=ctx.now, figures=figures, new_worker=new_in_bucket, cold=cold
         )
     except Exception:
         # The result is recorded already; a lost sample only thins the next estimate's basis.
@@ -222,13 +279,10 @@ def _keep_gpu_readings(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary
         )
 
 
-def fail_chunk(
-    ctx: TickContext, chunk: ChunkItem, reason: str, state: policy.SchedulerState
-) -> tuple[Outcome, policy.SchedulerState]:
+def fail_chunk(ctx: TickContext, chunk: ChunkItem, reason: str) -> Recorded:
     """A chunk attempt failed on a worker (crash, timeout, lost lease): retry with backoff up
     to the profile's attempts (once for halves of a bisected chunk), then bisect; a single
     request that still fails is a dead letter."""
-    state = policy.on_chunk_failure(state, ctx.profile)
     attempts = chunk_store.tries(chunk)
     limit = 1 if chunk.get("parent") else ctx.profile.max_attempts
     ids = {
@@ -247,14 +301,14 @@ def fail_chunk(
                 reason=reason,
                 priority=chunk.get("priority", "normal"),
             )
-            return "retry", state
+            return Recorded("retry", requeued=1)
         if int(chunk["requests"]) > 1:
             _bisect(ctx, chunk, reason)
-            return "split", state
+            return Recorded("split", requeued=2)
         _dead(ctx, chunk, reason)
-        return "dead", state
+        return Recorded("dead")
     except TransactionConflict:
-        return "stale", state
+        return Recorded("stale")
 
 
 def _bisect(ctx: TickContext, chunk: ChunkItem, reason: str) -> None:
@@ -286,6 +340,8 @@ def _bisect(ctx: TickContext, chunk: ChunkItem, reason: str) -> None:
                 batch_id,
                 chunk.get("priority", "normal"),
                 ref,
+                tenant_id=str(chunk.get("tenant_id", "")),
+                endpoint_id=chunk_store.endpoint_of(chunk, ctx.runpod.endpoint_id),
                 created_at=ctx.now,
                 parent=chunk["chunk_id"],
             )

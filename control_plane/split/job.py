@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import logging
 
-from control_plane import routing
+from control_plane import queues, routing
 from control_plane.aws import Aws
 from control_plane.errors import LimitExceeded, NotFound, StateConflict
 from control_plane.ids import now_s
+from control_plane.messages import RECHECK_S
 from control_plane.settings import Settings
 from control_plane.split.stream import SplitError, SplitLimits, SplitResult, split_s3_object
 from control_plane.store import BatchItem
@@ -70,9 +71,12 @@ def run_split(aws: Aws, batch_id: str) -> BatchItem:
 
 def _start(aws: Aws, item: BatchItem, result: SplitResult) -> BatchItem:
     now = now_s()
+    endpoint_id = routing.endpoint_for(aws.settings, result.model)
     chunk_store.put_chunks(
         aws.table,
         batch_id=item["id"],
+        tenant_id=item["tenant_id"],
+        endpoint_id=endpoint_id,
         priority=item.get("priority", "normal"),
         chunks=result.chunks,
         created_at=now,
@@ -84,11 +88,12 @@ def _start(aws: Aws, item: BatchItem, result: SplitResult) -> BatchItem:
         "chunks_open": len(result.chunks),
         # The next free chunk number (bisect and redrive make new chunks).
         "chunk_seq": len(result.chunks),
+        "runpod_endpoint_id": endpoint_id,
     }
     if result.model:
         sets["model"] = result.model
     try:
-        return batch_store.transition(
+        started = batch_store.transition(
             aws.table,
             item,
             expect={"validating"},
@@ -97,7 +102,11 @@ def _start(aws: Aws, item: BatchItem, result: SplitResult) -> BatchItem:
             sets=sets,
             queued=result.total_requests,
             limits=aws.limits,
+            due_at=min(int(item["window_expires_at"]), now + RECHECK_S),
         )
+        # The endpoint's dispatcher enrolls the tenant and sends the first chunks now.
+        queues.announce_work(aws.queues, dict(started), endpoint_id=endpoint_id, now=now)
+        return started
     except LimitExceeded as exc:
         error = SplitError(code="request_limit_exceeded", line=None, message=exc.message)
         return _fail(aws, item, [error])

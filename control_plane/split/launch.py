@@ -12,6 +12,10 @@ from control_plane.split.job import run_split
 
 log = logging.getLogger("control_plane.split")
 
+# A split runs at most 15 minutes (its Lambda timeout); one still validating after this died,
+# and the sweep starts it again.
+SPLIT_STALE_S = 20 * 60
+
 
 def start_split(aws: Aws, batch_id: str, *, background: Callable[..., Any]) -> None:
     """`lambda` mode: an asynchronous invocation of the split function (Lambda queues and

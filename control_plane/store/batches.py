@@ -61,15 +61,23 @@ class Limits:
 
 
 def create_batch(
-    table: Table, *, tenant_id: str, batch: Batch, queued: int, limits: Limits, extra: Item
+    table: Table,
+    *,
+    tenant_id: str,
+    batch: Batch,
+    queued: int,
+    limits: Limits,
+    extra: Item,
+    due_at: int,
 ) -> None:
-    """Store a new batch and take its share of the tenant's limits in one transaction."""
+    """Store a new batch and take its share of the tenant's limits in one transaction; the
+    sweep looks at it at `due_at` unless it moved on before (a split that died)."""
     item: dict[str, Any] = {
         **keys.batch(batch.id),
         "gsi1pk": keys.tenant_listing(tenant_id, keys.BATCH_LISTING),
         "gsi1sk": batch.id,
-        "gsi2pk": keys.ACTIVE_BATCHES,
-        "gsi2sk": batch.id,
+        "gsi2pk": keys.DUE_BATCHES,
+        "gsi2sk": keys.due_order(due_at, batch.id),
         "tenant_id": tenant_id,
         "id": batch.id,
         "endpoint": batch.endpoint,
@@ -148,13 +156,70 @@ def tenant_stats(table: Table, tenant_id: str) -> Item:
     return table.get(keys.tenant(tenant_id)) or {"active_batches": 0, "queued_requests": 0}
 
 
+# The counters chunks add to their batch's shards (`keys.COUNTER_PREFIX`); META holds what the
+# split and redrive set. A reader sees their sums.
+SUMMED = (
+    "n_completed",
+    "n_failed",
+    "tok_input",
+    "tok_output",
+    "tok_cached",
+    "tok_reasoning",
+    "engine_s",
+    "chunks_open",
+    "chunks_in_flight",
+    "progress_completed",
+    "progress_failed",
+)
+
+
 def get_batch(table: Table, batch_id: str) -> BatchItem | None:
-    """The batch's item (raises `Unreadable` when it cannot be parsed)."""
+    """The batch's item with its counters summed over its shards, in one strongly consistent
+    Query of the `META…` items (raises `Unreadable` when the item cannot be parsed)."""
     try:
-        return cast(BatchItem | None, table.get(keys.batch(batch_id)))
+        items, _ = table.query_page(
+            index=None,
+            key_name="pk",
+            key_value=keys.batch(batch_id)["pk"],
+            limit=keys.COUNTER_SHARDS + 1,
+            newest_first=False,
+            sort_condition=("sk", "begins_with", keys.META),
+            consistent=True,
+        )
     except UNREADABLE as exc:
         log.error("unreadable batch item", extra={"batch_id": batch_id, "error": repr(exc)[:500]})
         raise Unreadable("batch", batch_id) from exc
+    meta = next((item for item in items if item["sk"] == keys.META), None)
+    if meta is None:
+        if table.get(keys.batch(batch_id), attributes=["pk"]) is not None:
+            raise Unreadable("batch", batch_id)  # left out of the page: it does not parse
+        return None
+    return _summed(meta, [item for item in items if item["sk"] != keys.META])
+
+
+def _summed(meta: Item, shards: list[Item]) -> BatchItem:
+    summed: dict[str, Any] = dict(meta)
+    for shard in shards:
+        for name in SUMMED:
+            if name in shard:
+                summed[name] = summed.get(name, 0) + shard[name]
+    if "engine_s" in summed:
+        summed["engine_s"] = round(float(summed["engine_s"]), 6)
+    return cast(BatchItem, summed)
+
+
+def counters(table: Table, batch_id: str) -> BatchItem:
+    """Only the summed counters of a batch (its shards and META's own), for a caller that
+    already holds the rest of the item (a listing)."""
+    items, _ = table.query_page(
+        index=None,
+        key_name="pk",
+        key_value=keys.batch(batch_id)["pk"],
+        limit=keys.COUNTER_SHARDS,
+        newest_first=False,
+        sort_condition=("sk", "begins_with", keys.COUNTER_PREFIX),
+    )
+    return _summed({"id": batch_id}, items)
 
 
 def get_batch_item(table: Table, *, batch_id: str, tenant_id: str | None) -> BatchItem:
@@ -187,7 +252,8 @@ def list_batches(
     data: list[Batch] = []
     for item in items:
         try:
-            data.append(batch_from_item(cast(BatchItem, item)))
+            shards = counters(table, str(item["id"]))
+            data.append(batch_from_item(_summed(item, [dict(shards)])))
         except Unreadable:
             continue  # logged by batch_from_item; the rest of the listing still answers
     return CursorPage[Batch](
@@ -208,8 +274,10 @@ def transition(
     sets: dict[str, Any] | None = None,
     queued: int | None = None,
     limits: Limits | None = None,
+    due_at: int | None = None,
 ) -> BatchItem:
-    """Move the batch from one of `expect` to `to`, stamping `{to}_at`, setting `sets`.
+    """Move the batch from one of `expect` to `to`, stamping `{to}_at`, setting `sets` (and,
+    for an unfinished state, when the sweep next looks at it: `due_at`).
 
     Entering a terminal state gives the tenant's counters back; `queued` re-counts the batch's
     share of queued requests (the split learns the exact count), checked against `limits`.
@@ -219,6 +287,8 @@ def transition(
     names = {"#status": "status"}
     values: dict[str, Any] = {":to": to, ":at": at, ":queued_before": item["queued"]}
     assignments = ["#status = :to", f"{to}_at = :at"]
+    if due_at is not None and to not in TERMINAL_STATUSES:
+        sets = {**(sets or {}), "gsi2sk": keys.due_order(due_at, item["id"])}
     for index, (name, value) in enumerate((sets or {}).items()):
         names[f"#f{index}"] = name
         values[f":v{index}"] = value
@@ -323,6 +393,18 @@ def metadata_of(item: BatchItem) -> dict[str, str] | None:
     return item.get("metadata")  # written before metadata_json
 
 
+def _counts(item: BatchItem) -> BatchRequestCounts:
+    """Finished chunks' counts, plus, while the batch runs, what its running chunks' workers
+    reported answered so far (summed on its counters as reports arrive), so request_counts move
+    between chunk results. A chunk that finished between two reads never counts past the total."""
+    total = int(item.get("n_total", 0))
+    completed, failed = int(item.get("n_completed", 0)), int(item.get("n_failed", 0))
+    if item.get("status") == "in_progress":
+        completed = min(completed + int(item.get("progress_completed", 0)), total)
+        failed = min(failed + int(item.get("progress_failed", 0)), total - completed)
+    return BatchRequestCounts(total=total, completed=completed, failed=failed)
+
+
 def _batch_of(item: BatchItem) -> Batch:
     errors = item.get("errors")
     return Batch(
@@ -344,11 +426,7 @@ def _batch_of(item: BatchItem) -> Batch:
         expired_at=item.get("expired_at"),
         cancelling_at=item.get("cancelling_at"),
         cancelled_at=item.get("cancelled_at"),
-        request_counts=BatchRequestCounts(
-            total=item.get("n_total", 0),
-            completed=item.get("n_completed", 0),
-            failed=item.get("n_failed", 0),
-        ),
+        request_counts=_counts(item),
         usage=BatchUsage(
             input_tokens=item.get("tok_input", 0),
             input_tokens_details=InputTokensDetails(cached_tokens=item.get("tok_cached", 0)),
@@ -365,54 +443,65 @@ def _batch_of(item: BatchItem) -> Batch:
     )
 
 
-def active_batches(table: Table, *, limit: int = 100_000) -> list[BatchItem]:
-    """Unfinished batches (the sparse gsi2 `ACTIVE` queue), oldest first."""
+def due_batch_ids(table: Table, *, now: int, limit: int) -> list[str]:
+    """Unfinished batches whose next look has come (`keys.due_order`), most overdue first."""
     items, _ = table.query_page(
         index="gsi2",
         key_name="gsi2pk",
-        key_value=keys.ACTIVE_BATCHES,
+        key_value=keys.DUE_BATCHES,
         limit=limit,
         newest_first=False,
-    )
-    return cast(list[BatchItem], items)
-
-
-def active_batch_ids(table: Table, *, limit: int = 100_000) -> list[str]:
-    """The ids of unfinished batches, oldest first: the tick then reads each batch on its own,
-    so one that cannot be read fails alone."""
-    items, _ = table.query_page(
-        index="gsi2",
-        key_name="gsi2pk",
-        key_value=keys.ACTIVE_BATCHES,
-        limit=limit,
-        newest_first=False,
+        sort_condition=("gsi2sk", "<=", keys.due_before(now)),
         attributes=["pk"],
     )
     return [keys.batch_id_of(str(item["pk"])) for item in items]
 
 
+def set_due(table: Table, batch_id: str, *, due_at: int) -> None:
+    """When the sweep next looks at an unfinished batch (a finished one is in no queue)."""
+    try:
+        table.update(
+            keys.batch(batch_id),
+            "SET gsi2sk = :due",
+            condition="attribute_exists(gsi2pk)",
+            values={":due": keys.due_order(due_at, batch_id)},
+            returns="NONE",
+        )
+    except StateConflict:
+        pass  # it finished meanwhile
+
+
 def add_to_batch(
-    table: Table, batch_id: str, deltas: BatchCounters, *, require_status: str | None = None
+    table: Table, batch_id: str, deltas: BatchCounters, *, shard: int | None = None
 ) -> dict[str, Any]:
-    """A transaction part: add `deltas` to the batch's counters (optionally only while it is in
-    `require_status` and still dispatching)."""
+    """A transaction part: add `deltas` to the batch's counters: to counter shard `shard`
+    (a chunk's moves: `keys.counter_shard`), or to META itself."""
+    key = keys.batch(batch_id) if shard is None else keys.batch_counter(batch_id, shard)
     names = {f"#c{i}": name for i, name in enumerate(deltas)}
     values: dict[str, Any] = {f":c{i}": delta for i, delta in enumerate(deltas.values())}
-    update: dict[str, Any] = {
-        "TableName": table.name,
-        "Key": to_attrs(keys.batch(batch_id)),
-        "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(deltas))),
-        "ExpressionAttributeNames": names,
+    return {
+        "Update": {
+            "TableName": table.name,
+            "Key": to_attrs(key),
+            "UpdateExpression": "ADD " + ", ".join(f"#c{i} :c{i}" for i in range(len(deltas))),
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_attrs(values),
+        }
     }
-    if require_status:
-        names["#status"] = "status"
-        values[":required"] = require_status
-        # An expiring batch stays in_progress while its chunks are settled: no new dispatches.
-        update["ConditionExpression"] = (
-            "#status = :required AND attribute_not_exists(stop_dispatch)"
-        )
-    update["ExpressionAttributeValues"] = to_attrs(values)
-    return {"Update": update}
+
+
+def require_dispatching(table: Table, batch_id: str) -> dict[str, Any]:
+    """A transaction part: the batch is in progress and still dispatching (an expiring batch
+    stays in_progress while its chunks are settled, with `stop_dispatch` set)."""
+    return {
+        "ConditionCheck": {
+            "TableName": table.name,
+            "Key": to_attrs(keys.batch(batch_id)),
+            "ConditionExpression": "#status = :required AND attribute_not_exists(stop_dispatch)",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": to_attrs({":required": "in_progress"}),
+        }
+    }
 
 
 def reserve_chunk_numbers(table: Table, batch_id: str, count: int) -> int:
@@ -448,6 +537,7 @@ def reopen_for_redrive(
     new_chunks: list[dict[str, Any]],
     requests: int,
     generation: int,
+    now: int,
 ) -> None:
     """completed → in_progress with `new_chunks` (transaction parts) holding `requests`
     redriven requests, in one transaction with the tenant's counters. Redrive `generation`
@@ -472,8 +562,8 @@ def reopen_for_redrive(
                     ":generation": generation,
                     ":seen": generation - 1,
                     ":requests": requests,
-                    ":active": keys.ACTIVE_BATCHES,
-                    ":id": batch["id"],
+                    ":active": keys.DUE_BATCHES,
+                    ":id": keys.due_order(now, batch["id"]),
                     ":chunks": len(new_chunks),
                     ":minus": -requests,
                 }

@@ -1,10 +1,15 @@
-"""Chunk items: one per chunk object, written by the split, driven by the tick.
+"""Chunk items: one per chunk object, written by the split, driven by dispatch and results.
 
 Timeline of one chunk item (every move conditioned on the state and attempt its writer saw):
-  split, bisect, redrive   put pending (gsi2 `CHUNKS#pending`, by priority, batch, number)
-  claim                    pending → dispatched, attempt + 1, lease (gsi2 `CHUNKS#dispatched`)
+  split, bisect, redrive   put pending (gsi2: its tenant's `PENDING#{endpoint}#{rank}#{tenant}`
+                           queue, by batch and number)
+  claim                    pending → dispatched, attempt + 1, lease, next check (gsi2: one of
+                           its endpoint's `DISPATCHED#` shards, by next check)
+  progress                 while dispatched: the worker's answered count, added to its batch
   release                  dispatched → pending after a failure, with a backoff
   finish                   → done | dead | split | cancelled | expired, off the queues
+Each move that changes the batch's counters adds them to the chunk's counter shard
+(`keys.counter_shard`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,13 +20,20 @@ from typing import Any, cast
 from control_plane.layout import chunk_id as chunk_id_of
 from control_plane.models import ChunkRef
 from control_plane.store import keys
-from control_plane.store.batches import add_to_batch
+from control_plane.store.batches import add_to_batch, require_dispatching
 from control_plane.store.items import BatchCounters, ChunkFields, ChunkItem
 from control_plane.store.table import Item, Table, to_attrs
 
 
 def chunk_item(
-    batch_id: str, priority: str, chunk: ChunkRef, *, created_at: int, parent: str | None = None
+    batch_id: str,
+    priority: str,
+    chunk: ChunkRef,
+    *,
+    tenant_id: str,
+    endpoint_id: str,
+    created_at: int,
+    parent: str | None = None,
 ) -> ChunkItem:
     chunk_id = chunk_id_of(chunk.index)
     key = keys.chunk(batch_id, chunk.index)
@@ -29,12 +41,14 @@ def chunk_item(
     item: ChunkItem = {
         "pk": key["pk"],
         "sk": key["sk"],
-        "gsi2pk": keys.PENDING_CHUNKS,
-        "gsi2sk": keys.pending_order(priority, batch_id, chunk_id, group_order),
+        "gsi2pk": keys.pending_queue(endpoint_id, priority, tenant_id),
+        "gsi2sk": keys.pending_order(batch_id, chunk_id, group_order),
         "batch_id": batch_id,
         "chunk_id": chunk_id,
         "state": "pending",
         "priority": priority,
+        "tenant_id": tenant_id,
+        "runpod_endpoint_id": endpoint_id,
         "attempts": 0,
         "input_key": chunk.key,
         "requests": chunk.requests,
@@ -51,12 +65,27 @@ def chunk_item(
 
 
 def put_chunks(
-    table: Table, *, batch_id: str, priority: str, chunks: Iterable[ChunkRef], created_at: int
+    table: Table,
+    *,
+    batch_id: str,
+    tenant_id: str,
+    endpoint_id: str,
+    priority: str,
+    chunks: Iterable[ChunkRef],
+    created_at: int,
 ) -> int:
     """Unconditional puts: the split writes the same items again when it is retried, and no
     chunk can have moved on before its batch leaves `validating`."""
     return table.put_many(
-        chunk_item(batch_id, priority, chunk, created_at=created_at) for chunk in chunks
+        chunk_item(
+            batch_id,
+            priority,
+            chunk,
+            tenant_id=tenant_id,
+            endpoint_id=endpoint_id,
+            created_at=created_at,
+        )
+        for chunk in chunks
     )
 
 
@@ -76,22 +105,58 @@ def list_chunks(table: Table, *, batch_id: str, limit: int = 1_000_000) -> list[
     return cast(list[ChunkItem], items)
 
 
-def pending(table: Table, *, limit: int) -> list[ChunkItem]:
-    """Chunks waiting for dispatch, highest priority first, then oldest batch, then one prefix
-    group's chunks after another (`keys.pending_order` says why)."""
-    return _queue(table, keys.PENDING_CHUNKS, limit)
-
-
-def in_flight(table: Table, *, limit: int = 10_000) -> list[ChunkItem]:
-    """Dispatched chunks, the one whose lease ends first first."""
-    return _queue(table, keys.DISPATCHED_CHUNKS, limit)
-
-
-def _queue(table: Table, queue: str, limit: int) -> list[ChunkItem]:
-    items, _ = table.query_page(
-        index="gsi2", key_name="gsi2pk", key_value=queue, limit=limit, newest_first=False
+def pending_of(
+    table: Table,
+    *,
+    endpoint_id: str,
+    priority: str,
+    tenant_id: str,
+    limit: int,
+    after: ChunkItem | None = None,
+) -> tuple[list[ChunkItem], bool]:
+    """One tenant's pending chunks for an endpoint at a priority, in dispatch order (its oldest
+    batch first, one prefix group after another: `keys.pending_order`), from after `after`."""
+    start = None
+    if after is not None:
+        start = {key: after[key] for key in ("pk", "sk", "gsi2pk", "gsi2sk")}
+    items, more = table.query_page(
+        index="gsi2",
+        key_name="gsi2pk",
+        key_value=keys.pending_queue(endpoint_id, priority, tenant_id),
+        limit=limit,
+        newest_first=False,
+        start_key=start,
     )
-    return cast(list[ChunkItem], items)
+    return cast(list[ChunkItem], items), more
+
+
+def overdue(table: Table, *, endpoint_id: str, now: int, limit: int) -> list[ChunkItem]:
+    """Dispatched chunks of an endpoint whose next check has come, up to `limit` per shard,
+    the most overdue first."""
+    found: list[ChunkItem] = []
+    for queue in keys.dispatched_queues(endpoint_id):
+        items, _ = table.query_page(
+            index="gsi2",
+            key_name="gsi2pk",
+            key_value=queue,
+            limit=limit,
+            newest_first=False,
+            sort_condition=("gsi2sk", "<=", keys.due_before(now)),
+        )
+        found.extend(cast(list[ChunkItem], items))
+    return sorted(found, key=lambda chunk: str(chunk.get("gsi2sk", "")))
+
+
+def count_dispatched(table: Table, *, endpoint_id: str, cap: int) -> int:
+    """Dispatched chunks of an endpoint, counted up to `cap` (a health figure, not a window)."""
+    return sum(
+        table.count(index="gsi2", key_name="gsi2pk", key_value=queue, cap=cap)
+        for queue in keys.dispatched_queues(endpoint_id)
+    )
+
+
+def endpoint_of(chunk: ChunkItem, default: str) -> str:
+    return str(chunk.get("runpod_endpoint_id") or default)
 
 
 def _chunk_update(
@@ -102,50 +167,61 @@ def _chunk_update(
     expect_state: str,
     values: dict[str, Any],
     names: dict[str, str] | None = None,
+    extra_condition: str | None = None,
+    extra_values: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A transaction part: update `chunk` only if it is still in `expect_state` at the attempt
     this caller saw — a retried or concurrent writer fails the condition instead."""
-    values = {**values, ":expect": expect_state, ":seen_attempts": chunk["attempts"]}
+    values = {
+        **values,
+        **(extra_values or {}),
+        ":expect": expect_state,
+        ":seen_attempts": chunk["attempts"],
+    }
+    condition = "#state = :expect AND attempts = :seen_attempts"
+    if extra_condition:
+        condition += f" AND ({extra_condition})"
     return {
         "Update": {
             "TableName": table.name,
             "Key": to_attrs(keys.chunk(chunk["batch_id"], int(chunk["chunk_id"]))),
             "UpdateExpression": expression,
-            "ConditionExpression": "#state = :expect AND attempts = :seen_attempts",
+            "ConditionExpression": condition,
             "ExpressionAttributeNames": {"#state": "state", **(names or {})},
             "ExpressionAttributeValues": to_attrs(values),
         }
     }
 
 
-def claim(table: Table, chunk: ChunkItem, *, lease_until: int, now: int) -> ChunkItem:
-    """pending → dispatched with the next attempt and a lease, counted in flight on its batch,
-    only while the batch is in progress. Raises TransactionConflict when another tick won or
-    the batch stopped."""
+def claim(
+    table: Table, chunk: ChunkItem, *, lease_until: int, check_at: int, now: int
+) -> ChunkItem:
+    """pending → dispatched with the next attempt, a lease and its first check, counted in
+    flight on its batch, only while the batch is in progress. Raises TransactionConflict when
+    another dispatcher won or the batch stopped."""
     attempt = int(chunk["attempts"]) + 1
+    endpoint_id = endpoint_of(chunk, "")
     table.transact(
         [
             _chunk_update(
                 table,
                 chunk,
                 "SET #state = :dispatched, attempts = :attempt, lease_until = :lease, "
-                "dispatched_at = :now, gsi2pk = :queue, gsi2sk = :order "
+                "check_at = :check, dispatched_at = :now, gsi2pk = :queue, gsi2sk = :order "
                 "REMOVE job_id, progress_completed, progress_failed, progress_at",
                 expect_state="pending",
                 values={
                     ":dispatched": "dispatched",
                     ":attempt": attempt,
                     ":lease": lease_until,
+                    ":check": check_at,
                     ":now": now,
-                    ":queue": keys.DISPATCHED_CHUNKS,
-                    ":order": keys.dispatched_order(
-                        lease_until, chunk["batch_id"], chunk["chunk_id"]
-                    ),
+                    ":queue": keys.dispatched_queue(endpoint_id, chunk["chunk_id"]),
+                    ":order": keys.dispatched_order(check_at, chunk["batch_id"], chunk["chunk_id"]),
                 },
             ),
-            add_to_batch(
-                table, chunk["batch_id"], {"chunks_in_flight": 1}, require_status="in_progress"
-            ),
+            require_dispatching(table, chunk["batch_id"]),
+            add_to_batch(table, chunk["batch_id"], {"chunks_in_flight": 1}, shard=_shard(chunk)),
         ]
     )
     return {
@@ -153,8 +229,29 @@ def claim(table: Table, chunk: ChunkItem, *, lease_until: int, now: int) -> Chun
         "state": "dispatched",
         "attempts": attempt,
         "lease_until": lease_until,
+        "check_at": check_at,
         "dispatched_at": now,
     }
+
+
+def _shard(chunk: ChunkItem) -> int:
+    return keys.counter_shard(chunk["chunk_id"])
+
+
+def check_later(table: Table, chunk: ChunkItem, *, check_at: int) -> None:
+    """Ask RunPod about a dispatched chunk again at `check_at` (it was still running)."""
+    table.update(
+        keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
+        "SET check_at = :check, gsi2sk = :order",
+        condition="#state = :dispatched AND attempts = :attempt",
+        names={"#state": "state"},
+        values={
+            ":check": check_at,
+            ":order": keys.dispatched_order(check_at, chunk["batch_id"], chunk["chunk_id"]),
+            ":dispatched": "dispatched",
+            ":attempt": chunk["attempts"],
+        },
+    )
 
 
 def tries(chunk: ChunkItem) -> int:
@@ -162,16 +259,21 @@ def tries(chunk: ChunkItem) -> int:
     return int(chunk["attempts"]) - int(chunk.get("refunds", 0))
 
 
-def set_job(table: Table, chunk: ChunkItem, job_id: str, *, endpoint_id: str) -> None:
-    """Record the RunPod job (and the endpoint it runs on: status and cancel must ask that one)."""
+def set_job(
+    table: Table, chunk: ChunkItem, job_id: str, *, endpoint_id: str, check_at: int
+) -> None:
+    """Record the RunPod job (and the endpoint it runs on: status and cancel must ask that one)
+    and when the sweep asks about it if no result has come by then."""
     table.update(
         keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
-        "SET job_id = :job, runpod_endpoint_id = :endpoint",
+        "SET job_id = :job, runpod_endpoint_id = :endpoint, check_at = :check, gsi2sk = :order",
         condition="#state = :dispatched AND attempts = :attempt",
         names={"#state": "state"},
         values={
             ":job": job_id,
             ":endpoint": endpoint_id,
+            ":check": check_at,
+            ":order": keys.dispatched_order(check_at, chunk["batch_id"], chunk["chunk_id"]),
             ":dispatched": "dispatched",
             ":attempt": chunk["attempts"],
         },
@@ -179,45 +281,63 @@ def set_job(table: Table, chunk: ChunkItem, job_id: str, *, endpoint_id: str) ->
 
 
 def save_progress(table: Table, chunk: ChunkItem, *, completed: int, failed: int, now: int) -> None:
-    """A running chunk's requests answered so far (from its worker's progress report), kept
-    only while the chunk is dispatched at this attempt: a finished or retried chunk ignores it."""
-    table.update(
-        keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
-        "SET progress_completed = :completed, progress_failed = :failed, progress_at = :now",
-        condition="#state = :dispatched AND attempts = :attempt",
-        names={"#state": "state"},
-        values={
-            ":completed": completed,
-            ":failed": failed,
-            ":now": now,
-            ":dispatched": "dispatched",
-            ":attempt": chunk["attempts"],
-        },
+    """A running chunk's requests answered so far (its worker's latest report), kept only while
+    the chunk is dispatched at this attempt, and moved onto its batch's counters by the change
+    since its last report: a finished or retried chunk ignores it, and a report that crossed
+    another one is refused (StateConflict via TransactionConflict) rather than counted twice."""
+    seen_completed = int(chunk.get("progress_completed", 0))
+    seen_failed = int(chunk.get("progress_failed", 0))
+    table.transact(
+        [
+            _chunk_update(
+                table,
+                chunk,
+                "SET progress_completed = :completed, progress_failed = :failed, "
+                "progress_at = :now",
+                expect_state="dispatched",
+                values={":completed": completed, ":failed": failed, ":now": now},
+                extra_condition=_progress_seen(chunk),
+                extra_values=_progress_seen_values(chunk),
+            ),
+            add_to_batch(
+                table,
+                chunk["batch_id"],
+                {
+                    "progress_completed": completed - seen_completed,
+                    "progress_failed": failed - seen_failed,
+                },
+                shard=_shard(chunk),
+            ),
+        ]
     )
 
 
-def progress_checked(table: Table, chunk: ChunkItem, *, now: int) -> None:
-    """When the tick last asked about a running chunk's progress (so it asks again only after
-    `progress_poll_s`)."""
-    table.update(
-        keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
-        "SET progress_at = :now",
-        condition="#state = :dispatched AND attempts = :attempt",
-        names={"#state": "state"},
-        values={":now": now, ":dispatched": "dispatched", ":attempt": chunk["attempts"]},
-    )
+def _progress_seen(chunk: ChunkItem) -> str:
+    """The chunk's progress is still what this writer read (so the batch's sum stays exact)."""
+    if "progress_completed" in chunk:
+        return "progress_completed = :seen_completed AND progress_failed = :seen_failed"
+    return "attribute_not_exists(progress_completed)"
 
 
-def progress_by_batch(table: Table) -> dict[str, tuple[int, int]]:
-    """Requests answered so far in the running chunks, per batch: (completed, failed)."""
-    totals: dict[str, tuple[int, int]] = {}
-    for chunk in in_flight(table):
-        completed = int(chunk.get("progress_completed", 0))
-        failed = int(chunk.get("progress_failed", 0))
-        if completed or failed:
-            was = totals.get(chunk["batch_id"], (0, 0))
-            totals[chunk["batch_id"]] = (was[0] + completed, was[1] + failed)
-    return totals
+def _progress_seen_values(chunk: ChunkItem) -> dict[str, Any]:
+    if "progress_completed" in chunk:
+        return {
+            ":seen_completed": int(chunk.get("progress_completed", 0)),
+            ":seen_failed": int(chunk.get("progress_failed", 0)),
+        }
+    return {}
+
+
+def _progress_back(chunk: ChunkItem) -> BatchCounters:
+    """What leaving `dispatched` takes back from the batch's progress sums."""
+    completed = int(chunk.get("progress_completed", 0))
+    failed = int(chunk.get("progress_failed", 0))
+    back: BatchCounters = {}
+    if completed:
+        back["progress_completed"] = -completed
+    if failed:
+        back["progress_failed"] = -failed
+    return back
 
 
 def release(
@@ -247,16 +367,24 @@ def release(
                     ":pending": "pending",
                     ":nb": not_before,
                     ":reason": reason[:1000],
-                    ":queue": keys.PENDING_CHUNKS,
+                    ":queue": keys.pending_queue(
+                        endpoint_of(chunk, ""), priority, str(chunk.get("tenant_id", ""))
+                    ),
                     ":order": keys.pending_order(
-                        priority,
                         chunk["batch_id"],
                         chunk["chunk_id"],
                         int(chunk.get("group_order", chunk["chunk_id"])),
                     ),
                 },
+                extra_condition=_progress_seen(chunk),
+                extra_values=_progress_seen_values(chunk),
             ),
-            add_to_batch(table, chunk["batch_id"], {"chunks_in_flight": -1}),
+            add_to_batch(
+                table,
+                chunk["batch_id"],
+                {"chunks_in_flight": -1, **_progress_back(chunk)},
+                shard=_shard(chunk),
+            ),
         ]
     )
 
@@ -275,7 +403,11 @@ def finish(
     """Move a chunk to a final or `split` state and add to its batch's counters, once: the
     chunk's condition fails for a duplicate result, and then nothing is counted. A bisection
     puts its halves (`new_chunks`) and a last failing request its dead letter in the same
-    transaction."""
+    transaction. A dispatched chunk's last progress report leaves the batch's sums with it."""
+    deltas: dict[str, Any] = dict(batch_deltas)
+    if expect_state == "dispatched":
+        for name, value in _progress_back(chunk).items():
+            deltas[name] = deltas.get(name, 0) + value
     names = {f"#s{i}": name for i, name in enumerate(sets)}
     values: dict[str, Any] = {f":s{i}": value for i, value in enumerate(sets.values())}
     assignments = ", ".join(f"#s{i} = :s{i}" for i in range(len(sets)))
@@ -286,12 +418,16 @@ def finish(
             _chunk_update(
                 table,
                 chunk,
-                expression + " REMOVE gsi2pk, gsi2sk, lease_until",
+                expression + " REMOVE gsi2pk, gsi2sk, lease_until, check_at",
                 expect_state=expect_state,
                 values=values,
                 names=names,
+                extra_condition=_progress_seen(chunk) if expect_state == "dispatched" else None,
+                extra_values=_progress_seen_values(chunk) if expect_state == "dispatched" else None,
             ),
-            add_to_batch(table, chunk["batch_id"], batch_deltas),
+            add_to_batch(
+                table, chunk["batch_id"], cast(BatchCounters, deltas), shard=_shard(chunk)
+            ),
             *(new_chunk_put(table, item) for item in new_chunks or []),
             *(
                 {"Put": {"TableName": table.name, "Item": to_attrs(letter)}}

@@ -1,6 +1,8 @@
-"""The GPU endpoint's dispatch state: the scheduler's window and circuit breaker (`SCHED` /
-`STATE`, read and written once per tick, conditioned on the version it read), and its mirror
-that admission and `GET /v1/health` read (`HEALTH` / `ENDPOINT`: closed, half_open or open)."""
+"""A GPU endpoint's dispatch state: the dispatcher's window, circuit breaker, throughput and
+fair-queue clock (`SCHED#{endpoint}` / `STATE`, read and written once per dispatcher run,
+conditioned on the version it read: one dispatcher runs per endpoint at a time), and the
+breaker's mirror that admission and `GET /v1/health` read (`HEALTH` / `ENDPOINT`: closed,
+half_open or open)."""
 
 from __future__ import annotations
 
@@ -29,11 +31,15 @@ def breaker_state(table: Table) -> str:
     return "closed" if item is None else str(item.get("state", "closed"))
 
 
-def load_scheduler_state(table: Table) -> Item | None:
-    return table.get(keys.scheduler_state())
+def load_scheduler_state(table: Table, endpoint_id: str) -> Item | None:
+    return table.get(keys.scheduler_state(endpoint_id))
 
 
-def save_scheduler_state(table: Table, state: Item, *, seen: int, now: int) -> bool:
-    """Write `state` if the stored one is still at version `seen`; False if another tick got
-    there first (its changes stand; the next tick recomputes ours)."""
-    return table.put_versioned({**keys.scheduler_state(), **state, "updated_at": now}, seen=seen)
+def save_scheduler_state(
+    table: Table, endpoint_id: str, state: Item, *, seen: int, now: int
+) -> bool:
+    """Write `state` if the stored one is still at version `seen`; False if another writer got
+    there first (its changes stand)."""
+    return table.put_versioned(
+        {**keys.scheduler_state(endpoint_id), **state, "updated_at": now}, seen=seen
+    )

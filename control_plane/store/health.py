@@ -17,10 +17,14 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from control_plane.errors import StateConflict
-from control_plane.store import keys
+from control_plane.store import chunks as chunk_store
+from control_plane.store import fairq, keys
 from control_plane.store.table import Item, Table
 
 QUEUE_COUNT_CAP = 100_000
+# The waiting (priority, tenant) entries a health sample reads: one per tenant and priority.
+FAIR_ENTRIES_READ = 1000
+PRIORITY_OF_RANK = {rank: priority for priority, rank in keys.PRIORITY_RANK.items()}
 DAY_S = 86_400
 # One day's arrivals stay one small item: past this many batches a day, later ones are not
 # recorded (a forecast needs the recurring times, not every ad-hoc batch).
@@ -90,27 +94,35 @@ def samples_since(table: Table, *, since: int, limit: int) -> list[Item]:
     )
 
 
-def queue_counts(table: Table) -> tuple[int, int]:
-    """(pending, dispatched) chunks, each counted up to QUEUE_COUNT_CAP."""
-    pending, dispatched = (
-        table.count(index="gsi2", key_name="gsi2pk", key_value=queue, cap=QUEUE_COUNT_CAP)
-        for queue in (keys.PENDING_CHUNKS, keys.DISPATCHED_CHUNKS)
-    )
-    return pending, dispatched
+def queue_counts(table: Table, endpoint_id: str) -> tuple[int, int]:
+    """(pending, dispatched) chunks of an endpoint, each counted up to QUEUE_COUNT_CAP: one
+    count per tenant and priority waiting there, one per dispatched shard."""
+    pending = 0
+    for entry in fairq.head(table, endpoint_id, limit=FAIR_ENTRIES_READ):
+        if pending >= QUEUE_COUNT_CAP:
+            break
+        queue = keys.pending_queue(endpoint_id, PRIORITY_OF_RANK[entry.rank], entry.tenant_id)
+        pending += table.count(
+            index="gsi2", key_name="gsi2pk", key_value=queue, cap=QUEUE_COUNT_CAP - pending
+        )
+    dispatched = chunk_store.count_dispatched(table, endpoint_id=endpoint_id, cap=QUEUE_COUNT_CAP)
+    return pending, min(dispatched, QUEUE_COUNT_CAP)
 
 
-def oldest_pending(table: Table, priority: str) -> Item | None:
-    """The pending chunk of `priority` that has waited longest: the queue sorts by priority,
-    then batch id, and batch ids sort by creation time."""
-    items, _ = table.query_page(
-        index="gsi2",
-        key_name="gsi2pk",
-        key_value=keys.PENDING_CHUNKS,
-        limit=1,
-        newest_first=False,
-        sort_condition=("gsi2sk", "begins_with", keys.priority_prefix(priority)),
-    )
-    return items[0] if items else None
+def oldest_pending(table: Table, endpoint_id: str, priority: str) -> Item | None:
+    """The pending chunk of `priority` that has waited longest on an endpoint: the oldest of
+    each waiting tenant's first chunk (a tenant's queue sorts by batch id, which is by time)."""
+    rank = keys.PRIORITY_RANK[priority]
+    oldest: Item | None = None
+    for entry in fairq.head(table, endpoint_id, limit=FAIR_ENTRIES_READ):
+        if entry.rank != rank:
+            continue
+        items, _ = chunk_store.pending_of(
+            table, endpoint_id=endpoint_id, priority=priority, tenant_id=entry.tenant_id, limit=1
+        )
+        if items and (oldest is None or items[0]["created_at"] < oldest["created_at"]):
+            oldest = dict(items[0])
+    return oldest
 
 
 def record_arrival(table: Table, at: int) -> None:

@@ -20,6 +20,10 @@ class BatchCounters(TypedDict, total=False):
     engine_s: float  # engine time from the workers' chunk summaries (hotbatch.engine_seconds)
     chunks_open: int  # chunks not in a final state; bisect and redrive add to it
     chunks_in_flight: int  # chunks dispatched and not yet recorded
+    # What the running chunks' workers reported answered so far (each chunk's last report,
+    # taken back when it finishes): request_counts move between chunk results.
+    progress_completed: int
+    progress_failed: int
 
 
 class BatchItem(BatchCounters, total=False):
@@ -29,8 +33,9 @@ class BatchItem(BatchCounters, total=False):
     sk: str
     gsi1pk: str  # TENANT#{t}#BATCH: the tenant's listing
     gsi1sk: str
-    gsi2pk: str  # ACTIVE while unfinished: the tick's work
+    gsi2pk: str  # BATCHES#due while unfinished, sorted by when it next needs a look
     gsi2sk: str
+    runpod_endpoint_id: str  # the endpoint its model runs on (set by the split)
     id: Required[str]
     tenant_id: Required[str]
     status: Required[str]
@@ -74,6 +79,7 @@ class ChunkFields(TypedDict, total=False):
 
     refunds: int  # dispatches the endpoint refused (they never reached a worker)
     priority: str
+    tenant_id: str  # the batch's tenant: its pending queue is the tenant's (fair queuing)
     input_key: str
     requests: int
     bytes: int
@@ -87,6 +93,7 @@ class ChunkFields(TypedDict, total=False):
     not_before: int  # retry backoff
     last_error: str
     lease_until: int
+    check_at: int  # while dispatched: when the sweep asks RunPod about it if no result came
     dispatched_at: int
     job_id: str
     runpod_endpoint_id: str  # the endpoint its job was sent to (absent: the default one)
@@ -115,7 +122,7 @@ class ChunkItem(ChunkFields, total=False):
 
     pk: str
     sk: str
-    gsi2pk: str  # CHUNKS#pending or CHUNKS#dispatched while the tick has work with it
+    gsi2pk: str  # its tenant's PENDING#… queue, or its endpoint's DISPATCHED#… shard
     gsi2sk: str
     batch_id: Required[str]
     chunk_id: Required[str]

@@ -1,8 +1,11 @@
 """The single-table key design, in one place; docs/storage.md draws the whole table.
 
 Ids sort by creation time, so gsi1 (`TENANT#{t}#FILE|BATCH` / id) lists a tenant's objects
-newest first with ScanIndexForward=False; gsi2 is sparse: an item is in it only while the tick
-has something to do with it (`ACTIVE` batches, `CHUNKS#pending` and `CHUNKS#dispatched` chunks).
+newest first with ScanIndexForward=False; gsi2 is sparse: an item is in it only while something
+has to be done with it, and every queue in it is cut so that no partition grows with the fleet,
+the tenants or the batches: a batch's next look (`BATCHES#due`, by time), each tenant's pending
+chunks per endpoint and priority (`PENDING#{endpoint}#{rank}#{tenant}`), the dispatched chunks
+of an endpoint by when they are next checked, in `DISPATCHED_SHARDS` partitions.
 """
 
 from __future__ import annotations
@@ -27,10 +30,19 @@ WORKER_PREFIX = "WORKER#"
 # gsi1: a tenant's listings.
 FILE_LISTING = "FILE"
 BATCH_LISTING = "BATCH"
-# gsi2: the tick's work queues.
-ACTIVE_BATCHES = "ACTIVE"
-PENDING_CHUNKS = "CHUNKS#pending"
-DISPATCHED_CHUNKS = "CHUNKS#dispatched"
+# gsi2: the work queues.
+DUE_BATCHES = "BATCHES#due"
+PENDING_PREFIX = "PENDING#"
+DISPATCHED_PREFIX = "DISPATCHED#"
+# A chunk's result adds to one of these counter items of its batch (beside META, which keeps
+# what the split and redrive set): each chunk's transaction touches one shard, so the results
+# of one big batch, arriving together from many workers, rarely meet on one item (DynamoDB
+# cancels transactions that overlap on an item). Readers sum them (`META` + `META#C..`).
+COUNTER_PREFIX = "META#C"
+COUNTER_SHARDS = 16
+# The dispatched chunks of one endpoint, spread over this many gsi2 partitions (write sharding:
+# each claim, progress and finish writes one of them; the sweep reads all of them).
+DISPATCHED_SHARDS = 8
 # gsi1: a tenant's event webhook endpoints.
 WEBHOOK_ENDPOINT_LISTING = "WEBHOOK_ENDPOINT"
 # gsi2: the tick's upkeep queues (event webhooks, file checks and expiry).
@@ -95,8 +107,37 @@ def dead_letter(batch_id: str, custom_id: str) -> Key:
     return {"pk": f"BATCH#{batch_id}", "sk": sk}
 
 
-def scheduler_state() -> Key:
-    return {"pk": "SCHED", "sk": "STATE"}
+def batch_counter(batch_id: str, shard: int) -> Key:
+    return {"pk": f"BATCH#{batch_id}", "sk": f"{COUNTER_PREFIX}{shard:02d}"}
+
+
+def counter_shard(chunk_id: str) -> int:
+    """The counter item a chunk's moves add to: consecutive chunks take consecutive shards."""
+    return int(chunk_id) % COUNTER_SHARDS
+
+
+def scheduler_state(endpoint_id: str) -> Key:
+    """One endpoint's dispatch state (window, breaker, throughput, the fair queue's clock)."""
+    return {"pk": f"SCHED#{endpoint_id}", "sk": "STATE"}
+
+
+def sweep_lease() -> Key:
+    return {"pk": "SWEEP", "sk": "LEASE"}
+
+
+def fair_queue(endpoint_id: str) -> str:
+    """The partition of an endpoint's fair queue: one entry per (priority, tenant) with pending
+    chunks, sorted by priority and then by the work the tenant was served (virtual time)."""
+    return f"FAIRQ#{endpoint_id}"
+
+
+def fair_entry(endpoint_id: str, rank: str, vtime: int, tenant_id: str) -> Key:
+    return {"pk": fair_queue(endpoint_id), "sk": f"Q#{rank}#{vtime:016d}#{tenant_id}"}
+
+
+def fair_member(endpoint_id: str, rank: str, tenant_id: str) -> Key:
+    """Where a (priority, tenant)'s entry stands now (its virtual time), to find it by name."""
+    return {"pk": fair_queue(endpoint_id), "sk": f"M#{rank}#{tenant_id}"}
 
 
 def endpoint_health() -> Key:
@@ -144,23 +185,40 @@ def listing_start(item_key: Key, tenant_id: str, kind: str, object_id: str) -> d
     return {**item_key, "gsi1pk": tenant_listing(tenant_id, kind), "gsi1sk": object_id}
 
 
-def pending_order(priority: str, batch_id: str, chunk_id: str, group_order: int) -> str:
-    """Priority, then the oldest batch, then its chunks group by group: `group_order` is the
+def pending_queue(endpoint_id: str, priority: str, tenant_id: str) -> str:
+    """One tenant's pending chunks for one endpoint at one priority: the fair queue picks the
+    tenant, this partition gives its next chunk."""
+    return f"{PENDING_PREFIX}{endpoint_id}#{PRIORITY_RANK[priority]}#{tenant_id}"
+
+
+def pending_order(batch_id: str, chunk_id: str, group_order: int) -> str:
+    """The tenant's oldest batch first, then its chunks group by group: `group_order` is the
     number of the first chunk of the chunk's prefix group. RunPod cannot pin a job to a
     worker, but a worker takes its endpoint's queue in order, so dispatching one group's chunks
     back to back lets the worker that runs them reuse the group's cached prefix instead of
     evicting it for another group's (the split numbers chunks as they fill, which interleaves
     groups). Ungrouped chunks lead their own group and keep their number's order."""
-    return f"{PRIORITY_RANK[priority]}#{batch_id}#{group_order:05d}#{chunk_id}"
+    return f"{batch_id}#{group_order:05d}#{chunk_id}"
 
 
-def priority_prefix(priority: str) -> str:
-    return f"{PRIORITY_RANK[priority]}#"
+def dispatched_queue(endpoint_id: str, chunk_id: str) -> str:
+    return f"{DISPATCHED_PREFIX}{endpoint_id}#{int(chunk_id) % DISPATCHED_SHARDS}"
 
 
-def dispatched_order(lease_until: int, batch_id: str, chunk_id: str) -> str:
-    """Dispatched chunks sort by lease expiry: the tick reads the ones whose lease ran out."""
-    return f"{lease_until:010d}#{batch_id}#{chunk_id}"
+def dispatched_queues(endpoint_id: str) -> list[str]:
+    return [f"{DISPATCHED_PREFIX}{endpoint_id}#{n}" for n in range(DISPATCHED_SHARDS)]
+
+
+def dispatched_order(check_at: int, batch_id: str, chunk_id: str) -> str:
+    """Dispatched chunks sort by when they are next checked: the sweep reads the overdue ones
+    (RunPod's webhook records a result long before)."""
+    return f"{check_at:010d}#{batch_id}#{chunk_id}"
+
+
+def due_order(due_at: int, batch_id: str) -> str:
+    """Unfinished batches sort by when they next need a look (a stale split, the completion
+    window's end, a periodic re-check): the sweep reads only the ones whose time has come."""
+    return f"{due_at:010d}#{batch_id}"
 
 
 def delivery_order(due_at: int, event_id: str, endpoint_id: str) -> str:

@@ -9,7 +9,9 @@ bad item is skipped with a log line instead of hiding every other item of the pa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +41,43 @@ UNREADABLE_OBJECT: tuple[type[Exception], ...] = (ValidationError, *UNREADABLE)
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 BATCH_WRITE_MAX = 25
+# DynamoDB cancels a transaction that overlaps another one on an item (reason
+# `TransactionConflict`) and refuses a single write to an item a transaction holds
+# (`TransactionConflictException`); botocore retries neither. Both are retried here with
+# jittered exponential backoff: the other writer finishes within milliseconds.
+CONFLICT_TRIES = 8
+CONFLICT_BACKOFF_S = 0.02
+CONFLICT_BACKOFF_MAX_S = 0.5
+# How a retry waits; the fleet simulation charges its virtual clock instead.
+pause: Callable[[float], None] = time.sleep
+
+
+def _backoff(attempt: int) -> None:
+    ceiling = min(CONFLICT_BACKOFF_MAX_S, CONFLICT_BACKOFF_S * 2**attempt)
+    pause(random.uniform(ceiling / 2, ceiling))
+
+
+def _conflicted(exc: ClientError) -> bool:
+    """A transaction or write that lost to another transaction on the same item, and nothing
+    else (a failed condition is an answer, not a conflict)."""
+    error = exc.response.get("Error", {})
+    if error.get("Code") == "TransactionConflictException":
+        return True
+    if error.get("Code") != "TransactionCanceledException":
+        return False
+    codes = {reason.get("Code") for reason in exc.response.get("CancellationReasons", [])}
+    return "TransactionConflict" in codes and "ConditionalCheckFailed" not in codes
+
+
+def _with_retries(call: Callable[[], Any]) -> Any:
+    for attempt in range(CONFLICT_TRIES):
+        try:
+            return call()
+        except ClientError as exc:
+            if not _conflicted(exc) or attempt == CONFLICT_TRIES - 1:
+                raise
+            _backoff(attempt)
+    raise AssertionError("unreachable")
 
 
 def _storable(value: Any) -> Any:
@@ -103,16 +142,19 @@ class Table:
         item: Mapping[str, Any],
         *,
         condition: str | None = None,
+        names: Mapping[str, str] | None = None,
         values: Mapping[str, Any] | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {"TableName": self.name, "Item": to_attrs(item)}
         if condition:
             kwargs["ConditionExpression"] = condition
             kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+            if names:
+                kwargs["ExpressionAttributeNames"] = dict(names)
             if values:
                 kwargs["ExpressionAttributeValues"] = to_attrs(values)
         try:
-            self.client.put_item(**kwargs)
+            _with_retries(lambda: self.client.put_item(**kwargs))
         except ClientError as exc:
             if _is_condition_failure(exc):
                 raise StateConflict(_old_item(exc)) from exc
@@ -158,19 +200,30 @@ class Table:
         if values:
             kwargs["ExpressionAttributeValues"] = to_attrs(values)
         try:
-            reply = self.client.update_item(**kwargs)
+            reply = _with_retries(lambda: self.client.update_item(**kwargs))
         except ClientError as exc:
             if _is_condition_failure(exc):
                 raise StateConflict(_old_item(exc)) from exc
             raise
         return from_attrs(reply.get("Attributes", {}))
 
-    def delete(self, key: Mapping[str, str], *, condition: str | None = None) -> None:
+    def delete(
+        self,
+        key: Mapping[str, str],
+        *,
+        condition: str | None = None,
+        names: Mapping[str, str] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> None:
         kwargs: dict[str, Any] = {"TableName": self.name, "Key": to_attrs(key)}
         if condition:
             kwargs["ConditionExpression"] = condition
+        if names:
+            kwargs["ExpressionAttributeNames"] = dict(names)
+        if values:
+            kwargs["ExpressionAttributeValues"] = to_attrs(values)
         try:
-            self.client.delete_item(**kwargs)
+            _with_retries(lambda: self.client.delete_item(**kwargs))
         except ClientError as exc:
             if _is_condition_failure(exc):
                 raise StateConflict(None) from exc
@@ -178,9 +231,9 @@ class Table:
 
     def transact(self, operations: list[dict[str, Any]]) -> None:
         """All or nothing. A failed condition in any part raises `TransactionConflict` with
-        the index of each part that failed."""
+        the index of each part that failed; a conflict with another transaction is retried."""
         try:
-            self.client.transact_write_items(TransactItems=operations)
+            _with_retries(lambda: self.client.transact_write_items(TransactItems=operations))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
@@ -208,11 +261,17 @@ class Table:
         return written
 
     def _write_batch(self, requests: list[dict[str, Any]]) -> int:
+        """Unprocessed items (a throttled partition) are sent again after a backoff, as AWS
+        asks; after CONFLICT_TRIES rounds the error says how many are left."""
         pending = {self.name: requests}
-        while pending:
+        for attempt in range(CONFLICT_TRIES):
             reply = self.client.batch_write_item(RequestItems=pending)
             pending = reply.get("UnprocessedItems") or {}
-        return len(requests)
+            if not pending:
+                return len(requests)
+            _backoff(attempt)
+        left = len(pending.get(self.name, []))
+        raise RuntimeError(f"BatchWriteItem left {left} items unprocessed after retries")
 
     def query_page(
         self,
@@ -225,9 +284,11 @@ class Table:
         start_key: Mapping[str, str] | None = None,
         sort_condition: tuple[str, str, str] | None = None,
         attributes: Iterable[str] | None = None,
+        consistent: bool = False,
     ) -> tuple[list[Item], bool]:
         """One page of a partition (up to `limit` items) and whether more follow. Items that
-        cannot be read are left out (each with a log line naming its key)."""
+        cannot be read are left out (each with a log line naming its key). `consistent` reads
+        the table's partition strongly (indexes have no such read)."""
         names = {"#k": key_name}
         values: dict[str, Any] = {":k": key_value}
         expression = "#k = :k"
@@ -249,6 +310,8 @@ class Table:
         }
         if index:
             kwargs["IndexName"] = index
+        elif consistent:
+            kwargs["ConsistentRead"] = True
         if start_key:
             kwargs["ExclusiveStartKey"] = to_attrs(start_key)
         if attributes is not None:

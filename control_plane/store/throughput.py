@@ -1,7 +1,8 @@
 """The endpoint's measured throughput: one `THROUGHPUT` / `BUCKET#{start:010d}` item per five
-minutes, to which the tick adds the figures of every chunk it records (requests, bytes, tokens,
-engine, wall and queued seconds, the worker that ran it). Estimates and first ETAs read the
-newest ones.
+minutes, to which each recorded chunk adds its figures (requests, bytes, tokens, engine, wall
+and queued seconds) and, for a worker's first chunk in the bucket, one to `workers_seen`.
+Estimates and first ETAs read the newest ones. The item's size does not grow with the fleet
+(it once held the set of every worker's id: each write then cost W/64 units).
 
 Plain `ADD` updates, outside the chunk's transaction: concurrent writers never conflict on this
 one hot item, and a sample lost to a crash between the two writes only makes an estimate rest
@@ -32,19 +33,21 @@ class ChunkFigures(TypedDict):
     queued_s: float  # of which in RunPod's queue, waiting for a worker
 
 
-def first_chunk_of(table: Table, *, worker: str, at: int) -> bool:
-    """Count a chunk for the worker process `worker`; True for its first one, which pays for
-    what a fresh engine does once (grammar compilation, empty caches)."""
-    item = table.update(
+def first_chunk_of(table: Table, *, worker: str, at: int) -> tuple[bool, bool]:
+    """Count a chunk for the worker process `worker`: (its first chunk, which pays for what a
+    fresh engine does once (grammar compilation, empty caches); its first in this bucket)."""
+    start = at - at % BUCKET_S
+    before = table.update(
         keys.throughput_worker(worker),
-        "ADD chunks :one SET expires_at = :ttl",
-        values={":one": 1, ":ttl": at + TTL_S},
+        "ADD chunks :one SET expires_at = :ttl, last_bucket = :bucket",
+        values={":one": 1, ":ttl": at + TTL_S, ":bucket": start},
+        returns="ALL_OLD",
     )
-    return int(item["chunks"]) == 1
+    return int(before.get("chunks", 0)) == 0, before.get("last_bucket") != start
 
 
 def add_chunk(
-    table: Table, *, at: int, figures: ChunkFigures, worker_id: str, cold: bool = False
+    table: Table, *, at: int, figures: ChunkFigures, new_worker: bool, cold: bool = False
 ) -> None:
     """Add a chunk's figures to its bucket; a worker's first chunk under `cold_…` names, which
     estimates fall back on only while nothing else was measured."""
@@ -53,9 +56,10 @@ def add_chunk(
     names = {f"#f{i}": prefix + name for i, name in enumerate(figures)}
     values: dict[str, Any] = {f":f{i}": value for i, value in enumerate(figures.values())}
     adds = [f"#f{i} :f{i}" for i in range(len(figures))]
-    if worker_id and not cold:
-        adds.append("workers :worker")  # a string set: the distinct workers that ran chunks
-        values[":worker"] = {worker_id}
+    if new_worker:
+        # The distinct workers that ran chunks in the bucket (cold or warm: one name for both).
+        adds.append("workers_seen :one")
+        values[":one"] = 1
     values.update({":start": start, ":ttl": start + BUCKET_S + TTL_S})
     table.update(
         keys.throughput_bucket(start),

@@ -119,9 +119,24 @@ class LocalEndpoint:
             for (config, _), sub in zip(endpoints, apps, strict=True):
                 app.add_subapp(f"/v2/{config.endpoint_id}", sub)
         self._faults_app = apps[0]
+        # RunPod's REST API, as far as the control plane reads it: an endpoint's workersMax.
+        app.router.add_get("/rest/v1/endpoints/{endpoint_id}", self._endpoint_config)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    @property
+    def rest_url(self) -> str:
+        """What the control plane's `runpod_rest_url` must be to read workersMax here."""
+        return f"{self.base_url}/rest/v1"
+
+    async def _endpoint_config(self, request: web.Request) -> web.Response:
+        endpoint_id = request.match_info["endpoint_id"]
+        if endpoint_id not in self.backends:
+            return web.json_response({"error": "endpoint not found"}, status=404)
+        pool = self.pools.get(endpoint_id)
+        workers_max = pool.config.max_workers if pool is not None else 0
+        return web.json_response({"id": endpoint_id, "workersMax": workers_max})
 
     def _endpoint_app(
         self, config: EndpointConfig, pool_config: PoolConfig | None, *, mounted: bool

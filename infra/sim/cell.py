@@ -221,6 +221,7 @@ def _world(config: CellConfig, clock: Clock) -> tuple[Any, Meter, VirtualEndpoin
     create_resources(
         dynamodb=boto3.client("dynamodb", region_name="us-east-1"),
         s3=boto3.client("s3", region_name="us-east-1"),
+        sqs=boto3.client("sqs", region_name="us-east-1"),
         table_name=TABLE,
         bucket_name=BUCKET,
     )

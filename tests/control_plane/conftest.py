@@ -64,7 +64,11 @@ def aws(
     with mock_aws(config=KEEP_BOTO3_SESSION):
         handle = Aws(settings)
         create_resources(
-            dynamodb=handle.dynamodb, s3=handle.s3, table_name=TABLE, bucket_name=BUCKET
+            dynamodb=handle.dynamodb,
+            s3=handle.s3,
+            sqs=handle.sqs,
+            table_name=TABLE,
+            bucket_name=BUCKET,
         )
         yield handle
 

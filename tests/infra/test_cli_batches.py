@@ -41,7 +41,9 @@ def deployment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
     with mock_aws():
         settings = Settings(table_name=TABLE, bucket_name=BUCKET, gpu_price_per_hour=2)
         aws = Aws(settings)
-        create_resources(dynamodb=aws.dynamodb, s3=aws.s3, table_name=TABLE, bucket_name=BUCKET)
+        create_resources(
+            dynamodb=aws.dynamodb, s3=aws.s3, sqs=aws.sqs, table_name=TABLE, bucket_name=BUCKET
+        )
         key = apikeys.create_key(aws.table, tenant_id="cli")
         with TestClient(create_app(aws=aws)) as app:
             yield Deployment(base_url="http://testserver/v1", api_key=key, http_client=app)

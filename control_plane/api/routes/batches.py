@@ -63,8 +63,8 @@ def retrieve_batch(aws: AwsDep, tenant: TenantDep, batch_id: BatchId) -> Batch:
 
 
 @router.post("/batches/{batch_id}/cancel", responses=errors(404, 409))
-def cancel_batch(aws: AwsDep, tenant: TenantDep, batch_id: BatchId) -> Batch:
-    return batch_service.cancel_batch(aws, tenant_id=tenant, batch_id=batch_id)
+def cancel_batch(aws: AwsDep, tenant: TenantDep, kick: KickDep, batch_id: BatchId) -> Batch:
+    return batch_service.cancel_batch(aws, tenant_id=tenant, batch_id=batch_id, kick=kick)
 
 
 @router.get("/batches/{batch_id}/dead_letters", responses=errors(404))
@@ -83,9 +83,15 @@ def list_dead_letters(
 
 @router.post("/batches/{batch_id}/retry", responses=errors(404, 409))
 def retry_dead_letters(
-    aws: AwsDep, tenant: TenantDep, batch_id: BatchId, body: RetryBody | None = None
+    aws: AwsDep,
+    tenant: TenantDep,
+    kick: KickDep,
+    batch_id: BatchId,
+    body: RetryBody | None = None,
 ) -> Batch:
     """hotbatch extra: redrive the dead letters (all, or `custom_ids`) of a completed batch."""
-    return redrive(
+    batch = redrive(
         aws, tenant_id=tenant, batch_id=batch_id, custom_ids=body.custom_ids if body else None
     )
+    kick(f"redrive {batch_id}")
+    return batch

@@ -211,8 +211,9 @@ def test_high_priority_round_trips_and_ranks_its_chunks_first(
     assert batch["priority"] == "high"
     assert retrieve(client, key_a, batch["id"])["priority"] == "high"
     (item,) = chunk_store.list_chunks(aws.table, batch_id=batch["id"])
-    assert item["gsi2pk"] == keys.PENDING_CHUNKS
-    assert item["gsi2sk"].startswith(keys.priority_prefix("high"))
+    # The tenant's high-priority queue on the endpoint: the fair queue serves it first.
+    endpoint = aws.settings.runpod_endpoint_id
+    assert item["gsi2pk"] == keys.pending_queue(endpoint, "high", "tenant-a")
 
 
 def test_unknown_input_file_is_a_404(client: TestClient, key_a: str) -> None:
@@ -435,8 +436,8 @@ def test_cancel_with_chunks_in_flight_stays_cancelling_and_keeps_the_slot(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
     batch_id = new_batch(client, key_a, jsonl(3))["id"]
-    (chunk, *_) = chunk_store.pending(aws.table, limit=10)
-    chunk_store.claim(aws.table, chunk, lease_until=now_s() + 600, now=now_s())
+    (chunk, *_) = chunk_store.list_chunks(aws.table, batch_id=batch_id)
+    chunk_store.claim(aws.table, chunk, lease_until=now_s() + 600, check_at=now_s(), now=now_s())
 
     batch = client.post(f"/v1/batches/{batch_id}/cancel", headers=auth(key_a)).json()
 

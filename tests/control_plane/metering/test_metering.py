@@ -78,7 +78,7 @@ def running_batch(client: TestClient, aws: Aws, key: str, lines: int) -> str:
 def dispatched(aws: Aws, batch_id: str, number: int, *, at: int) -> ChunkItem:
     chunk = chunk_store.get_chunk(aws.table, batch_id=batch_id, chunk_id=f"{number:05d}")
     assert chunk is not None
-    return chunk_store.claim(aws.table, chunk, lease_until=at + 600, now=at)
+    return chunk_store.claim(aws.table, chunk, lease_until=at + 600, check_at=at + 300, now=at)
 
 
 def tick_context(aws: Aws, now: int) -> TickContext:
@@ -257,6 +257,12 @@ def test_aggregate_takes_the_newest_buckets_until_enough_chunks() -> None:
     assert measured is not None
     assert (measured.chunks, measured.requests, measured.engine_s) == (25, 250, 65.0)
     assert (measured.workers, measured.since) == (2, 600)
+    # Buckets count each worker once (`workers_seen`); the most any bucket saw stands.
+    counted = [
+        {"chunks": 15, "engine_s": 15.0, "started_at": 900, "workers_seen": 3},
+        {"chunks": 10, "engine_s": 50.0, "started_at": 600, "workers_seen": 5},
+    ]
+    assert rates.aggregate(counted, min_chunks=20).workers == 5  # type: ignore[union-attr]
     assert rates.aggregate([]) is None
     only_cold: list[dict[str, Any]] = [{"cold_chunks": 2, "cold_engine_s": 9.0, "started_at": 1}]
     fallback = rates.aggregate(only_cold)

@@ -17,6 +17,7 @@ from control_plane.metering.throughput import busy_share
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler import policy, record
 from control_plane.scheduler.context import TickContext
+from control_plane.scheduler.tick import drain
 from control_plane.settings import Settings
 from control_plane.store import ChunkItem
 from control_plane.store import batches as batch_store
@@ -178,7 +179,9 @@ def _in_progress_batch(client: TestClient, aws: Aws, key: str, requests: int) ->
 
 def _claimed(aws: Aws, batch_id: str) -> ChunkItem:
     (chunk,) = chunk_store.list_chunks(aws.table, batch_id=batch_id)
-    return chunk_store.claim(aws.table, chunk, lease_until=2_000_000_000, now=1_700_000_000)
+    return chunk_store.claim(
+        aws.table, chunk, lease_until=2_000_000_000, check_at=2_000_000_000, now=1_700_000_000
+    )
 
 
 def test_a_recorded_chunk_keeps_its_busy_time_and_feeds_the_throughput(
@@ -192,9 +195,12 @@ def test_a_recorded_chunk_keeps_its_busy_time_and_feeds_the_throughput(
         "executionTime": 3000,
         "output": _summary(chunk, busy=2.0).model_dump(),
     }
-    before = policy.load(aws.table, PROFILE)
-    outcome, state = record.record_job(ctx, chunk, job, before)
-    assert outcome == "done"
+    recorded = record.record_job(ctx, chunk, job)
+    assert (recorded.outcome, recorded.requests, recorded.busy_s) == ("done", 40, 2.0)
+    # The result reaches the endpoint's dispatcher, which folds it into the averages.
+    record.announce(ctx, chunk, recorded)
+    drain(ctx)
+    state = policy.load(aws.table, PROFILE, chunk["runpod_endpoint_id"])
     assert state.requests_per_s == pytest.approx(20.0)  # 40 requests over 2 busy seconds
     assert state.tokens_per_s == pytest.approx(100.0)
     (stored,) = chunk_store.list_chunks(aws.table, batch_id=batch_id)
@@ -207,9 +213,10 @@ def _measured(aws: Aws, *, requests: int, busy_s: float) -> None:
     state = policy.on_throughput(
         policy.SchedulerState(window=4), requests=requests, tokens=10 * requests, busy_s=busy_s
     )
-    before = policy.load(aws.table, PROFILE)
+    endpoint = aws.settings.runpod_endpoint_id
+    before = policy.load(aws.table, PROFILE, endpoint)
     assert endpoint_store.save_scheduler_state(
-        aws.table, state.model_dump(), seen=before.version, now=1
+        aws.table, endpoint, state.model_dump(), seen=before.version, now=1
     )
 
 

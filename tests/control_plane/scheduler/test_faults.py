@@ -1,12 +1,13 @@
-"""Faults the scheduler must survive, on the local stack (moto's server, the local RunPod
-endpoint, real runpod SDK workers around the stand-in engine): killed workers, a poison
+"""Faults the scheduler must survive, on the local stack (moto's server and SQS, the local
+RunPod endpoint, real runpod SDK workers around the stand-in engine): killed workers, a poison
 request, a failing endpoint, concurrent ticks, results delivered twice, cancel, expiry and
-ticks killed halfway. Each test checks that every custom_id lands exactly once and that the
-batch's counters and usage match its files.
+dispatchers and batch handlers killed halfway. Each test checks that every custom_id lands
+exactly once and that the batch's counters and usage match its files.
 
-The tests tick by hand. Waits the scheduler measures on `ctx.now` (retry backoff, the breaker's
-cooldown, leases, the completion window) are skipped by ticking with a later `now`; RunPod's
-webhooks keep recording at the real time, as they would.
+The tests tick by hand: a tick is the sweep, then every queued event handled (the dispatcher's
+and the batch handler's runs). Waits the scheduler measures on `ctx.now` (retry backoff, the
+breaker's cooldown, leases, the completion window, the next look at a batch) are skipped by
+ticking with a later `now`; RunPod's webhooks keep recording at the real time, as they would.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import openai
 import pytest
 import urllib3
 
+from control_plane import queues
 from control_plane import results as webhook_results
 from control_plane import secrets
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
-from control_plane.scheduler import finalize, policy
+from control_plane.scheduler import finalize, policy, settle
 from control_plane.scheduler.policy import PROFILES
-from control_plane.scheduler.tick import make_context, poll_chunk, record_webhook, run_tick
+from control_plane.scheduler.sweep import check_chunk
+from control_plane.scheduler.tick import make_context, record_webhook, run_tick
 from control_plane.store import BatchItem, ChunkItem, deadletters
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
@@ -46,7 +49,12 @@ pytestmark = pytest.mark.stack
 
 PROFILE = PROFILES["aggressive"]  # two attempts before a bisection, short backoffs
 CHUNK = 4  # requests per chunk
+WINDOW = 3  # the endpoint's ceiling: workersMax 3 × MAX_CONCURRENCY 1
 POISON = "POISON"  # a worker meeting this in a request dies (exit 137)
+
+
+# Every batch a test submitted: the check after each test looks at their chunks.
+SUBMITTED: list[str] = []
 
 
 class TickKilled(BaseException):
@@ -86,7 +94,8 @@ def quiet(stack: LocalStack) -> Iterator[None]:
     """Each test starts with a closed breaker and must leave nothing pending or in flight; what
     a failed test leaves is cancelled, so that one failure does not cascade."""
     table = aws(stack).table
-    set_window(stack, PROFILE.window_start)
+    discard_events(stack)
+    set_window(stack, WINDOW)
     endpoint_store.set_endpoint_state(table, state="closed")
     # Workers an earlier test killed are back before this one starts: its waits then time
     # the scheduler, not the pool's restarts.
@@ -94,7 +103,12 @@ def quiet(stack: LocalStack) -> Iterator[None]:
     yield
     assert stack.endpoint is not None
     stack.endpoint.inject_fault(seconds=0)
-    left = [*chunk_store.pending(table, limit=1000), *chunk_store.in_flight(table, limit=1000)]
+    left = [
+        chunk
+        for batch_id in SUBMITTED
+        for chunk in chunk_store.list_chunks(table, batch_id=batch_id)
+        if chunk["state"] in ("pending", "dispatched")
+    ]
     if left:
         for batch_id in {chunk["batch_id"] for chunk in left}:
             with contextlib.suppress(openai.APIError):
@@ -104,6 +118,16 @@ def quiet(stack: LocalStack) -> Iterator[None]:
 
 
 # --- driving the stack ---
+
+
+def discard_events(stack: LocalStack) -> None:
+    """Events an earlier test left queued (its killed runs' come back a second after) would
+    move this test's chunks too."""
+    for _ in range(2):
+        for which in (queues.DISPATCH, queues.BATCHES):
+            while messages := queues.receive(aws(stack).queues, which):
+                queues.delete(aws(stack).queues, which, [receipt for receipt, _ in messages])
+        time.sleep(1.1)
 
 
 def aws(stack: LocalStack) -> Aws:
@@ -126,6 +150,7 @@ def submit(stack: LocalStack, custom_ids: list[str]) -> str:
     content = "".join(request_line(custom_id) + "\n" for custom_id in custom_ids)
     file = client.files.create(file=("in.jsonl", content.encode()), purpose="batch")
     batch = client.batches.create(input_file_id=file.id, endpoint=CHAT, completion_window="24h")
+    SUBMITTED.append(batch.id)
     wait_for(lambda: batch_item(stack, batch.id)["status"] != "validating", "the split")
     assert batch_item(stack, batch.id)["status"] == "in_progress"
     return batch.id
@@ -186,12 +211,23 @@ def running_job(stack: LocalStack, batch_id: str, chunk_id: str) -> Job | None:
     return job_in(stack, batch_id, chunk_id, "IN_PROGRESS")
 
 
+def endpoint_id(stack: LocalStack) -> str:
+    return aws(stack).settings.runpod_endpoint_id
+
+
+def state(stack: LocalStack) -> policy.SchedulerState:
+    return policy.load(aws(stack).table, PROFILE, endpoint_id(stack))
+
+
 def set_window(stack: LocalStack, window: int) -> None:
-    """Start a test from a known in-flight window (earlier tests moved it)."""
+    """Start a test from a known in-flight window (earlier tests moved it); the dispatcher keeps
+    it under the endpoint's ceiling (workersMax 3 × MAX_CONCURRENCY 1 here)."""
     table = aws(stack).table
-    before = policy.load(table, PROFILE)
-    after = before.model_copy(update={"window": window, "breaker": "closed", "failures": 0})
-    assert policy.save(table, before, after, now=int(time.time()))
+    before = state(stack)
+    after = before.model_copy(
+        update={"window": window, "breaker": "closed", "failures": 0, "in_flight": 0}
+    )
+    assert policy.save(table, before, after, now=int(time.time()), endpoint_id=endpoint_id(stack))
 
 
 def ids_of_chunks(custom_ids: list[str], *numbers: int) -> list[str]:
@@ -342,8 +378,7 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
     try:
         for _ in range(PROFILE.breaker_failures):
             tick(stack)
-        state = policy.load(table, PROFILE)
-        assert state.breaker == "open"
+        assert state(stack).breaker == "open"
         assert endpoint_store.breaker_state(table) == "open"
         client = sdk(stack)
         more = request_line("more").encode()
@@ -365,16 +400,16 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
             aws(stack), batch_id=busy, chunk_id="00000", attempt=1, job=finished.to_dict()
         )
         assert outcome == "done"
-        assert policy.load(table, PROFILE).breaker == "open"
+        assert state(stack).breaker == "open"
         # Open: nothing is sent before the cooldown; after it, one probe, which fails too. The
         # clock is set from when the breaker opened, not from now: waiting for the busy chunk
         # can take seconds on a loaded machine.
-        opened_at = policy.load(table, PROFILE).opened_at
+        opened_at = state(stack).opened_at
         tick(stack, skew=opened_at + PROFILE.breaker_cooldown_s - 5 - int(time.time()))
-        assert policy.load(table, PROFILE).opened_at == opened_at  # no probe yet
+        assert state(stack).opened_at == opened_at  # no probe yet
         probe_at = opened_at + PROFILE.breaker_cooldown_s + 1
         tick(stack, skew=probe_at - int(time.time()))
-        reopened = policy.load(table, PROFILE)
+        reopened = state(stack)
         assert reopened.breaker == "open" and reopened.opened_at >= probe_at
         assert {chunk_store.tries(c) for c in chunks(stack, batch_id).values()} == {0}
     finally:
@@ -382,7 +417,7 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
 
     skew = 2 * (PROFILE.breaker_cooldown_s + 1)
     tick(stack, skew=skew)
-    assert policy.load(table, PROFILE).breaker == "closed"
+    assert state(stack).breaker == "closed"
     assert endpoint_store.breaker_state(table) == "closed"
     assert len(jobs(stack, batch_id)) == 1  # half-open: a single probe
     assert run_until(stack, batch_id, "completed", skew=skew) == "completed"
@@ -442,7 +477,6 @@ def test_a_result_delivered_twice_or_by_webhook_and_poll_counts_once(stack: Loca
     assert sorted(sent) == ["00000", "00001", "00002"]
     wait_for(lambda: all(job.status == "COMPLETED" for job in jobs(stack, batch_id)), "the chunks")
     ctx = dataclasses.replace(make_context(aws(stack)), webhook_secret="")
-    state = policy.load(aws(stack).table, PROFILE)
     job = {c: ctx.runpod.status(item["job_id"]) for c, item in sent.items()}
 
     def webhook(chunk_id: str) -> str:
@@ -454,9 +488,9 @@ def test_a_result_delivered_twice_or_by_webhook_and_poll_counts_once(stack: Loca
     assert [webhook("00000"), webhook("00000")] == ["done", "stale"]
     # A webhook, then a poll by a tick that read the chunk before the webhook landed.
     assert webhook("00001") == "done"
-    assert poll_chunk(ctx, sent["00001"], state)[0] == "stale"
+    assert check_chunk(ctx, sent["00001"]) == "stale"
     # A poll, then the same result through the signed webhook route.
-    assert poll_chunk(ctx, sent["00002"], state)[0] == "done"
+    assert check_chunk(ctx, sent["00002"]) == "done"
     secret = secrets.webhook_secret(aws(stack).settings)
     assert stack.api is not None
     url = f"{stack.api.url}/internal/runpod/webhook"
@@ -495,10 +529,9 @@ def slow_batch(stack: LocalStack, prefix: str, chunk_count: int) -> tuple[str, l
 def test_cancel_mid_batch_cancels_jobs_keeps_finished_output_and_sends_nothing_more(
     stack: LocalStack,
 ) -> None:
-    set_window(stack, 4)
     batch_id, custom_ids = slow_batch(stack, "cncl", 6)
     sent = {job.input["chunk_id"] for job in jobs(stack, batch_id)}
-    assert sent == {"00000", "00001", "00002", "00003"}  # the window is full; two chunks wait
+    assert sent == {"00000", "00001", "00002"}  # the window is full; three chunks wait
     wait_for(lambda: running_job(stack, batch_id, "00002"), "a slow chunk on a worker")
 
     client = sdk(stack)
@@ -578,6 +611,8 @@ def test_a_tick_killed_while_finalizing_is_finished_by_the_next(
         return file_id
 
     monkeypatch.setattr(finalize, "_merged_file", killed_after_output)
+    # A killed run's event comes back once its visibility timeout passes (SQS); here, soon.
+    monkeypatch.setattr(queues, "LOCAL_VISIBILITY_S", 1)
 
     def finalizing() -> bool:
         with contextlib.suppress(TickKilled):  # the killed tick
@@ -585,12 +620,16 @@ def test_a_tick_killed_while_finalizing_is_finished_by_the_next(
         return batch_item(stack, batch_id)["status"] == "finalizing"
 
     wait_for(finalizing, "a tick killed while finalizing", every=0.1)
+    # The killed run's event comes back (and the sweep looks at a batch left finalizing again
+    # soon in any case): that run is killed too.
+    time.sleep(1.5)
     with pytest.raises(TickKilled):
-        tick(stack)
+        tick(stack, skew=settle.RETRY_S + 1)
     assert sdk(stack).batches.retrieve(batch_id).output_file_id is None
 
     monkeypatch.undo()
-    tick(stack)
+    time.sleep(1.5)
+    tick(stack, skew=2 * settle.RETRY_S + 2)
     done = sdk(stack).batches.retrieve(batch_id)
     assert done.status == "completed"
     assert done.output_file_id == finalize.merged_file_id(batch_id, "output")
@@ -607,6 +646,7 @@ def test_a_tick_killed_between_claim_and_run_is_recovered_after_a_minute(
         raise TickKilled("tick killed before /run")
 
     monkeypatch.setattr(RunPodClient, "run", killed)
+    monkeypatch.setattr(queues, "LOCAL_VISIBILITY_S", 1)  # the killed run's events, soon back
     with pytest.raises(TickKilled):
         tick(stack)
     monkeypatch.undo()
@@ -637,6 +677,7 @@ def test_a_tick_killed_after_run_still_records_the_result_from_the_webhook(
         raise TickKilled("tick killed after /run, before the job id was stored")
 
     monkeypatch.setattr(chunk_store, "set_job", killed)
+    monkeypatch.setattr(queues, "LOCAL_VISIBILITY_S", 1)  # the killed run's events, soon back
     with pytest.raises(TickKilled):
         tick(stack)
     monkeypatch.undo()

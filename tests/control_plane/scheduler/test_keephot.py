@@ -18,6 +18,7 @@ from control_plane.health.forecast import DAY_S
 from control_plane.health.sample import HealthSample, WorkerCounts
 from control_plane.models import ChunkRef
 from control_plane.runpod import RunPodClient
+from control_plane.scheduler import fair
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.keephot import PING_GIVE_UP_S, keep_hot
 from control_plane.scheduler.policy import SchedulerState
@@ -198,7 +199,17 @@ def test_waiting_chunks_keep_workers_busy_so_no_ping_is_sent(aws: Aws) -> None:
     ref = ChunkRef(
         index=0, key="batches/b/chunks/00000/input.jsonl", requests=1, bytes=9, first_line=1
     )
-    put_chunks(aws.table, batch_id="batch_x", priority="normal", chunks=[ref], created_at=900)
+    put_chunks(
+        aws.table,
+        batch_id="batch_x",
+        tenant_id="t",
+        endpoint_id="e",
+        priority="normal",
+        chunks=[ref],
+        created_at=900,
+    )
+    # The endpoint's dispatcher has the tenant waiting in its fair queue.
+    fair.enroll(aws.table, "e", tenant_id="t", priority="normal", vclock={})
     report = keep_hot(TickContext(aws=aws, runpod=runpod, now=1000), SchedulerState(window=4))
     assert report["skipped"] == "chunks keep the workers busy" and runpod.sent == []
     [item] = health_store.samples_since(aws.table, since=0, limit=10)

@@ -18,8 +18,9 @@ from control_plane.models import ChunkRef
 from control_plane.split.groups import GroupPacker, PackedChunk, prefix_group
 from control_plane.split.job import run_split
 from control_plane.split.stream import SplitLimits, SplitResult, split_lines, split_s3_object
+from control_plane.store import ChunkItem
 from control_plane.store import chunks as chunk_store
-from tests.control_plane.split.test_job import admitted
+from tests.control_plane.split.test_job import TENANT, admitted
 from tests.support.api import stored_file
 from tests.support.lines import jsonl
 
@@ -312,6 +313,18 @@ def test_a_retried_grouped_split_writes_identical_chunk_objects(s3: Any) -> None
     assert all(len(set(groups_of(body))) == 1 for body in before.values())
 
 
+def pending_chunks(aws: Aws) -> list[ChunkItem]:
+    """The tenant's pending chunks in the order its queue hands them to the dispatcher."""
+    items, _ = chunk_store.pending_of(
+        aws.table,
+        endpoint_id=aws.settings.runpod_endpoint_id,
+        priority="normal",
+        tenant_id=TENANT,
+        limit=100,
+    )
+    return items
+
+
 @pytest.mark.parametrize("settings", [{"chunk_max_requests": 10}], indirect=True)
 def test_chunk_items_record_their_group_and_pending_chunks_come_group_by_group(aws: Aws) -> None:
     content = b"\n".join(interleaved(60, 3)) + b"\n"  # 3 groups of 20
@@ -319,7 +332,7 @@ def test_chunk_items_record_their_group_and_pending_chunks_come_group_by_group(a
 
     run_split(aws, batch_id)
     items = chunk_store.list_chunks(aws.table, batch_id=batch_id)
-    pending = chunk_store.pending(aws.table, limit=100)
+    pending = pending_chunks(aws)
 
     # Numbered as they filled (A B C A B C), dispatched group by group.
     assert all(len(item["group"]) == 12 and item["groups"] == 1 for item in items)
@@ -334,7 +347,7 @@ def test_chunks_of_distinct_prompts_dispatch_in_number_order(aws: Aws) -> None:
     batch_id = admitted(aws, stored_file(aws, jsonl(20), line_count=20))
 
     run_split(aws, batch_id)
-    pending = chunk_store.pending(aws.table, limit=100)
+    pending = pending_chunks(aws)
 
     assert [item["chunk_id"] for item in pending] == [f"0000{n}" for n in range(5)]
     assert [item["group_order"] for item in pending] == list(range(5))

@@ -33,7 +33,13 @@ def admit(aws: Aws, *, queued: int = 5, tenant_id: str = TENANT) -> BatchItem:
         expires_at=now + 86400,
     )
     batch_store.create_batch(
-        aws.table, tenant_id=tenant_id, batch=batch, queued=queued, limits=LIMITS, extra={}
+        aws.table,
+        tenant_id=tenant_id,
+        batch=batch,
+        queued=queued,
+        limits=LIMITS,
+        extra={},
+        due_at=now + 60,
     )
     return batch_store.get_batch_item(aws.table, batch_id=batch.id, tenant_id=tenant_id)
 
@@ -195,15 +201,21 @@ def test_admission_beyond_max_active_batches_raises_and_stores_nothing(aws: Aws)
     )
     with pytest.raises(LimitExceeded) as refused:
         batch_store.create_batch(
-            aws.table, tenant_id=TENANT, batch=batch, queued=1, limits=limits, extra={}
+            aws.table, tenant_id=TENANT, batch=batch, queued=1, limits=limits, extra={}, due_at=0
         )
     assert refused.value.limit == "max_active_batches" and refused.value.status_code == 429
     assert batch_store.get_batch(aws.table, batch.id) is None
     assert counters(aws) == (1, 5)
 
 
-def test_terminal_batches_leave_the_active_index(aws: Aws) -> None:
+def test_unfinished_batches_wait_in_the_due_index_until_they_end(aws: Aws) -> None:
     item = admit(aws)
-    assert item["gsi2pk"] == keys.ACTIVE_BATCHES
+    assert item["gsi2pk"] == keys.DUE_BATCHES
+    assert batch_store.due_batch_ids(aws.table, now=now_s(), limit=10) == []
+    assert batch_store.due_batch_ids(aws.table, now=now_s() + 61, limit=10) == [item["id"]]
+    batch_store.set_due(aws.table, item["id"], due_at=now_s() + 3600)
+    assert batch_store.due_batch_ids(aws.table, now=now_s() + 61, limit=10) == []
     done = batch_store.transition(aws.table, item, expect={"validating"}, to="failed", at=now_s())
     assert "gsi2pk" not in done and "gsi2sk" not in done
+    batch_store.set_due(aws.table, item["id"], due_at=0)  # a finished batch stays out
+    assert batch_store.due_batch_ids(aws.table, now=now_s() + 7200, limit=10) == []
