@@ -11,7 +11,6 @@ import ast
 import copy
 import importlib
 import importlib.util
-import json
 import os
 import re
 import tomllib

@@ -25,9 +25,8 @@ import openai
 import pytest
 import urllib3
 
-from control_plane import queues
+from control_plane import queues, secrets
 from control_plane import results as webhook_results
-from control_plane import secrets
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler import finalize, policy, settle
