@@ -181,6 +181,8 @@ def _fill(
         lambda chunk: _send(ctx, endpoint_id, chunk, batches, every), picked.chunks
     )
     fair.commit(table, endpoint_id, picked)
+    # A batch dispatched from without a failure has recovered (isolate.close resets its count).
+    ctx.seen.extend(batch for batch in batches.values() if batch is not None)
     sent = sum(1 for outcome in outcomes if outcome == "sent")
     failures = [outcome for outcome in outcomes if isinstance(outcome, EndpointError)]
     limited = [f for f in failures if f.status == 429]
