@@ -98,11 +98,7 @@ def pick(table: Table, endpoint_id: str, *, room: int, now: int, vclock: dict[st
 
 def commit(table: Table, endpoint_id: str, picked: Pick) -> None:
     """Move the served entries to their new virtual times and drop the empty ones."""
-    for before, after in picked.moved:
-        if before != after:
-            fairq.move(table, endpoint_id, before, after)
-    for entry in picked.retired:
-        fairq.retire(table, endpoint_id, entry)
+    fairq.settle(table, endpoint_id, moved=picked.moved, retired=picked.retired)
 
 
 def _key(entry: Entry) -> tuple[str, int, str]:

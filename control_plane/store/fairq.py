@@ -4,8 +4,9 @@
 by virtual time (the requests the tenant was served at that priority, start-time fair
 queuing), so the head of one Query is the next tenant to serve; `M#{rank}#{tenant}` says where
 a tenant's entry stands, to move it by name. Only the endpoint's dispatcher writes here, one
-run at a time (its SQS FIFO message group), so a move needs no condition; each move is one
-transaction, so an entry is never lost or doubled by a crash.
+run at a time (its SQS FIFO message group), so a move needs no condition, and a run's moves go
+in one unconditional batch write. A run killed mid-way may leave a tenant without its entry (or
+with its old one): its batches' periodic re-check finds chunks waiting and enrolls it again.
 """
 
 from __future__ import annotations
@@ -76,42 +77,24 @@ def enroll(table: Table, endpoint_id: str, entry: Entry) -> None:
     )
 
 
-def move(table: Table, endpoint_id: str, before: Entry, after: Entry) -> None:
-    """The tenant was served: its entry moves to its new virtual time."""
-    table.transact(
-        [
-            {
-                "Delete": {
-                    "TableName": table.name,
-                    "Key": to_attrs(
-                        keys.fair_entry(endpoint_id, before.rank, before.vtime, before.tenant_id)
-                    ),
-                }
-            },
-            {"Put": {"TableName": table.name, "Item": to_attrs(_entry_item(endpoint_id, after))}},
-            {"Put": {"TableName": table.name, "Item": to_attrs(_member_item(endpoint_id, after))}},
-        ]
-    )
-
-
-def retire(table: Table, endpoint_id: str, entry: Entry) -> None:
-    """The tenant has nothing pending at this priority: it leaves the queue (it comes back at
-    the queue's current virtual time, with no credit for the time it was away)."""
-    table.transact(
-        [
-            {
-                "Delete": {
-                    "TableName": table.name,
-                    "Key": to_attrs(
-                        keys.fair_entry(endpoint_id, entry.rank, entry.vtime, entry.tenant_id)
-                    ),
-                }
-            },
-            {
-                "Delete": {
-                    "TableName": table.name,
-                    "Key": to_attrs(keys.fair_member(endpoint_id, entry.rank, entry.tenant_id)),
-                }
-            },
-        ]
-    )
+def settle(
+    table: Table,
+    endpoint_id: str,
+    *,
+    moved: list[tuple[Entry, Entry]],
+    retired: list[Entry],
+) -> None:
+    """Served tenants' entries move to their new virtual times; tenants with nothing pending
+    at a priority leave the queue (they come back at the queue's virtual clock, with no credit
+    for the time they were away)."""
+    puts: list[Item] = []
+    deletes = []
+    for before, after in moved:
+        if before == after:
+            continue
+        deletes.append(keys.fair_entry(endpoint_id, before.rank, before.vtime, before.tenant_id))
+        puts += [_entry_item(endpoint_id, after), _member_item(endpoint_id, after)]
+    for entry in retired:
+        deletes.append(keys.fair_entry(endpoint_id, entry.rank, entry.vtime, entry.tenant_id))
+        deletes.append(keys.fair_member(endpoint_id, entry.rank, entry.tenant_id))
+    table.write_many(puts=puts, deletes=deletes)

@@ -249,15 +249,22 @@ class Table:
 
     def put_many(self, items: Iterable[Mapping[str, Any]]) -> int:
         """Unconditional puts, 25 per call, unprocessed ones retried. Returns items written."""
+        return self.write_many(puts=items)
+
+    def write_many(
+        self,
+        *,
+        puts: Iterable[Mapping[str, Any]] = (),
+        deletes: Iterable[Mapping[str, str]] = (),
+    ) -> int:
+        """Unconditional puts and deletes, 25 per call (no order between them, no key twice),
+        unprocessed ones retried. Returns the requests written."""
+        requests = [{"PutRequest": {"Item": to_attrs(item)}} for item in puts] + [
+            {"DeleteRequest": {"Key": to_attrs(key)}} for key in deletes
+        ]
         written = 0
-        batch: list[dict[str, Any]] = []
-        for item in items:
-            batch.append({"PutRequest": {"Item": to_attrs(item)}})
-            if len(batch) == BATCH_WRITE_MAX:
-                written += self._write_batch(batch)
-                batch = []
-        if batch:
-            written += self._write_batch(batch)
+        for start in range(0, len(requests), BATCH_WRITE_MAX):
+            written += self._write_batch(requests[start : start + BATCH_WRITE_MAX])
         return written
 
     def _write_batch(self, requests: list[dict[str, Any]]) -> int:

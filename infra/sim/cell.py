@@ -273,6 +273,7 @@ def _run(config: CellConfig, clock: Clock) -> dict[str, Any]:
     logging.getLogger("control_plane").setLevel(logging.ERROR)
     plane = ControlPlane(aws=aws, clock=clock, poll_s=config.poll_s)
     endpoint.deliver_webhook = plane.webhook
+    endpoint.post_progress = plane.progress
 
     def split_done(batch: Any) -> None:
         observed.tenant_of[batch.id] = batch.tenant

@@ -1,33 +1,41 @@
-"""What runs when: the control plane's entry points on the virtual clock.
+"""What runs when: the control plane's entry points on the virtual clock, as AWS would run them.
 
 Every entry point is one invocation, as a Lambda run would be: a tenant's upload and `POST
-/v1/batches`, the split function it starts, the scheduled tick every `tick_s`, a tick kicked
-(asynchronously) after a split and after each webhook result, RunPod's webhook to the API, and
-each tenant polling its unfinished batches every `poll_s` (`GET /v1/batches/{id}`). Whatever one
-raises is counted as a surfaced failure with its kind, as a 5xx or a failed Lambda would be.
+/v1/batches`, the split function it starts, RunPod's webhook and a worker's progress post to
+the API, the sweep every `tick_s` (EventBridge Scheduler), each tenant polling its unfinished
+batches every `poll_s` (`GET /v1/batches/{id}`), and the two queue handlers, fed as SQS's
+event-source mappings feed them: the messages of one FIFO message group go to one run at a
+time, up to ten per run, the next run of that group starting when the previous one ended.
+Whatever an invocation raises is counted as a surfaced failure with its kind, as a 5xx or a
+failed Lambda would be.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from control_plane import queues
 from control_plane.aws import Aws
 from control_plane.batches import create_batch, get_batch
 from control_plane.files import create_file
 from control_plane.models import CreateBatchBody
-from control_plane.results import receive_webhook
-from control_plane.scheduler.tick import make_context, run_tick
+from control_plane.results import receive_progress, receive_webhook
+from control_plane.scheduler.context import TickContext
+from control_plane.scheduler.sweep import run_sweep
+from control_plane.scheduler.tick import finish, handle, make_context
 from control_plane.split.job import run_split
 from infra.sim.clock import Clock
 
 log = logging.getLogger("infra.sim")
 ASYNC_INVOKE_S = 0.05  # an asynchronous Lambda invoke reaching the function
+ESM_DELAY_S = 0.02  # an SQS message reaching its function through the event-source mapping
+ESM_BATCH = 10  # FIFO queues hand a function at most ten messages a run
 
 
 @dataclass
@@ -42,9 +50,16 @@ class Batch:
 
 
 @dataclass
-class ControlPlane:
-    """Today's control plane: one global tick, kicked by splits and webhook results."""
+class _Group:
+    """One FIFO message group as the event-source mapping serves it."""
 
+    waiting: deque[str] = field(default_factory=deque)
+    busy_until: float = 0.0
+    scheduled: bool = False
+
+
+@dataclass
+class ControlPlane:
     aws: Aws
     clock: Clock
     tick_s: float = 60.0
@@ -52,10 +67,15 @@ class ControlPlane:
     batches: dict[str, Batch] = field(default_factory=dict)
     failures: Counter[str] = field(default_factory=Counter)
     gets: int = 0
-    _kick_pending: bool = False
     on_split: Callable[[Batch], None] | None = None
+    _groups: dict[tuple[str, str], _Group] = field(default_factory=dict)
+    _pulling: bool = False
 
     def start(self) -> None:
+        import control_plane.store.table as table_module
+
+        # Conflict backoffs wait on the virtual clock.
+        table_module.pause = self.clock.charge
         self.clock.after(1.0, self._scheduled)
 
     def _invoke(self, kind: str, action: Callable[[], Any]) -> Any:
@@ -65,10 +85,27 @@ class ControlPlane:
             except Exception as exc:
                 # Counted, as a failed Lambda or a 5xx would be; the run goes on.
                 self.failures[kind] += 1
-                log.warning(
-                    "invocation failed: %s %r", kind, exc, exc_info=log.isEnabledFor(logging.DEBUG)
-                )
+                log.warning("invocation failed: %s %r", kind, exc)
                 return None
+            finally:
+                self._pull_soon()
+
+    def context(self) -> TickContext:
+        """A handler's context with its threads and waits on the virtual clock."""
+        ctx = make_context(self.aws)
+        threads = self.aws.settings.dispatch_threads
+        clock = self.clock
+
+        def parallel(work: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+            clock.parallel = threads
+            try:
+                return [work(item) for item in items]
+            finally:
+                clock.parallel = 1
+
+        ctx.parallel_map = parallel
+        ctx.pause = clock.charge
+        return ctx
 
     # --- tenants ---------------------------------------------------------------------------
 
@@ -106,8 +143,6 @@ class ControlPlane:
         batch.chunks = int(item.get("chunks_open", 0))
         if self.on_split is not None:
             self.on_split(batch)
-        if item["status"] == "in_progress":
-            self.kick()
 
     def _poll(self, batch: Batch) -> None:
         reply = self._invoke(
@@ -119,10 +154,10 @@ class ControlPlane:
         if batch.status not in ("completed", "failed", "expired", "cancelled"):
             self.clock.after(self.poll_s, lambda: self._poll(batch))
 
-    # --- RunPod ----------------------------------------------------------------------------
+    # --- RunPod and its workers ------------------------------------------------------------
 
     def webhook(self, url: str, job: dict[str, Any]) -> bool:
-        query = {key: values[0] for key, values in parse_qs(urlparse(url).query).items()}
+        query = _query(url)
 
         def receive() -> str:
             return receive_webhook(
@@ -132,21 +167,99 @@ class ControlPlane:
                 attempt=int(query["attempt"]),
                 sig=query["sig"],
                 job=job,
-                kick=lambda _: self.kick(),
             )
 
         return self._invoke("api.webhook", receive) is not None
 
-    # --- the tick --------------------------------------------------------------------------
+    def progress(self, url: str, body: dict[str, Any]) -> None:
+        query = _query(url)
+        self._invoke(
+            "api.progress",
+            lambda: receive_progress(
+                self.aws,
+                batch_id=query["batch_id"],
+                chunk_id=query["chunk_id"],
+                attempt=int(query["attempt"]),
+                sig=query["sig"],
+                body=body,
+            ),
+        )
 
-    def kick(self) -> None:
-        """An asynchronous invoke of the tick function: each one a tick of its own."""
-        self.clock.after(ASYNC_INVOKE_S, lambda: self._tick(kicked=True))
+    # --- the sweep and the queue handlers ---------------------------------------------------
 
     def _scheduled(self) -> None:
-        self._tick(kicked=False)
+        def sweep() -> dict[str, Any]:
+            ctx = self.context()
+            report = run_sweep(ctx)
+            finish(ctx)
+            return report
+
+        self._invoke("tick.sweep", sweep)
         self.clock.after(self.tick_s, self._scheduled)
 
-    def _tick(self, *, kicked: bool) -> None:
-        kind = "tick.kicked" if kicked else "tick.scheduled"
-        self._invoke(kind, lambda: run_tick(make_context(self.aws), kicked=kicked))
+    def _pull_soon(self) -> None:
+        if not self._pulling:
+            self._pulling = True
+            self.clock.after(ESM_DELAY_S, self._pull)
+
+    def _pull(self) -> None:
+        """What the event-source mappings received: each message to its group's line."""
+        self._pulling = False
+        for which in (queues.DISPATCH, queues.BATCHES):
+            while messages := _receive_all(self.aws, which):
+                for group, body in messages:
+                    line = self._groups.setdefault((which, group), _Group())
+                    line.waiting.append(body)
+                    self._serve(which, group)
+
+    def _serve(self, which: str, group: str) -> None:
+        line = self._groups[(which, group)]
+        if line.scheduled or not line.waiting:
+            return
+        line.scheduled = True
+        self.clock.at(max(self.clock.now, line.busy_until), lambda: self._run(which, group))
+
+    def _run(self, which: str, group: str) -> None:
+        line = self._groups[(which, group)]
+        line.scheduled = False
+        bodies = [line.waiting.popleft() for _ in range(min(ESM_BATCH, len(line.waiting)))]
+        kind = "dispatch" if which == queues.DISPATCH else "batch"
+
+        def run() -> dict[str, Any]:
+            ctx = self.context()
+            report = handle(ctx, which, bodies)
+            finish(ctx)
+            return report
+
+        with_end = self._invoke_timed(kind, run)
+        line.busy_until = with_end
+        self._serve(which, group)
+
+    def _invoke_timed(self, kind: str, action: Callable[[], Any]) -> float:
+        start = self.clock.now
+        self._invoke(kind, action)
+        run = self.clock.invocations[-1]
+        return start + run.duration
+
+
+def _query(url: str) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(urlparse(url).query).items()}
+
+
+def _receive_all(aws: Aws, which: str) -> list[tuple[str, str]]:
+    """Every visible message of a queue (group, body), taken off it: the mapping holds them."""
+    reply = aws.sqs.receive_message(
+        QueueUrl=aws.queues.url(which),
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=3600,
+        AttributeNames=["MessageGroupId"],
+    )
+    messages = reply.get("Messages", [])
+    if messages:
+        aws.sqs.delete_message_batch(
+            QueueUrl=aws.queues.url(which),
+            Entries=[
+                {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)
+            ],
+        )
+    return [(m["Attributes"]["MessageGroupId"], m["Body"]) for m in messages]

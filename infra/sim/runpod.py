@@ -12,6 +12,7 @@ answers 429 (docs.runpod.io/serverless/references/operations).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 from collections import Counter, defaultdict, deque
@@ -106,6 +107,8 @@ class VirtualEndpoint:
     write_object: Callable[[str, bytes], None]
     deliver_webhook: Callable[[str, dict[str, Any]], bool]
     bucket: str
+    # A worker's progress post to the API (the job input's progress_url), if it has one.
+    post_progress: Callable[[str, dict[str, Any]], None] | None = None
     jobs: dict[str, SimJob] = field(default_factory=dict)
     queue: deque[str] = field(default_factory=deque)
     low_queue: deque[str] = field(default_factory=deque)
@@ -265,7 +268,32 @@ class VirtualEndpoint:
             return
         if self.on_event is not None:
             self.on_event(job, "engine", engine_start, engine_end)
+        if chunk.progress_url and chunk.progress_every_s and self.post_progress is not None:
+            self._progress_from(job, chunk, len(lines), engine_start, done)
         self.clock.at(done, lambda: self._complete(job, chunk, lines, engine_start, engine_end))
+
+    def _progress_from(
+        self, job: SimJob, chunk: ProcessChunkInput, requests: int, engine_start: float, done: float
+    ) -> None:
+        """Reports every `progress_every_s` while the chunk runs, as the handler posts them."""
+        every = float(chunk.progress_every_s or 0)
+        at = self.clock.now + every
+        while at < done:
+            answered = int(min(requests, max(0.0, (at - engine_start) / self.model.request_s)))
+            body = {
+                "batch_id": chunk.batch_id,
+                "chunk_id": chunk.chunk_id,
+                "attempt": chunk.attempt,
+                "requests": requests,
+                "completed": answered,
+                "failed": 0,
+            }
+            self.clock.at(at, functools.partial(self._post, job, str(chunk.progress_url), body))
+            at += every
+
+    def _post(self, job: SimJob, url: str, body: dict[str, Any]) -> None:
+        if job.status == "IN_PROGRESS" and self.post_progress is not None and body["completed"]:
+            self.post_progress(url, body)
 
     def _finish_ping(self, job: SimJob) -> None:
         if job.status != "IN_PROGRESS":
@@ -379,4 +407,9 @@ def route_clients(endpoints: dict[str, VirtualEndpoint]) -> None:
             raise EndpointError(f"{method} {path}: no such endpoint {self.endpoint_id}")
         return endpoint.call(method, path, body)
 
+    def workers_max(self: RunPodClient) -> int | None:
+        endpoint = endpoints.get(self.endpoint_id)
+        return endpoint.model.workers if endpoint is not None else None
+
     RunPodClient._call = call  # type: ignore[method-assign]
+    RunPodClient.workers_max = workers_max  # type: ignore[method-assign]
