@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from infra.sim.clock import Clock
+from infra.sim.fairness import fair_index
 from infra.sim.meter import Meter
 from infra.sim.runpod import EndpointModel, SimJob, VirtualEndpoint, route_clients
 
@@ -111,31 +112,6 @@ class Observed:
                 self.done_chunks[batch_id].add(chunk_id)
                 output = job.output or {}
                 self.completed_requests += int(output.get("counts", {}).get("total", 0))
-
-
-def max_min_shares(demands: dict[str, int], capacity: int) -> dict[str, float]:
-    """Water-filling: each tenant gets min(its demand, an equal split of what is left)."""
-    shares: dict[str, float] = {}
-    left = float(capacity)
-    open_ = sorted(demands, key=lambda t: demands[t])
-    while open_:
-        equal = left / len(open_)
-        tenant = open_[0]
-        if demands[tenant] <= equal:
-            shares[tenant] = float(demands[tenant])
-            left -= demands[tenant]
-            open_.pop(0)
-        else:
-            for rest in open_:
-                shares[rest] = equal
-            break
-    return shares
-
-
-def jain(values: list[float]) -> float:
-    if not values or not any(values):
-        return 1.0
-    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
 
 
 def request_lines(batch_no: int, requests: int) -> bytes:
@@ -339,16 +315,11 @@ def _sample_every(
                 if left > 0:
                     demand[batch.tenant] += left
         running = {t: n for t, n in observed.running.items() if n > 0}
-        total = sum(running.values())
-        waiting = sum(demand.values()) > total
-        if waiting:
+        if sum(demand.values()) > sum(running.values()):
             observed.waiting_until = clock.now
-        if total and len(demand) > 1:
-            shares = max_min_shares(dict(demand), total)
-            ratios = [
-                min(1.0, running.get(t, 0) / share) for t, share in shares.items() if share > 0
-            ]
-            observed.jain.append(jain(ratios))
+        index = fair_index(running, demand)
+        if index is not None:
+            observed.jain.append(index)
         if clock.now + 10 <= end:
             clock.after(10.0, sample)
 
