@@ -8,6 +8,7 @@ mock_aws. Strings no UTF-8 store can hold (an escaped unpaired surrogate) are a 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,7 +77,9 @@ def backend(request: pytest.FixtureRequest) -> Aws:
 
 @pytest.fixture()
 def api(backend: Aws) -> Iterator[tuple[TestClient, str]]:
-    key = apikeys.create_key(backend.table, tenant_id="tenant-a", name="a")
+    # A tenant of its own: moto's server keeps its data for the whole process, so an earlier
+    # test's files on the same table would show in this one's listings.
+    key = apikeys.create_key(backend.table, tenant_id=f"tenant-{secrets.token_hex(4)}", name="a")
     with TestClient(create_app(aws=backend), raise_server_exceptions=False) as client:
         yield client, key
 
