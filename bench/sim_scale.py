@@ -10,7 +10,7 @@ write units per partition key per second and raises `TransactionConflict` as Dyn
     python bench/sim_scale.py --workers 1000 --tenants 100 --scenario fairness --json
 
 `steady`: A batches from T tenants (round robin) arrive over 30 s, holding 1.2× what W workers
-can do in `--minutes`. `fairness`: one tenant's `--big-requests` batch, then at +2 min each of
+can do in `--minutes` plus a chunk for each of their slots, so work waits throughout. `fairness`: one tenant's `--big-requests` batch, then at +2 min each of
 the other T−1 tenants' `--small-requests` batch, and at +3 min a `high` batch. The last line of
 output is one JSON object (its keys are listed in infra/sim/cell.py and bench/RESULTS.md).
 """
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--scenario", choices=("steady", "fairness"), default="steady")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--chunk-requests", type=int, default=100)
-    parser.add_argument("--request-s", type=float, default=0.6)
+    parser.add_argument("--request-s", type=float, default=1.2, help="engine s per request")
     parser.add_argument("--job-failure-rate", type=float, default=0.001)
     parser.add_argument("--request-failure-rate", type=float, default=0.001)
     parser.add_argument("--poll-s", type=float, default=60.0)

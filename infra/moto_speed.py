@@ -1,5 +1,6 @@
 """moto's DynamoDB at the size of a fleet: queries that read one partition, transactions that
-journal the items they touch, answers written as the JSON they already are.
+journal the items they touch, answers written as the JSON they already are (and S3 requests
+that do not reload a module each).
 
 moto answers every Query by walking every item of the table (then filtering on the key), backs
 every TransactWriteItems up with a deep copy of the whole table, and writes each answer through
@@ -172,7 +173,17 @@ def enable() -> None:
     DynamoDBBackend.update_item = update_item
     DynamoDBBackend.transact_write_items = _transact_write_items
     _fast_answers()
+    _s3_urls_once()
     _applied = True
+
+
+def _s3_urls_once() -> None:
+    """moto reloads its S3 URL module on every S3 request (to follow a custom-endpoint variable
+    set at run time, which nothing here sets): one import serves them all."""
+    import moto.s3.urls as urls
+    from moto.s3.models import S3Backend
+
+    S3Backend._url_module = property(lambda self: urls)
 
 
 # Operations whose answer is items and keys only: no timestamps or blobs for the serializer to

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,11 +89,23 @@ class Clock:
             if outer is None:
                 self._move(started)
 
-    def run_until(self, end: float, *, stop: Callable[[], bool] | None = None) -> None:
+    def run_until(
+        self,
+        end: float,
+        *,
+        stop: Callable[[], bool] | None = None,
+        report: Callable[[float], None] | None = None,
+    ) -> None:
+        """Run events up to `end` (or until `stop`); `report` hears the virtual time about every
+        30 real seconds."""
+        next_report = time.monotonic() + 30
         while self._queue and self._queue[0][0] <= end:
             when, _, action = heapq.heappop(self._queue)
             self._move(max(when, self.now))
             action()
             if stop is not None and stop():
                 return
+            if report is not None and time.monotonic() > next_report:
+                report(self.now)
+                next_report = time.monotonic() + 30
         self._move(end)

@@ -181,21 +181,22 @@ def _gsi_keys(table: Any, item: Any) -> dict[str, str]:
 
 def _bill_write(table: Any, before: Any, after: Any) -> None:
     item = after if after is not None else before
-    if item is None:
+    if item is None or _meter.actor != "control_plane":
         return
     pk = str(item.hash_key.value)
-    size = max(before.size() if before else 0, after.size() if after else 0)
-    _meter.bill_write(f"table:{pk}", size)
-    _meter.note_size(pk, after.size() if after else 0)
+    old_size = before.size() if before is not None else 0
+    new_size = after.size() if after is not None else 0
+    _meter.bill_write(f"table:{pk}", max(old_size, new_size))
+    _meter.note_size(pk, new_size)
     old, new = _gsi_keys(table, before), _gsi_keys(table, after)
     for index in set(old) | set(new):
         if old.get(index) == new.get(index):
-            _meter.bill_write(new[index].split("|")[0], after.size())
+            _meter.bill_write(new[index].split("|")[0], new_size)
             continue
         if index in old:
-            _meter.bill_write(old[index].split("|")[0], before.size())
+            _meter.bill_write(old[index].split("|")[0], old_size)
         if index in new:
-            _meter.bill_write(new[index].split("|")[0], after.size())
+            _meter.bill_write(new[index].split("|")[0], new_size)
 
 
 def _key_of(table: Any, attrs: dict[str, Any]) -> dict[str, Any]:
