@@ -90,17 +90,20 @@ def _apply(
 ) -> SchedulerState:
     top = policy.ceiling(ctx.profile, state, ctx.settings.worker_concurrency)
     topup = False
+    waiting: set[tuple[str, str]] = set()  # (tenant, priority) with new pending chunks
     for event in events:
         if isinstance(event, ResultEvent):
             state = _on_result(ctx, state, event, top)
             if event.requeued:
-                _enroll(ctx, endpoint_id, event.tenant_id, event.priority, state)
+                waiting.add((event.tenant_id, event.priority))
         elif isinstance(event, WorkEvent):
-            _enroll(ctx, endpoint_id, event.tenant_id, event.priority, state)
+            waiting.add((event.tenant_id, event.priority))
         elif isinstance(event, TopUpEvent):
             topup = True
-            if event.workers_max is not None and event.workers_max != state.workers_max:
+            if event.workers_max is not None:
                 state = _new_ceiling(ctx, state, event.workers_max, event.at)
+    for tenant_id, priority in sorted(waiting):
+        _enroll(ctx, endpoint_id, tenant_id, priority, state)
     if topup and state.breaker != "open":
         state = _recount(ctx, endpoint_id, state)
     return state
@@ -109,11 +112,12 @@ def _apply(
 def _new_ceiling(
     ctx: TickContext, state: SchedulerState, workers_max: int, at: int
 ) -> SchedulerState:
-    """The endpoint's workersMax changed (or was first read): a profile that starts full
-    (window_start 0) opens the window to the new ceiling at once."""
+    """The endpoint's workersMax, as the sweep read it: when it changed (or was first read), a
+    profile that starts full (window_start 0) opens the window to the new ceiling at once."""
+    changed = workers_max != state.workers_max
     state = state.model_copy(update={"workers_max": workers_max, "workers_max_at": at})
     top = policy.ceiling(ctx.profile, state, ctx.settings.worker_concurrency)
-    if ctx.profile.window_start == 0 and state.breaker == "closed":
+    if changed and ctx.profile.window_start == 0 and state.breaker == "closed":
         state = state.model_copy(update={"window": top})
     return state
 

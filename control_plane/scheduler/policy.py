@@ -173,9 +173,9 @@ def save(
 def on_success(
     state: SchedulerState, profile: Profile, *, seconds: float, ceiling: int
 ) -> SchedulerState:
-    """Additive increase for a chunk that finished in good time; a slow one halves the window.
-    The breaker is left alone: a worker's result says nothing of the client API (/run) that
-    the breaker guards, and closing it here would reopen admission mid-outage. Only a
+    """One more chunk in flight for a chunk that finished in good time, one fewer for a slow
+    one. The breaker is left alone: a worker's result says nothing of the client API (/run)
+    that the breaker guards, and closing it here would reopen admission mid-outage. Only a
     dispatch that succeeds (the half-open probe) closes it."""
     if seconds > profile.slow_chunk_s:
         return on_slow(state, profile)
@@ -183,11 +183,14 @@ def on_success(
 
 
 def on_slow(state: SchedulerState, profile: Profile) -> SchedulerState:
-    return state.model_copy(update={"window": max(profile.window_min, state.window // 2)})
+    """One fewer in flight. Per chunk, not halving: on a fleet of a thousand workers one slow
+    or failed chunk a minute would otherwise keep the window at half its ceiling; a storm of
+    them (every chunk failing) still closes it as fast as they come."""
+    return state.model_copy(update={"window": max(profile.window_min, state.window - 1)})
 
 
 def on_chunk_failure(state: SchedulerState, profile: Profile) -> SchedulerState:
-    """A chunk that failed or timed out on a worker: multiplicative decrease."""
+    """A chunk that failed or timed out on a worker: one fewer in flight."""
     return on_slow(state, profile)
 
 
