@@ -1,8 +1,9 @@
 """`hotbatch local up` and `hotbatch local run FILE`: the local stack on this machine.
 
-moto's server with the table and bucket from template.yaml, the control plane under uvicorn
-with the tick every second, and the local RunPod endpoint with N real workers (`python -m
-handler` on vLLM's CPU build, the tiny generated model unless `--model`).
+moto's server with the table, bucket and event queues from template.yaml, the control plane
+under uvicorn with the sweep every second and its event queues handled as events arrive, and
+the local RunPod endpoint with N real workers (`python -m handler` on vLLM's CPU build, the
+tiny generated model unless `--model`).
 
 With the tiny model (no `--model`) it serves two models, as a deployment with HOTBATCH_MODELS
 does: `tiny` (chat, completions, responses) on the endpoint `local` and `tiny-embed` (the same
