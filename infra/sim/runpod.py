@@ -268,7 +268,9 @@ class VirtualEndpoint:
             return
         if self.on_event is not None:
             self.on_event(job, "engine", engine_start, engine_end)
-        if chunk.progress_url and chunk.progress_every_s and self.post_progress is not None:
+        # (getattr: the same endpoint serves the baseline's older contract, without these.)
+        url, every = getattr(chunk, "progress_url", None), getattr(chunk, "progress_every_s", 0)
+        if url and every and self.post_progress is not None:
             self._progress_from(job, chunk, len(lines), engine_start, done)
         self.clock.at(done, lambda: self._complete(job, chunk, lines, engine_start, engine_end))
 
