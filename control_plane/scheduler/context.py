@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from control_plane import webhooks
+from control_plane.webhooks import PATH as RESULT_PATH
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler.policy import PROFILES, Profile
@@ -93,7 +94,11 @@ class TickContext:
         )
         return str(url)
 
-    def webhook_url(self, batch_id: str, chunk_id: str, attempt: int) -> str | None:
+    def webhook_url(
+        self, batch_id: str, chunk_id: str, attempt: int, *, path: str = RESULT_PATH
+    ) -> str | None:
+        """The signed URL RunPod posts the chunk's result to (or, with `PROGRESS_PATH`, where
+        its worker posts progress); none without webhooks."""
         if not self.webhooks:
             return None
         return webhooks.url(
@@ -102,17 +107,5 @@ class TickContext:
             batch_id=batch_id,
             chunk_id=chunk_id,
             attempt=attempt,
-        )
-
-    def progress_url(self, batch_id: str, chunk_id: str, attempt: int) -> str | None:
-        """Where the chunk's worker posts its progress (signed like the result webhook)."""
-        if not self.webhooks:
-            return None
-        return webhooks.url(
-            self.settings.public_url,
-            self.webhook_secret,
-            batch_id=batch_id,
-            chunk_id=chunk_id,
-            attempt=attempt,
-            path=webhooks.PROGRESS_PATH,
+            path=path,
         )

@@ -32,6 +32,7 @@ from control_plane.store import BatchItem, ChunkItem, TransactionConflict
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store
 from control_plane.store.table import Table
+from control_plane.webhooks import PROGRESS_PATH
 from handler.contract import ProcessChunkInput
 
 log = logging.getLogger("control_plane.dispatch")
@@ -213,7 +214,8 @@ def _send(
     batches: dict[str, BatchItem | None],
     progress_every: int,
 ) -> str | EndpointError:
-    """Claim one chunk and queue it on RunPod: "sent", "skipped", or the endpoint's error."""
+    """Claim one chunk and queue it on RunPod: "sent", "skipped", or the endpoint's error;
+    whatever else goes wrong is counted on its batch (`isolate`) and skips it."""
     with isolate.step(ctx, "dispatch", batch_id=chunk["batch_id"], chunk_id=chunk["chunk_id"]):
         return _dispatch_chunk(ctx, endpoint_id, chunk, batches, progress_every)
     return "skipped"
@@ -335,7 +337,9 @@ def _job_input(
     ctx: TickContext, chunk: ChunkItem, batch: BatchItem, progress_every: int
 ) -> ProcessChunkInput:
     batch_id, chunk_id, attempt = chunk["batch_id"], chunk["chunk_id"], int(chunk["attempts"])
-    progress_url = ctx.progress_url(batch_id, chunk_id, attempt) if progress_every else None
+    progress_url = None
+    if progress_every:
+        progress_url = ctx.webhook_url(batch_id, chunk_id, attempt, path=PROGRESS_PATH)
     return ProcessChunkInput(
         action="process_chunk",
         batch_id=batch_id,
