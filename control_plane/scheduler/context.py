@@ -10,12 +10,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from control_plane import webhooks
-from control_plane.webhooks import PATH as RESULT_PATH
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler.policy import PROFILES, Profile
 from control_plane.settings import Settings
 from control_plane.store import BatchItem
+from control_plane.webhooks import PATH as RESULT_PATH
 
 # SigV4 presigned URLs live at most 7 days.
 MAX_PRESIGN_S = 7 * 24 * 3600
