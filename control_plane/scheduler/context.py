@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from control_plane import webhooks
 from control_plane.aws import Aws
@@ -19,8 +19,6 @@ from control_plane.webhooks import PATH as RESULT_PATH
 
 # SigV4 presigned URLs live at most 7 days.
 MAX_PRESIGN_S = 7 * 24 * 3600
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 def threads(count: int) -> Callable[[Callable[[Any], Any], list[Any]], list[Any]]:
