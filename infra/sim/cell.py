@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -284,7 +285,9 @@ def _run(config: CellConfig, clock: Clock) -> dict[str, Any]:
 
 
 def _progress(now: float, start: float, phase: str) -> None:
-    log.warning("sim %s: %.0f virtual s", phase, now - start)
+    # Straight to stderr: the run's own logging is turned down to the control plane's errors.
+    sys.stderr.write(f"sim {phase}: {now - start:.0f} virtual s\n")
+    sys.stderr.flush()
 
 
 def _workload(config: CellConfig, plane: Any, clock: Clock, start: float) -> None:
