@@ -32,7 +32,6 @@ from infra.sim.fairness import fair_index
 from infra.sim.meter import Meter
 from infra.sim.runpod import EndpointModel, SimJob, VirtualEndpoint, route_clients
 
-
 ENDPOINT_ID = "sim"
 BUCKET = "hotbatch-sim"
 TABLE = "hotbatch-sim"
