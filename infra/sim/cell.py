@@ -440,6 +440,12 @@ def _figures(
         "dynamodb_calls_per_1k_requests": round(1000 * ddb_calls / requests, 2),
         "s3_calls_per_1k_requests": round(1000 * s3_calls / requests, 2),
         "cost_usd": cost,
+        # The control plane's dollars per million requests answered, by AWS service.
+        "cost_usd_per_1m_requests": {
+            service: round(dollars * 1e6 / requests, 4)
+            for service, dollars in cost.items()
+            if service not in ("gpu", "control_plane_share_of_gpu")
+        },
         "control_plane_cost_share": cost["control_plane_share_of_gpu"],
     }
     if config.scenario == "fairness":
