@@ -11,7 +11,10 @@ the figures:
   summaries) ÷ (workers × the seconds from the first chunk's start to the last one's end; the
   tail, where fewer chunks are left than workers, counts against it);
 - Jain's index of each tenant's running chunks ÷ its max-min fair share given every tenant's
-  demand, sampled every second while at least two tenants have work (`infra/sim/fairness.py`);
+  demand, sampled every second while at least two tenants have work at a priority
+  (`infra/sim/fairness.py`), per priority: fairness is between tenants of one priority (`high`
+  goes before `normal`, and `backfill` only runs on what nothing else wants); `jain_fairness`
+  is the `normal` class's, where most work is;
 - first-chunk waits by priority, and the control plane's events.
 
     python bench/fleet.py --workers 32 --tenants 20 --batches 100 --json
@@ -63,7 +66,7 @@ class Sampler:
 
     stack: LocalStack
     batches: dict[str, Submitted]
-    jain: list[float] = field(default_factory=list)
+    jain: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     first_start: dict[str, float] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -74,20 +77,27 @@ class Sampler:
         backend = self.stack.endpoint.backend
         assert backend is not None
         while not self.stop.wait(1.0):
-            running: collections.Counter[str] = collections.Counter()
+            running: dict[str, collections.Counter[str]] = collections.defaultdict(
+                collections.Counter
+            )
             for job in list(backend.jobs.values()):
                 batch_id = job.input.get("batch_id") if isinstance(job.input, dict) else None
                 if batch_id in self.batches and job.status == "IN_PROGRESS":
-                    running[self.batches[batch_id].tenant] += 1
+                    batch = self.batches[batch_id]
+                    running[batch.priority][batch.tenant] += 1
                     self.first_start.setdefault(batch_id, time.monotonic())
-            demand: collections.Counter[str] = collections.Counter()
+            demand: dict[str, collections.Counter[str]] = collections.defaultdict(
+                collections.Counter
+            )
             for batch in list(self.batches.values()):
                 item = batch_store.get_batch(self.stack.aws.table, batch.id)
                 if item is not None and item["status"] == "in_progress":
-                    demand[batch.tenant] += max(0, int(item.get("chunks_open", 0)))
-            index = fair_index(running, demand)
-            if index is not None:
-                self.jain.append(index)
+                    open_chunks = max(0, int(item.get("chunks_open", 0)))
+                    demand[batch.priority][batch.tenant] += open_chunks
+            for priority, wanted in demand.items():
+                index = fair_index(running[priority], wanted)
+                if index is not None:
+                    self.jain[priority].append(index)
 
 
 def main() -> None:
@@ -278,8 +288,9 @@ def _figures(
         "duplicated": duplicated,
         "busy_share": round(min(1.0, busy / (args.workers * span)), 4),
         "busy_span_s": round(span, 1),
-        "jain_fairness": round(statistics.fmean(sampler.jain), 4) if sampler.jain else 1.0,
-        "jain_samples": len(sampler.jain),
+        "jain_fairness": _mean(sampler.jain.get("normal", [])),
+        "jain_by_priority": {p: _mean(values) for p, values in sampler.jain.items()},
+        "jain_samples": {p: len(values) for p, values in sampler.jain.items()},
         "wall_s": round(ended - started, 1),
         "first_chunk_wait_s_p95": {
             priority: round(sorted(values)[int(0.95 * (len(values) - 1))], 2)
@@ -287,6 +298,10 @@ def _figures(
             if values
         },
     }
+
+
+def _mean(values: list[float]) -> float:
+    return round(statistics.fmean(values), 4) if values else 1.0
 
 
 if __name__ == "__main__":
