@@ -57,12 +57,14 @@ class Submitted:
     priority: str
     custom_ids: list[str]
     created: float
+    chunks: int  # as the split cuts them: the chunk size at most each
 
 
 @dataclass
 class Sampler:
     """Every second: each tenant's running chunks (the endpoint's jobs in progress) and its
-    demand (chunks not finished, from its batches' counters)."""
+    demand (its batches' chunks not yet completed), both read off the local endpoint's jobs in
+    memory: reading the table every second would load the control plane it measures."""
 
     stack: LocalStack
     batches: dict[str, Submitted]
@@ -71,29 +73,31 @@ class Sampler:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        from control_plane.store import batches as batch_store
-
-        assert self.stack.aws is not None and self.stack.endpoint is not None
+        assert self.stack.endpoint is not None
         backend = self.stack.endpoint.backend
         assert backend is not None
         while not self.stop.wait(1.0):
             running: dict[str, collections.Counter[str]] = collections.defaultdict(
                 collections.Counter
             )
+            done: dict[str, set[str]] = collections.defaultdict(set)
             for job in list(backend.jobs.values()):
                 batch_id = job.input.get("batch_id") if isinstance(job.input, dict) else None
-                if batch_id in self.batches and job.status == "IN_PROGRESS":
+                if batch_id not in self.batches:
+                    continue
+                if job.status == "IN_PROGRESS":
                     batch = self.batches[batch_id]
                     running[batch.priority][batch.tenant] += 1
                     self.first_start.setdefault(batch_id, time.monotonic())
+                elif job.status == "COMPLETED":
+                    done[batch_id].add(job.input["chunk_id"])
             demand: dict[str, collections.Counter[str]] = collections.defaultdict(
                 collections.Counter
             )
             for batch in list(self.batches.values()):
-                item = batch_store.get_batch(self.stack.aws.table, batch.id)
-                if item is not None and item["status"] == "in_progress":
-                    open_chunks = max(0, int(item.get("chunks_open", 0)))
-                    demand[batch.priority][batch.tenant] += open_chunks
+                left = batch.chunks - len(done[batch.id])
+                if left > 0:
+                    demand[batch.priority][batch.tenant] += left
             for priority, wanted in demand.items():
                 index = fair_index(running[priority], wanted)
                 if index is not None:
@@ -219,7 +223,8 @@ def _submit_all(
             completion_window="24h",
             extra_body={"priority": priority},
         )
-        return Submitted(batch.id, tenant, priority, custom_ids, time.monotonic())
+        chunks = -(-size // args.chunk_size)
+        return Submitted(batch.id, tenant, priority, custom_ids, time.monotonic(), chunks)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         for submitted in pool.map(submit, plan):
@@ -233,11 +238,14 @@ def _wait_all(
 
     assert stack.aws is not None
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        items = [batch_store.get_batch(stack.aws.table, b) for b in batches]
-        if all(item is not None and item["status"] in TERMINAL for item in items):
-            return time.time()
-        time.sleep(2.0)
+    unfinished = set(batches)
+    while unfinished and time.monotonic() < deadline:
+        time.sleep(5.0)
+        for batch_id in sorted(unfinished):
+            item = batch_store.get_batch(stack.aws.table, batch_id)
+            if item is None or item["status"] not in TERMINAL:
+                break  # the oldest unfinished one: look again later
+            unfinished.discard(batch_id)
     return time.time()
 
 
