@@ -57,7 +57,7 @@ class Submitted:
     priority: str
     custom_ids: list[str]
     created: float
-    chunks: int  # as the split cuts them: the chunk size at most each
+    chunks: int = 0  # as its split cut them (read once its first chunk runs)
 
 
 @dataclass
@@ -73,7 +73,9 @@ class Sampler:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        assert self.stack.endpoint is not None
+        from control_plane.store import batches as batch_store
+
+        assert self.stack.aws is not None and self.stack.endpoint is not None
         backend = self.stack.endpoint.backend
         assert backend is not None
         while not self.stop.wait(1.0):
@@ -95,6 +97,9 @@ class Sampler:
                 collections.Counter
             )
             for batch in list(self.batches.values()):
+                if not batch.chunks:  # how many chunks its split made: read until known
+                    item = batch_store.get_batch(self.stack.aws.table, batch.id)
+                    batch.chunks = int(item.get("chunk_count", 0)) if item is not None else 0
                 left = batch.chunks - len(done[batch.id])
                 if left > 0:
                     demand[batch.priority][batch.tenant] += left
@@ -223,8 +228,7 @@ def _submit_all(
             completion_window="24h",
             extra_body={"priority": priority},
         )
-        chunks = -(-size // args.chunk_size)
-        return Submitted(batch.id, tenant, priority, custom_ids, time.monotonic(), chunks)
+        return Submitted(batch.id, tenant, priority, custom_ids, time.monotonic())
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         for submitted in pool.map(submit, plan):
