@@ -196,20 +196,28 @@ class _Driver:
         return True
 
     def kill_tick(self) -> bool:
-        """A tick killed mid-way: whatever it claimed or half-wrote, the next ticks finish."""
-        process = subprocess.Popen(
-            [sys.executable, "-c", TICK_SCRIPT],
-            env=tick_env(self.stack),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # Imports take ~1 s; the kill lands anywhere from the imports to the tick's end.
-        time.sleep(self.rng.uniform(0.8, 3.0))
-        killed = process.poll() is None
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGKILL)
-        process.wait()
-        return killed
+        """A tick killed mid-way: whatever it claimed or half-wrote, the next ticks finish.
+
+        A sweep that finds little to do ends within a second of its imports, so a kill that
+        came too late is tried again sooner, until one lands."""
+        latest_s = 3.0
+        for _ in range(6):
+            process = subprocess.Popen(
+                [sys.executable, "-c", TICK_SCRIPT],
+                env=tick_env(self.stack),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            # Imports take ~1 s; the kill lands anywhere from the imports to the tick's end.
+            time.sleep(self.rng.uniform(min(0.8, latest_s / 2), latest_s))
+            killed = process.poll() is None
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGKILL)
+            process.wait()
+            if killed or self.done.is_set():
+                return killed
+            latest_s *= 0.7
+        return False
 
     def duplicate_webhooks(self) -> bool:
         """Deliver some finished jobs' webhooks again, as RunPod does when it thinks a delivery
