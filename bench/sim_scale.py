@@ -10,8 +10,9 @@ write units per partition key per second and raises `TransactionConflict` as Dyn
     python bench/sim_scale.py --workers 1000 --tenants 100 --scenario fairness --json
 
 `steady`: A batches from T tenants (round robin) arrive over 30 s, holding 1.2× what W workers
-can do in `--minutes` plus a chunk for each of their slots, so work waits throughout. `fairness`: one tenant's `--big-requests` batch, then at +2 min each of
-the other T−1 tenants' `--small-requests` batch, and at +3 min a `high` batch. The last line of
+can do in `--minutes` plus a chunk for each of their slots, so work waits throughout.
+`fairness`: one tenant's `--big-requests` batch, then at +2 min each of the other T−1 tenants'
+`--small-requests` batch, and at +3 min a `high` batch. The last line of
 output is one JSON object (its keys are listed in infra/sim/cell.py and bench/RESULTS.md).
 """
 

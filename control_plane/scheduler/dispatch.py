@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from control_plane import queues
@@ -45,7 +46,7 @@ WORKERS_MAX_EVERY_S = 600
 DISPATCH_GRACE_S = 60
 
 
-def run(ctx: TickContext, events: list[DispatchEvent]) -> dict[str, Any]:
+def run(ctx: TickContext, events: Sequence[DispatchEvent]) -> dict[str, Any]:
     """Handle one batch of events, endpoint by endpoint (a batch may hold several groups)."""
     by_endpoint: dict[str, list[DispatchEvent]] = {}
     for event in events:
