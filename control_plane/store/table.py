@@ -247,24 +247,31 @@ class Table:
                 raise
             raise TransactionConflict(failed) from exc
 
-    def put_many(self, items: Iterable[Mapping[str, Any]]) -> int:
+    def put_many(self, items: Iterable[Mapping[str, Any]], *, per_s: float | None = None) -> int:
         """Unconditional puts, 25 per call, unprocessed ones retried. Returns items written."""
-        return self.write_many(puts=items)
+        return self.write_many(puts=items, per_s=per_s)
 
     def write_many(
         self,
         *,
         puts: Iterable[Mapping[str, Any]] = (),
         deletes: Iterable[Mapping[str, str]] = (),
+        per_s: float | None = None,
     ) -> int:
         """Unconditional puts and deletes, 25 per call (no order between them, no key twice),
-        unprocessed ones retried. Returns the requests written."""
+        unprocessed ones retried, at most `per_s` requests a second when given. Returns the
+        requests written."""
         requests = [{"PutRequest": {"Item": to_attrs(item)}} for item in puts] + [
             {"DeleteRequest": {"Key": to_attrs(key)}} for key in deletes
         ]
         written = 0
+        started = time.time()
         for start in range(0, len(requests), BATCH_WRITE_MAX):
             written += self._write_batch(requests[start : start + BATCH_WRITE_MAX])
+            if per_s:
+                ahead = written / per_s - (time.time() - started)
+                if ahead > 0:
+                    pause(ahead)
         return written
 
     def _write_batch(self, requests: list[dict[str, Any]]) -> int:
