@@ -121,7 +121,9 @@ class LocalEndpoint:
         self._faults_app = apps[0]
         # RunPod's REST API, as far as the control plane reads it: an endpoint's workersMax.
         app.router.add_get("/rest/v1/endpoints/{endpoint_id}", self._endpoint_config)
-        self._runner = web.AppRunner(app)
+        # Workers hold long polls (job-take, stop signals) open for seconds; on stop they are
+        # cut after a short grace instead of aiohttp's 60 s (every stack's stop waited ~10 s).
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
