@@ -28,6 +28,38 @@ STOP_GIVE_UP_S = 30.0
 MAX_RETRIES = 1
 
 
+def job_body(
+    *,
+    id: str,
+    status: str,
+    now: float,
+    created_at: float,
+    started_at: float | None,
+    completed_at: float | None,
+    worker_id: str | None,
+    output: Any,
+    error: str | None,
+) -> dict[str, Any]:
+    """A RunPod job object as `/status` returns it and the webhook receives it: times in ms,
+    the queue wait until it started, the run until it ended (or until now)."""
+    started = started_at if started_at is not None else now
+    body: dict[str, Any] = {
+        "id": id,
+        "status": status,
+        "delayTime": int(1000 * (started - created_at)),
+    }
+    if started_at is not None:
+        ended = completed_at if completed_at is not None else now
+        body["executionTime"] = int(1000 * (ended - started_at))
+    if worker_id is not None:
+        body["workerId"] = worker_id
+    if output is not None:
+        body["output"] = output
+    if error is not None:
+        body["error"] = error
+    return body
+
+
 @dataclass
 class Job:
     id: str
@@ -48,24 +80,19 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """The job object as `/status` returns it and the webhook receives it."""
-        now = time.monotonic()
-        started = self.started_at if self.started_at is not None else now
-        body: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "delayTime": int(1000 * (started - self.created_at)),
-        }
-        if self.started_at is not None:
-            ended = self.completed_at if self.completed_at is not None else now
-            body["executionTime"] = int(1000 * (ended - self.started_at))
-        if self.worker_id is not None:
-            body["workerId"] = self.worker_id
+        body = job_body(
+            id=self.id,
+            status=self.status,
+            now=time.monotonic(),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            completed_at=self.completed_at,
+            worker_id=self.worker_id,
+            output=self.output,
+            error=self.error,
+        )
         if self.retries:
             body["retries"] = self.retries
-        if self.output is not None:
-            body["output"] = self.output
-        if self.error is not None:
-            body["error"] = self.error
         return body
 
     def work_item(self) -> dict[str, Any]:

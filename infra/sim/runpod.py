@@ -33,6 +33,7 @@ from handler.contract import (
     RequestFailure,
     WorkerIdentity,
 )
+from infra.runpod_local.models import job_body
 from infra.sim.clock import Clock
 
 # Route → (requests per 10 s), RunPod's published per-endpoint limits.
@@ -59,21 +60,17 @@ class SimJob:
     holds_slot: bool = False
 
     def to_dict(self, now: float) -> dict[str, Any]:
-        started = self.started_at if self.started_at is not None else now
-        body: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "delayTime": int(1000 * (started - self.created_at)),
-        }
-        if self.started_at is not None:
-            ended = self.completed_at if self.completed_at is not None else now
-            body["executionTime"] = int(1000 * (ended - self.started_at))
-            body["workerId"] = f"w{self.worker}"
-        if self.output is not None:
-            body["output"] = self.output
-        if self.error is not None:
-            body["error"] = self.error
-        return body
+        return job_body(
+            id=self.id,
+            status=self.status,
+            now=now,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            completed_at=self.completed_at,
+            worker_id=f"w{self.worker}" if self.started_at is not None else None,
+            output=self.output,
+            error=self.error,
+        )
 
 
 @dataclass
