@@ -71,6 +71,7 @@ class Sampler:
     jain: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     first_start: dict[str, float] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
+    log: list[dict[str, Any]] = field(default_factory=list)  # every sample, for --samples
 
     def run(self) -> None:
         from control_plane.store import batches as batch_store
@@ -83,6 +84,7 @@ class Sampler:
                 collections.Counter
             )
             done: dict[str, set[str]] = collections.defaultdict(set)
+            queued = 0
             for job in list(backend.jobs.values()):
                 batch_id = job.input.get("batch_id") if isinstance(job.input, dict) else None
                 if batch_id not in self.batches:
@@ -93,6 +95,8 @@ class Sampler:
                     self.first_start.setdefault(batch_id, time.monotonic())
                 elif job.status == "COMPLETED":
                     done[batch_id].add(job.input["chunk_id"])
+                elif job.status == "IN_QUEUE":
+                    queued += 1
             demand: dict[str, collections.Counter[str]] = collections.defaultdict(
                 collections.Counter
             )
@@ -107,6 +111,16 @@ class Sampler:
                 index = fair_index(running[priority], wanted)
                 if index is not None:
                     self.jain[priority].append(index)
+                    self.log.append(
+                        {
+                            "t": round(time.monotonic(), 1),
+                            "priority": priority,
+                            "jain": round(index, 4),
+                            "queued": queued,
+                            "running": dict(running[priority]),
+                            "demand": dict(wanted),
+                        }
+                    )
 
 
 def main() -> None:
@@ -125,6 +139,9 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=1800.0)
     parser.add_argument("--seed", type=int, default=22)
     parser.add_argument("--json", action="store_true", help="the JSON object only")
+    parser.add_argument(
+        "--samples", type=Path, help="write every fairness sample (running, demand) as JSON lines"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         figures = run(args, Path(tmp))
@@ -177,6 +194,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ended = _wait_all(stack, keys, batches, args.timeout_s)
         sampler.stop.set()
         thread.join()
+        if args.samples is not None:
+            args.samples.write_text("".join(json.dumps(row) + "\n" for row in sampler.log))
         return _figures(stack, args, keys, batches, sampler, started, ended)
     finally:
         stack.stop()

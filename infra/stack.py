@@ -1,6 +1,6 @@
 """The whole local stack as one object: moto's server, the control plane under uvicorn, the
 local RunPod endpoint with its workers, the sweep on a background thread (what EventBridge
-Scheduler runs in AWS) and the event queues drained on another (what SQS's event-source
+Scheduler runs in AWS) and the event queues drained on one thread each (what SQS's event-source
 mappings do: the dispatcher and the batch handler).
 
 `hotbatch local up` runs it in the foreground; the end-to-end tests start one per module.
@@ -8,13 +8,17 @@ mappings do: the dispatcher and the batch handler).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from control_plane import queues
 from control_plane.api import create_app
 from control_plane.aws import Aws
 from control_plane.scheduler.sweep import run_sweep
@@ -28,6 +32,8 @@ log = logging.getLogger("handler.local")
 EMBED_ENDPOINT_ID = "local-embed"
 # How often the events thread looks at the queues when nothing woke it (a kick wakes it at once).
 EVENT_POLL_S = 0.25
+QUEUES = (queues.DISPATCH, queues.BATCHES)
+SLOW_SWEEP_S = 5.0
 
 
 @dataclass
@@ -61,9 +67,16 @@ class LocalStack:
     aws: Aws | None = None
     api_key: str = ""
     _stop: threading.Event = field(default_factory=threading.Event)
-    _kicked: threading.Event = field(default_factory=threading.Event)
+    # One wake-up and one lock per queue: in AWS the dispatcher and the batch handler are two
+    # functions that run side by side, so a long merge never holds up a dispatch.
+    _kicked: dict[str, threading.Event] = field(
+        default_factory=lambda: {which: threading.Event() for which in QUEUES}
+    )
     _threads: list[threading.Thread] = field(default_factory=list)
     _tick_lock: threading.Lock = field(default_factory=threading.Lock)
+    _queue_locks: dict[str, threading.Lock] = field(
+        default_factory=lambda: {which: threading.Lock() for which in QUEUES}
+    )
 
     def start(self) -> LocalStack:
         config = self.config
@@ -103,10 +116,14 @@ class LocalStack:
         self.api.start()
         self.endpoint.start()
         if config.tick_interval_s is not None:
-            for target, name in ((self._sweep_loop, "sweep"), (self._event_loop, "events")):
-                thread = threading.Thread(target=target, name=name, daemon=True)
+            threads = [threading.Thread(target=self._sweep_loop, name="sweep", daemon=True)]
+            threads += [
+                threading.Thread(target=self._event_loop, args=(which,), name=which, daemon=True)
+                for which in QUEUES
+            ]
+            for thread in threads:
                 thread.start()
-                self._threads.append(thread)
+            self._threads.extend(threads)
         return self
 
     def _more_endpoints(self) -> list[tuple[EndpointConfig, PoolConfig | None]]:
@@ -131,41 +148,58 @@ class LocalStack:
         """A sweep and every queued event handled, now (serialised with the background
         threads, as the tests expect); `kicked` leaves keep-hot out."""
         assert self.aws is not None
-        with self._tick_lock:
+        with self._everything():
             return run_tick(make_context(self.aws), kicked=kicked)
 
+    @contextlib.contextmanager
+    def _everything(self) -> Iterator[None]:
+        """Nothing else moves meanwhile (a tick, a sweep): the tests read what it did."""
+        with contextlib.ExitStack() as held:
+            held.enter_context(self._tick_lock)
+            for which in QUEUES:
+                held.enter_context(self._queue_locks[which])
+            yield
+
     def kick(self, reason: str) -> None:
-        """An event was queued: the events thread drains the queues now."""
-        self._kicked.set()
+        """An event was queued: the queue threads drain their queues now."""
+        for event in self._kicked.values():
+            event.set()
 
     def _sweep_loop(self) -> None:
         interval = self.config.tick_interval_s or 1.0
         while not self._stop.wait(interval):
             try:
                 assert self.aws is not None
+                started = time.monotonic()
+                # Beside the queue threads, as EventBridge's sweep runs beside the dispatcher
+                # and the batch handler in AWS; only a manual `tick` waits for it.
                 with self._tick_lock:
                     ctx = make_context(self.aws)
                     run_sweep(ctx)
                     finish(ctx)
-                self._kicked.set()  # the sweep queued top-ups and batch events
+                self.kick("sweep")  # the sweep queued top-ups and batch events
+                took = time.monotonic() - started
+                if took > SLOW_SWEEP_S:
+                    log.warning("slow sweep: %.1f s", took)
             except Exception:
                 # The next sweep retries whatever failed; a crash must not stop the loop.
                 log.exception("sweep failed")
 
-    def _event_loop(self) -> None:
+    def _event_loop(self, which: str) -> None:
+        kicked = self._kicked[which]
         while not self._stop.is_set():
-            self._kicked.wait(EVENT_POLL_S)
-            self._kicked.clear()
+            kicked.wait(EVENT_POLL_S)
+            kicked.clear()
             if self._stop.is_set():
                 break
             try:
                 assert self.aws is not None
-                with self._tick_lock:
+                with self._queue_locks[which]:
                     ctx = make_context(self.aws)
-                    drained = drain(ctx, rounds=1)
+                    drained = drain(ctx, rounds=1, only=(which,))
                     finish(ctx)
                 if any(drained.values()):
-                    self._kicked.set()  # more may be queued: go round again at once
+                    self.kick(which)  # more may be queued, here or for the other queue
             except Exception:
                 # The messages come back after their visibility timeout, as SQS retries them.
                 log.exception("event handling failed")
@@ -190,7 +224,7 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stop.set()
-        self._kicked.set()
+        self.kick("stop")
         for thread in self._threads:
             thread.join(timeout=30)
         if self.endpoint is not None:

@@ -59,12 +59,18 @@ def finish(ctx: TickContext) -> dict[str, int]:
     return isolate.close(ctx, ctx.seen)
 
 
-def drain(ctx: TickContext, *, rounds: int = DRAIN_ROUNDS) -> dict[str, int]:
-    """Handle the queued dispatch and batch events until both queues are empty."""
+def drain(
+    ctx: TickContext,
+    *,
+    rounds: int = DRAIN_ROUNDS,
+    only: tuple[str, ...] = (queues.DISPATCH, queues.BATCHES),
+) -> dict[str, int]:
+    """Handle the queued dispatch and batch events (of the queues in `only`) until they are
+    empty."""
     handled = {"dispatch": 0, "batches": 0}
     for _ in range(rounds):
         moved = 0
-        for which in (queues.DISPATCH, queues.BATCHES):
+        for which in only:
             messages = queues.receive(ctx.aws.queues, which)
             if not messages:
                 continue
