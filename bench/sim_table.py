@@ -3,12 +3,13 @@ per cell from the JSON object each run printed last.
 
     python bench/sim_table.py before=/tmp/baseline/*.json after=/tmp/new/*.json
 
-Each argument is `label=path` (a shell glob expands to one argument per file, each labelled
-with the label before it) or a bare path, labelled by the last label given.
+Each argument is `label=path` or a bare path, labelled by the last label given; a path may be
+a glob (quoted or not: one after `label=` is left to this script), its files in name order.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 import sys
@@ -75,10 +76,10 @@ def main(arguments: list[str]) -> None:
     for argument in arguments:
         if "=" in argument:
             label, argument = argument.split("=", 1)
-        text = Path(argument).read_text().strip()
-        if not text:
-            continue
-        print(row(label, json.loads(text.splitlines()[-1])))
+        for path in sorted(glob.glob(argument)) or [argument]:
+            text = Path(path).read_text().strip()
+            if text:
+                print(row(label, json.loads(text.splitlines()[-1])))
 
 
 if __name__ == "__main__":

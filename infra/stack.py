@@ -30,7 +30,7 @@ from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
 
 log = logging.getLogger("handler.local")
 EMBED_ENDPOINT_ID = "local-embed"
-# How often the events thread looks at the queues when nothing woke it (a kick wakes it at once).
+# How often a queue thread looks at its queue when nothing woke it (a kick wakes it at once).
 EVENT_POLL_S = 0.25
 QUEUES = (queues.DISPATCH, queues.BATCHES)
 SLOW_SWEEP_S = 5.0
@@ -153,7 +153,7 @@ class LocalStack:
 
     @contextlib.contextmanager
     def _everything(self) -> Iterator[None]:
-        """Nothing else moves meanwhile (a tick, a sweep): the tests read what it did."""
+        """Nothing else moves while a manual tick runs: the tests read what it did."""
         with contextlib.ExitStack() as held:
             held.enter_context(self._tick_lock)
             for which in QUEUES:
