@@ -9,7 +9,7 @@ from control_plane.aws import Aws
 from control_plane.errors import InvalidRequest
 from control_plane.ids import new_id, now_s
 from control_plane.models import CursorPage
-from control_plane.notify import send, signing
+from control_plane.notify import send, signing, urls
 from control_plane.notify.models import (
     BATCH_EVENT_TYPES,
     CreateWebhookEndpointBody,
@@ -61,8 +61,8 @@ def list_endpoints(
     data = [endpoint_from_item(item) for item in items]
     return CursorPage[WebhookEndpoint](
         data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
+        first_id=data[0].id if data else "",
+        last_id=data[-1].id if data else "",
         has_more=has_more,
     )
 
@@ -119,7 +119,9 @@ def send_test_event(
     aws: Aws, *, tenant_id: str, endpoint_id: str, event_type: str
 ) -> WebhookEndpointTestResult:
     """Send a sample event now (a placeholder batch id), signed like a real delivery, and
-    answer the endpoint's status. Not retried and not recorded: it is a probe."""
+    answer the endpoint's status. Not retried and not recorded: it is a probe, bounded by the
+    deliveries' deadline, and an endpoint that cannot be reached is a 400 whose reason names
+    no address (`send` logs the detail)."""
     item = endpoint_store.get_endpoint_item(aws.table, endpoint_id=endpoint_id, tenant_id=tenant_id)
     now = now_s()
     event = Event(
@@ -137,6 +139,7 @@ def send_test_event(
         ),
         timeout_s=aws.settings.event_delivery_timeout_s,
         allow_private=aws.settings.event_webhook_private_urls,
+        ids={"event_id": event.id, "webhook_endpoint_id": endpoint_id, "tenant_id": tenant_id},
     )
     if attempt.status_code is None:
         raise InvalidRequest(
@@ -163,8 +166,8 @@ def endpoint_from_item(item: Item) -> WebhookEndpoint:
 
 def _checked_url(aws: Aws, url: str) -> str:
     try:
-        return send.check_url(url, allow_private=aws.settings.event_webhook_private_urls)
-    except send.UnsafeUrl as exc:
+        return urls.check_url(url, allow_private=aws.settings.event_webhook_private_urls)
+    except urls.UnsafeUrl as exc:
         raise InvalidRequest(
             f"Invalid value for 'url': {exc}.", code="invalid_url", param="url"
         ) from exc

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
 
 # The event types hotbatch emits; `/v1/webhook_event_types` lists them and an endpoint may
 # subscribe to these only.
@@ -14,12 +21,12 @@ EventType = Literal["batch.completed", "batch.failed", "batch.expired", "batch.c
 # Checked by `_check_event_types` (its message lists the types); the document names them too.
 EventTypeName = Annotated[str, WithJsonSchema({"type": "string", "enum": list(BATCH_EVENT_TYPES)})]
 # A URL events may go to unless the deployment allows private ones (the local stack): https, a
-# DNS name whose last label starts with a letter (so no address literal), an optional port,
-# printable ASCII after it. `notify/send.py` holds URLs to it and also refuses `*.localhost` and
+# DNS name whose last label starts with a letter (so no address literal), port 443 if any,
+# printable ASCII after it. `notify/urls.py` holds URLs to it and also refuses `*.localhost` and
 # names that resolve inside the network (checked again before every send), which no pattern says.
 PUBLIC_URL_PATTERN = (
     r"^https://([A-Za-z0-9][A-Za-z0-9-]{0,62}\.)+[A-Za-z][A-Za-z0-9-]{0,62}"
-    r"(:[0-9]{1,5})?([/?#][!-~]*)?$"
+    r"(:443)?([/?#][!-~]*)?$"
 )
 WebhookUrl = Annotated[
     str,
@@ -29,7 +36,7 @@ WebhookUrl = Annotated[
             "type": "string",
             "maxLength": 2048,
             "pattern": PUBLIC_URL_PATTERN,
-            "description": "An https URL on a public DNS name.",
+            "description": "An https URL on a public DNS name, port 443.",
         }
     ),
 ]
@@ -126,7 +133,8 @@ class UpdateWebhookEndpointBody(BaseModel):
 class RotateSecretBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    keep_old_secret_active_for_24_hours: bool = False
+    # Strict: "yes", "false" or 0 are 400s, not a guess at what the caller meant.
+    keep_old_secret_active_for_24_hours: StrictBool = False
 
 
 class WebhookTestBody(BaseModel):

@@ -2,9 +2,15 @@
 deliveries that are due, at least once each, without ever holding the tick up.
 
 - Bounded: at most FAN_OUT_PER_TICK events and DELIVERIES_PER_TICK deliveries a tick, sent
-  by SEND_THREADS threads at once; each attempt stops after `HOTBATCH_EVENT_DELIVERY_TIMEOUT_S`,
-  and the tick waits for the whole round at most SEND_BUDGET_ROUNDS of those: a dead or slow
-  endpoint costs the tick a few seconds once, then backs off.
+  by one pool of SEND_THREADS threads for the whole process (a warm Lambda runs tick after
+  tick: a send still running when its round gives up holds one of these, never a new thread);
+  each attempt ends within `HOTBATCH_EVENT_DELIVERY_TIMEOUT_S` of wall-clock time however
+  slowly the endpoint answers, and the tick waits for the whole round at most
+  SEND_BUDGET_ROUNDS of those: a dead or slow endpoint costs the tick a few seconds once, then
+  backs off.
+- Isolated: whatever one delivery's endpoint, event or send does (an unusable URL stored under
+  older rules, a bug), that delivery's attempt is recorded as failed and the others of the
+  round, every tenant's, are sent and recorded as usual.
 - Retried: a failed attempt (no answer, a timeout, anything but 2xx; redirects are not
   followed) is due again after 30 s, 1 min, 2 min, … up to 6 h between attempts, for 72 h
   after the event (OpenAI's window), then the delivery is `failed`. Every attempt is logged
@@ -38,6 +44,10 @@ CLAIM_LEASE_S = 120
 RETRY_WINDOW_S = 72 * 3600
 BACKOFF_FIRST_S = 30
 BACKOFF_MAX_S = 6 * 3600
+
+# One pool for the process's lifetime, so sends still running when a round gives up can never
+# add up to more than SEND_THREADS threads (and sockets) however many ticks a warm Lambda runs.
+_pool = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="notify")
 
 
 @dataclass
@@ -86,7 +96,12 @@ def deliver(ctx: TickContext) -> dict[str, int]:
     counts: dict[str, int] = {}
     sends: list[Send] = []
     for delivery in claimed:
-        prepared = _prepare(ctx, delivery)
+        try:
+            prepared = _prepare(ctx, delivery)
+        except Exception:  # one bad item costs its own attempt, not the round
+            log.exception("webhook delivery could not be prepared", extra=_ids(delivery))
+            _finish(ctx, delivery, send.Attempt(None, 0, "internal error"), counts)
+            continue
         if isinstance(prepared, Send):
             sends.append(prepared)
         else:
@@ -94,6 +109,14 @@ def deliver(ctx: TickContext) -> dict[str, int]:
     for prepared, attempt in zip(sends, _send_all(ctx, sends), strict=True):
         _finish(ctx, prepared.delivery, attempt, counts)
     return counts
+
+
+def _ids(delivery: Item) -> dict[str, str]:
+    return {
+        "event_id": str(delivery["event_id"]),
+        "webhook_endpoint_id": str(delivery["endpoint_id"]),
+        "tenant_id": str(delivery["tenant_id"]),
+    }
 
 
 def _prepare(ctx: TickContext, delivery: Item) -> Send | str:
@@ -118,27 +141,39 @@ def _prepare(ctx: TickContext, delivery: Item) -> Send | str:
 
 
 def _send_all(ctx: TickContext, sends: list[Send]) -> list[send.Attempt]:
+    """Every send's attempt, in order; one that fails in any way is its own failed attempt."""
     if not sends:
         return []
     timeout = ctx.settings.event_delivery_timeout_s
     budget = timeout * SEND_BUDGET_ROUNDS + 1.0
-    pool = ThreadPoolExecutor(min(SEND_THREADS, len(sends)), thread_name_prefix="notify")
     futures = [
-        pool.submit(
+        _pool.submit(
             send.post,
             item.url,
             item.payload,
             item.headers,
             timeout_s=timeout,
             allow_private=ctx.settings.event_webhook_private_urls,
+            ids=_ids(item.delivery),
         )
         for item in sends
     ]
     done, _ = wait(futures, timeout=budget)
-    # Never wait on a straggler: it ends by its own timeout, and its delivery is retried.
-    pool.shutdown(wait=False, cancel_futures=True)
     late = send.Attempt(None, int(budget * 1000), "timed out (the tick's send budget ran out)")
-    return [future.result() if future in done else late for future in futures]
+    attempts = []
+    for item, future in zip(sends, futures, strict=True):
+        if future not in done:
+            # Never wait on a straggler: one still queued is not sent at all, a running one
+            # ends by its own deadline; either way the delivery is retried.
+            future.cancel()
+            attempts.append(late)
+            continue
+        try:
+            attempts.append(future.result())
+        except Exception:  # `post` does not raise; should it ever, only this send fails
+            log.exception("webhook send raised", extra=_ids(item.delivery))
+            attempts.append(send.Attempt(None, 0, "internal error"))
+    return attempts
 
 
 def _finish(
@@ -168,10 +203,14 @@ def _finish(
         state = event_store.PENDING if within else event_store.FAILED
         if not within:
             next_at = None
-    recorded = event_store.record_attempt(
-        ctx.aws.table, delivery, entry=entry, state=state, next_at=next_at
-    )
-    outcome = state if recorded else "lost_claim"
+    try:
+        recorded = event_store.record_attempt(
+            ctx.aws.table, delivery, entry=entry, state=state, next_at=next_at
+        )
+        outcome = state if recorded else "lost_claim"
+    except Exception:  # the others of the round are still recorded; the lease retries this one
+        log.exception("webhook attempt not recorded", extra=_ids(delivery))
+        outcome = "unrecorded"
     counts[outcome] = counts.get(outcome, 0) + 1
     log.info(
         "webhook delivery",

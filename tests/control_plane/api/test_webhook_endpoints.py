@@ -107,6 +107,25 @@ def test_rotate_secret_answers_a_new_secret_and_can_keep_the_old_one_a_day(
     assert item is not None and signing.secrets_of(item, now) == [dropped.signing_secret]
 
 
+@pytest.mark.parametrize("value", ["yes", "true", "false", 1, 0, None])
+def test_rotate_secret_takes_only_a_json_boolean(
+    client: TestClient, key_a: str, aws: Aws, value: object
+) -> None:
+    created = sdk(client, key_a).webhooks.create(name="app", url=URL, event_types=[*BATCH_TYPES])
+    reply = client.post(
+        f"/v1/webhook_endpoints/{created.id}/rotate_secret",
+        headers={"Authorization": f"Bearer {key_a}"},
+        json={"keep_old_secret_active_for_24_hours": value},
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_value"
+    assert error["param"] == "keep_old_secret_active_for_24_hours"
+    assert error["message"].startswith("Invalid value for 'keep_old_secret_active_for_24_hours'")
+    item = endpoint_store.get_endpoint(aws.table, created.id)
+    assert item is not None and item["secret"] == created.signing_secret  # nothing rotated
+
+
 def test_event_types_are_the_batch_events(client: TestClient, key_a: str) -> None:
     listed = sdk(client, key_a).webhooks.event_types.list()
     assert listed.object == "list" and listed.data == list(BATCH_TYPES)
@@ -126,6 +145,11 @@ def test_event_types_are_the_batch_events(client: TestClient, key_a: str) -> Non
         ("https://8.8.8.8/h", list(BATCH_TYPES), "a.dns.name"),
         ("https://hooks/h", list(BATCH_TYPES), "a.dns.name"),
         ("https://hooks.example.com/caf\u00e9", list(BATCH_TYPES), "printable ASCII"),
+        ("https://hooks.example.com:99999/h", list(BATCH_TYPES), "port must be a number"),
+        ("https://hooks.example.com:0/h", list(BATCH_TYPES), "port must be a number"),
+        ("https://hooks.example.com:8443/h", list(BATCH_TYPES), "port must be 443"),
+        ("https://[::1/h", list(BATCH_TYPES), "cannot be parsed"),
+        ("https://[64:ff9b::a9fe:a9fe]/h", list(BATCH_TYPES), "not a public address"),
     ],
 )
 def test_bad_endpoints_are_400s_naming_the_problem(

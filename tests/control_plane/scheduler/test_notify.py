@@ -21,6 +21,7 @@ from control_plane.scheduler import notify
 from control_plane.scheduler.context import TickContext
 from control_plane.store import batches as batch_store
 from control_plane.store import events as event_store
+from control_plane.store import webhook_endpoints as endpoint_store
 from tests.support.api import auth, create_batch, tick, upload_id
 from tests.support.lines import jsonl
 
@@ -250,3 +251,33 @@ def test_events_for_a_tenant_without_endpoints_are_done_at_fan_out(
     assert notify.run(at(aws, now_s())) == {"fanned_out": 1}
     assert event_store.new_events(aws.table, limit=10) == []
     assert event_store.due_deliveries(aws.table, now=now_s(), limit=10) == []
+
+
+def test_a_delivery_that_cannot_be_prepared_or_recorded_fails_alone(
+    client: TestClient, key_a: str, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = answering(monkeypatch)
+    broken = endpoint(client, key_a, "https://a.example.com/broken", ["batch.failed"])
+    unrecorded = endpoint(client, key_a, "https://a.example.com/unrecorded", ["batch.failed"])
+    endpoint(client, key_a, "https://a.example.com/fine", ["batch.failed"])
+    # A secret that cannot sign (an item damaged by hand, say) and a write that fails.
+    endpoint_store.update_endpoint(aws.table, broken["id"], {"secret": "whsec_!"})
+    record = event_store.record_attempt
+
+    def record_attempt(table: Any, delivery: dict[str, Any], **kwargs: Any) -> bool:
+        if delivery["endpoint_id"] == unrecorded["id"]:
+            raise RuntimeError("the table is throttling")
+        return record(table, delivery, **kwargs)
+
+    monkeypatch.setattr(event_store, "record_attempt", record_attempt)
+    failed_batch(client, key_a)
+    (event,) = event_store.new_events(aws.table, limit=10)
+    report = notify.run(at(aws, now_s()))
+    assert report == {"fanned_out": 1, "pending": 1, "unrecorded": 1, "delivered": 1}
+    assert sorted(u for u, _, _ in sent) == [
+        "https://a.example.com/fine",
+        "https://a.example.com/unrecorded",
+    ]
+    logs = {d["endpoint_id"]: d["attempt_log"] for d in deliveries(aws, event["id"])}
+    assert [e["error"] for e in logs[broken["id"]]] == ["internal error"]
+    assert logs[unrecorded["id"]] == []  # its claim lapses and a later tick sends it again
