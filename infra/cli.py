@@ -5,8 +5,9 @@ hotbatch batches list|watch|download|dead-letters|retry|cancel|estimate   see `-
 hotbatch health                  the deployment's health components as a table
 hotbatch local up                the local stack (moto, control plane, RunPod endpoint + workers)
 hotbatch local run FILE.jsonl    the local stack, one batch through it end to end, then stop
-hotbatch keys create --tenant T  create an API key (printed once) in HOTBATCH_TABLE_NAME
-hotbatch keys revoke KEY         revoke one
+hotbatch keys create --tenant T [--expires 30d]   create an API key (printed once with its id)
+hotbatch keys list [--tenant T] [--json]          the keys: id, tenant, hint, expiry (never a key)
+hotbatch keys revoke --id ID | < KEY-FILE         revoke one (the key itself only on stdin)
 hotbatch run-chunk FILE.jsonl    run one chunk through the real worker code and vLLM locally
 hotbatch tiny-model DIR          write the tiny random-weight test model
 """
@@ -14,12 +15,14 @@ hotbatch tiny-model DIR          write the tiny random-weight test model
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import typer.core
@@ -29,6 +32,8 @@ from infra import batches_cli
 from infra.batch_file import DEFAULT_ENDPOINT, first_url
 
 if TYPE_CHECKING:
+    from control_plane.aws import Aws
+    from control_plane.store.apikeys import ApiKeyInfo
     from infra.stack import LocalStack
 
 log = logging.getLogger("handler.cli")
@@ -47,7 +52,7 @@ app.command("health")(batches_cli.health)
 local_app = typer.Typer(help="The whole stack on this machine.", no_args_is_help=True)
 app.add_typer(local_app, name="local")
 keys_app = typer.Typer(
-    help="API keys in the table named by HOTBATCH_TABLE_NAME (AWS credentials).",
+    help="API keys in the table named by --table or HOTBATCH_TABLE_NAME (AWS credentials).",
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
@@ -265,33 +270,185 @@ def _without_none(params: dict[str, object]) -> dict[str, object]:
 
 # --- keys -----------------------------------------------------------------------------------
 
+TableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--table",
+        envvar="HOTBATCH_TABLE_NAME",
+        show_envvar=True,
+        help="the stack's table (its TableName output)",
+    ),
+]
+# How long a key lives: 30d, 12h, 2w, a date (00:00 UTC) or an ISO time.
+EXPIRES_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+
 
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="the tenant the key acts for")],
     name: Annotated[str, typer.Option(help="a label to recognise the key by")] = "",
+    expires: Annotated[
+        str | None,
+        typer.Option(help="30d, 12h, 2w, 2027-01-31 (00:00 UTC) or 2027-01-31T18:00:00Z"),
+    ] = None,
+    table: TableOpt = None,
 ) -> None:
-    """Create a key and print it (shown once)."""
-    from control_plane.aws import Aws
-    from control_plane.settings import Settings
+    """Create a key and print it (shown once) with its id."""
+    from control_plane.ids import now_s
     from control_plane.store import apikeys
 
-    aws = Aws(Settings())
-    key = apikeys.create_key(aws.table, tenant_id=tenant, name=name)
-    _emit({"tenant": tenant, "api_key": key, "table": aws.settings.table_name})
+    expires_at = parse_expires(expires, now=now_s()) if expires else None
+    aws = _keys_aws(table)
+    with _aws_errors():
+        key, info = apikeys.issue_key(aws.table, tenant_id=tenant, name=name, expires_at=expires_at)
+    _emit({**_shown(info), "api_key": key, "table": aws.settings.table_name})
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON array, not a table")] = False,
+    table: TableOpt = None,
+) -> None:
+    """The keys, newest first: id, tenant, name, hint, created, expires, revoked (never a key)."""
+    from rich.console import Console
+    from rich.table import Column, Table
+
+    from control_plane.store import apikeys
+
+    aws = _keys_aws(table)
+    with _aws_errors():
+        found = apikeys.list_keys(aws.table, tenant_id=tenant)
+    if as_json:
+        sys.stdout.write(json.dumps([_shown(info) for info in found], indent=2) + "\n")
+        return
+    # The id is what `revoke --id` takes: whole on one line, the other columns wrap.
+    view = Table(Column("id", no_wrap=True, min_width=len(apikeys.new_key_id())))
+    for heading in ("tenant", "name", "hint", "created", "expires", "revoked"):
+        view.add_column(heading)
+    for info in found:
+        when = [_utc(t) for t in (info.created_at, info.expires_at, info.revoked_at)]
+        view.add_row(info.id, info.tenant_id, info.name, info.hint, *when)
+    Console(soft_wrap=False).print(view)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key: str) -> None:
-    """Revoke a key."""
-    from control_plane.aws import Aws
-    from control_plane.settings import Settings
+def keys_revoke(
+    key_id: Annotated[
+        str | None, typer.Option("--id", help="the key's id (`hotbatch keys list`)")
+    ] = None,
+    table: TableOpt = None,
+    key: Annotated[str | None, typer.Argument(hidden=True, show_default=False)] = None,
+) -> None:
+    """Revoke a key by its id, or the key itself read from stdin: `hotbatch keys revoke < FILE`
+    (typed without echo at a terminal). Warm API functions refuse it within
+    HOTBATCH_KEY_CACHE_S seconds."""
     from control_plane.store import apikeys
 
-    revoked = apikeys.revoke_key(Aws(Settings()).table, key)
-    _emit({"revoked": revoked})
+    if key is not None:
+        _keys_fail(
+            "a key is not taken as an argument (it would stay in shell history and ps): pipe "
+            "it on stdin (`hotbatch keys revoke < key.txt`) or name it with --id KEY_ID",
+            code=2,
+        )
+    aws = _keys_aws(table)
+    plaintext = None if key_id else _key_from_stdin()
+    with _aws_errors():
+        if key_id:
+            revoked = apikeys.revoke_key_id(aws.table, key_id)
+        else:
+            assert plaintext is not None
+            revoked = apikeys.revoke_key(aws.table, plaintext)
+    _emit({"revoked": revoked, **({"id": key_id} if key_id else {})})
     if not revoked:
         raise typer.Exit(1)
+
+
+def parse_expires(value: str, *, now: int) -> int:
+    """`--expires` as Unix seconds: a duration from `now` (30d, 12h, 2w), a date (its 00:00
+    UTC) or an ISO time (UTC unless it names its offset); it must lie ahead."""
+    from datetime import UTC, datetime
+
+    text = value.strip()
+    unit = EXPIRES_UNITS.get(text[-1:].lower())
+    try:
+        if unit and text[:-1].isdigit():
+            at = now + int(text[:-1]) * unit
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            at = int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{value!r}: give 30d, 12h, 2w, a date (2027-01-31) or a time", param_hint="--expires"
+        ) from exc
+    if at <= now:
+        raise typer.BadParameter(f"{value!r} is not in the future", param_hint="--expires")
+    return at
+
+
+def _keys_aws(table: str | None) -> Aws:
+    """The handle on the named table: never a default name, which could be another stack's."""
+    from control_plane.aws import Aws
+    from control_plane.settings import Settings
+
+    if not table:
+        _keys_fail(
+            "name the table: --table NAME or HOTBATCH_TABLE_NAME (the stack's TableName output)",
+            code=2,
+        )
+    return Aws(Settings(table_name=table))
+
+
+@contextlib.contextmanager
+def _aws_errors() -> Iterator[None]:
+    """Missing region or credentials and AWS's refusals as one line and exit status 1."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    try:
+        yield
+    except NoRegionError:
+        _keys_fail("no AWS region: set AWS_REGION (or AWS_PROFILE to a profile that has one)")
+    except NoCredentialsError:
+        _keys_fail("no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/_SECRET_ACCESS_KEY")
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        _keys_fail(f"AWS refused: {error.get('Code', '?')}: {error.get('Message', exc)}")
+    except BotoCoreError as exc:
+        _keys_fail(f"AWS: {exc}")
+
+
+def _key_from_stdin() -> str:
+    if sys.stdin.isatty():
+        typed = typer.prompt("API key", hide_input=True, err=True)
+        text = str(typed).strip()
+    else:
+        text = sys.stdin.read().strip()
+    if not text or len(text.split()) != 1:
+        _keys_fail("expected one API key on stdin (or --id KEY_ID)", code=2)
+    return text
+
+
+def _keys_fail(message: str, *, code: int = 1) -> NoReturn:
+    sys.stderr.write(f"hotbatch keys: {message}\n")
+    raise typer.Exit(code)
+
+
+def _shown(info: ApiKeyInfo) -> dict[str, object]:
+    return {
+        "id": info.id,
+        "tenant": info.tenant_id,
+        "name": info.name,
+        "hint": info.hint,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "revoked_at": info.revoked_at,
+    }
+
+
+def _utc(at: int | None) -> str:
+    from datetime import UTC, datetime
+
+    return "" if at is None else datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _emit(payload: dict[str, object]) -> None:

@@ -318,22 +318,138 @@ def test_every_function_reaches_exactly_the_table_and_the_bucket(
 @pytest.mark.parametrize(
     ("function", "multipart", "secrets"),
     [
-        ("ApiFunction", True, set(SECRET_PARAMETERS)),
-        ("SplitFunction", False, set()),
-        ("TickFunction", False, set(SECRET_PARAMETERS)),
-        ("DispatchFunction", False, set(SECRET_PARAMETERS)),
-        ("BatchFunction", True, set(SECRET_PARAMETERS)),  # the merge's multipart copy
+        # Presigned multipart uploads (abort, list parts); RunPod's webhooks only: the API never
+        # calls RunPod, and the key would queue jobs and read every job's input.
+        ("ApiFunction", {"s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}, {"Webhook"}),
+        ("SplitFunction", set(), set()),
+        ("TickFunction", set(), {"RunPodApiKey", "Webhook"}),
+        ("DispatchFunction", set(), {"RunPodApiKey", "Webhook"}),
+        ("BatchFunction", {"s3:AbortMultipartUpload"}, {"RunPodApiKey", "Webhook"}),  # the merge
     ],
 )
 def test_multipart_and_secret_permissions_are_per_function(
-    transformed: dict[str, Any], function: str, multipart: bool, secrets: set[str]
+    transformed: dict[str, Any], function: str, multipart: set[str], secrets: set[str]
 ) -> None:
     for action in ("s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"):
         granted = _resources_for(transformed, function, action)
-        assert _refs(granted) == ({"Bucket"} if multipart else set())
+        assert _refs(granted) == ({"Bucket"} if action in multipart else set()), action
     secret_resources = _resources_for(transformed, function, "secretsmanager:GetSecretValue")
-    assert _refs(secret_resources) == secrets
+    assert _refs(secret_resources) == {f"{name}SecretArn" for name in secrets}
     assert len(secret_resources) == len(secrets)  # one exact ARN each, no wildcard next to them
+
+
+def test_the_internet_facing_api_cannot_read_the_runpod_api_key(
+    transformed: dict[str, Any],
+) -> None:
+    statements = _statements(transformed, "ApiFunction")
+    reads_secrets = [
+        statement
+        for statement in statements
+        if any(action.startswith("secretsmanager:") for action in _as_list(statement["Action"]))
+    ]
+    assert reads_secrets and all(
+        _refs(statement["Resource"]) == {"WebhookSecretArn"} for statement in reads_secrets
+    )
+    assert "RunPodApiKeySecretArn" not in _refs(statements)
+
+
+# What the code calls, as IAM actions: get_object and head_object (GetObject); put_object,
+# upload_fileobj, create_multipart_upload, upload_part(_copy), complete_multipart_upload and
+# copy_object (PutObject, GetObject on the source); delete_object(s); abort_multipart_upload;
+# list_parts; list_objects_v2 (ListBucket, which also makes a missing key a 404).
+S3_ACTIONS_USED = {
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+    "s3:ListBucket",
+}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_functions_get_only_the_s3_actions_the_code_calls(
+    transformed: dict[str, Any], function: str
+) -> None:
+    granted = {
+        action
+        for statement in _statements(transformed, function)
+        for action in _as_list(statement["Action"])
+        if action.startswith("s3:")
+    }
+    assert granted <= S3_ACTIONS_USED, granted - S3_ACTIONS_USED
+    # S3CrudPolicy's extras: rewriting the bucket's lifecycle rules or an object's ACL.
+    assert not granted & {"s3:PutLifecycleConfiguration", "s3:PutObjectAcl", "s3:DeleteBucket"}
+    assert _refs(_resources_for(transformed, function, "s3:ListBucket")) <= {"Bucket"}
+
+
+def test_the_bucket_refuses_requests_without_tls(transformed: dict[str, Any]) -> None:
+    (policy,) = _of_type(transformed, "AWS::S3::BucketPolicy").values()
+    assert _refs(policy["Properties"]["Bucket"]) == {"Bucket"}
+    (deny,) = [
+        statement
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    ]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    # The bucket itself and every object in it.
+    assert deny["Resource"] == [
+        {"Fn::GetAtt": ["Bucket", "Arn"]},
+        {"Fn::Sub": "${Bucket.Arn}/*"},
+    ]
+
+
+def _positive_default(template: dict[str, Any], parameter: str) -> int:
+    default = int(template["Parameters"][parameter]["Default"])
+    assert default > 0, parameter
+    return default
+
+
+def test_http_api_throttles_every_route(
+    transformed: dict[str, Any], template: dict[str, Any]
+) -> None:
+    (stage,) = _of_type(transformed, "AWS::ApiGatewayV2::Stage").values()
+    assert stage["Properties"]["DefaultRouteSettings"] == {
+        "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurstLimit"},
+        "ThrottlingRateLimit": {"Ref": "ApiThrottlingRateLimit"},
+    }
+    burst = _positive_default(template, "ApiThrottlingBurstLimit")
+    assert burst >= _positive_default(template, "ApiThrottlingRateLimit")
+
+
+@pytest.mark.parametrize(
+    ("function", "parameter", "least"),
+    [
+        ("ApiFunction", "ApiReservedConcurrency", 1),  # a cap, on by default
+        ("TickFunction", "TickReservedConcurrency", 2),  # kept for the sweep, on by default
+        ("DispatchFunction", "DispatchReservedConcurrency", 0),
+        ("BatchFunction", "BatchReservedConcurrency", 0),
+    ],
+)
+def test_reserved_concurrency_is_a_parameter_that_zero_leaves_unset(
+    transformed: dict[str, Any], template: dict[str, Any], function: str, parameter: str, least: int
+) -> None:
+    reserved = _of_type(transformed, "AWS::Lambda::Function")[function]["Properties"][
+        "ReservedConcurrentExecutions"
+    ]
+    condition, value, otherwise = reserved["Fn::If"]
+    assert value == {"Ref": parameter} and otherwise == {"Ref": "AWS::NoValue"}
+    assert transformed["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, 0]}]
+    }
+    assert int(template["Parameters"][parameter]["Default"]) >= least
+    assert template["Parameters"][parameter]["MinValue"] == 0
+    if function in ("DispatchFunction", "BatchFunction"):
+        # SQS never hands the function more runs than it may have (a throttled delivery counts
+        # towards the dead letters).
+        (mapping,) = [
+            m
+            for m in _of_type(transformed, "AWS::Lambda::EventSourceMapping").values()
+            if m["Properties"]["FunctionName"] == {"Ref": function}
+        ]
+        assert mapping["Properties"]["ScalingConfig"] == {
+            "Fn::If": [condition, {"MaximumConcurrency": {"Ref": parameter}}, otherwise]
+        }
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)

@@ -1,5 +1,6 @@
 """What one tick works with: AWS, the RunPod client, the profile, the clock, the webhook, and
-the batches that something failed on during this tick (`isolate.py`)."""
+the batches that something failed on during this tick (`isolate.py`). The API's webhook path
+records results with the same context, holding `NoRunPod` instead of a client."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from control_plane import webhooks
 from control_plane.aws import Aws
@@ -31,6 +32,24 @@ def threads(count: int) -> Callable[[Callable[[Any], Any], list[Any]], list[Any]
             return list(pool.map(work, items))
 
     return run
+
+
+class RunPodNotAvailable(RuntimeError):
+    """Something on the webhook path tried to call RunPod (a bug: that path only records)."""
+
+
+@dataclass
+class NoRunPod(RunPodClient):
+    """The RunPod client of a context that must never call RunPod: the API's webhook path,
+    which records results and names their endpoint (`endpoint_id`) but holds no API key. The
+    internet-facing API function is not granted the key's secret (template.yaml), so a call
+    here fails at once instead of sending RunPod an empty key."""
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> NoReturn:
+        raise RunPodNotAvailable(f"{method} {path}: this context has no RunPod client")
+
+    def workers_max(self) -> NoReturn:
+        raise RunPodNotAvailable("workers_max: this context has no RunPod client")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from control_plane import queues, secrets
 from control_plane.aws import Aws
 from control_plane.runpod import RunPodClient
 from control_plane.scheduler import dispatch, isolate, policy, record, settle, sweep
-from control_plane.scheduler.context import TickContext
+from control_plane.scheduler.context import NoRunPod, TickContext
 from control_plane.store import TransactionConflict
 from control_plane.store import chunks as chunk_store
 
@@ -29,15 +29,34 @@ DRAIN_ROUNDS = 50
 
 
 def make_context(aws: Aws, *, now: int | None = None) -> TickContext:
+    """The context of the sweep, the dispatcher and the batch handler: a RunPod client with
+    the API key (read from its secret)."""
     settings = aws.settings
-    return TickContext(
-        aws=aws,
-        runpod=RunPodClient(
+    return _context(
+        aws,
+        RunPodClient(
             base_url=settings.runpod_base_url,
             endpoint_id=settings.runpod_endpoint_id,
             api_key=secrets.runpod_api_key(settings),
             rest_url=settings.runpod_rest_url,
         ),
+        now=now,
+    )
+
+
+def webhook_context(aws: Aws, *, now: int | None = None) -> TickContext:
+    """The context of the API's webhook path, which records results and never calls RunPod:
+    it neither reads the RunPod API key nor holds a client that could use it (the API function
+    is not granted the key's secret, template.yaml)."""
+    no_runpod = NoRunPod(base_url="", endpoint_id=aws.settings.runpod_endpoint_id, api_key="")
+    return _context(aws, no_runpod, now=now)
+
+
+def _context(aws: Aws, runpod: RunPodClient, *, now: int | None) -> TickContext:
+    settings = aws.settings
+    return TickContext(
+        aws=aws,
+        runpod=runpod,
         now=int(time.time()) if now is None else now,
         webhook_secret=secrets.webhook_secret(settings) if settings.public_url else "",
         profile=policy.PROFILES[settings.dispatch_profile],
@@ -96,7 +115,7 @@ def record_webhook(
 ) -> record.Outcome:
     """A RunPod webhook (signature already checked): record it as a poll would, then tell the
     endpoint's dispatcher (and the batch, if it was its last chunk)."""
-    ctx = make_context(aws)
+    ctx = webhook_context(aws)
     for _ in range(3):
         chunk = chunk_store.get_chunk(aws.table, batch_id=batch_id, chunk_id=chunk_id)
         if chunk is None or int(chunk.get("attempts", 0)) != attempt:

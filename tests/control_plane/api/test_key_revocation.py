@@ -82,3 +82,18 @@ def test_unknown_keys_do_not_grow_the_cache_without_bound(
     assert files(client, key_a) == 200
     cache = client.app.state.key_cache  # type: ignore[attr-defined]
     assert len(cache) == 1 and cache[apikeys.digest(key_a)][0] == "tenant-a"
+
+
+def test_a_key_that_expires_while_cached_is_refused_once_the_cache_time_has_passed(
+    client: TestClient, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(deps, "time", clock)
+    wall = [1_900_000_000]
+    monkeypatch.setattr(apikeys, "now_s", lambda: wall[0])
+    key = apikeys.create_key(aws.table, tenant_id="tenant-x", expires_at=1_900_000_010)
+    assert files(client, key) == 200  # cached from here
+    wall[0] = 1_900_000_010  # the key expires
+    assert files(client, key) == 200  # still inside this process's cache
+    clock.now += 5.0
+    assert files(client, key) == 401
