@@ -178,7 +178,7 @@ def list_dead_letters(
     data = [DeadLetter.model_validate(item) for item in items]
     return CursorPage[DeadLetter](
         data=data,
-        first_id=data[0].custom_id if data else None,
-        last_id=data[-1].custom_id if data else None,
+        first_id=data[0].custom_id if data else "",
+        last_id=data[-1].custom_id if data else "",
         has_more=has_more,
     )

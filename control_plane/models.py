@@ -96,8 +96,10 @@ class FileDeleted(BaseModel):
 class CursorPage(BaseModel, Generic[T]):
     object: Literal["list"] = "list"
     data: list[T]
-    first_id: str | None
-    last_id: str | None
+    # Strings even for an empty page ("" then), as OpenAI's OpenAPI schemas require (a null
+    # fails a client that validates against them).
+    first_id: str
+    last_id: str
     has_more: bool
 
 

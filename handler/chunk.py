@@ -35,6 +35,7 @@ from handler.contract import (
     RequestFailure,
     WorkerIdentity,
     error_body,
+    salted,
 )
 from handler.engine import EngineDead
 from handler.health import GpuSampler, GpuStats
@@ -90,7 +91,7 @@ async def process_chunk(
 
         lines = raw.decode("utf-8", errors="replace").splitlines()
         pending: list[tuple[str, dict[str, Any]] | _Outcome] = [
-            _parse_line(number, line, job.endpoint)
+            _parse_line(number, line, job.endpoint, cache_salt=job.cache_salt)
             for number, line in enumerate(lines, start=1)
             if line.strip()
         ]
@@ -179,8 +180,11 @@ async def process_chunk(
     return summary
 
 
-def _parse_line(number: int, line: str, endpoint: str) -> tuple[str, dict[str, Any]] | _Outcome:
-    """A request ready for the engine, or the error outcome that replaces it."""
+def _parse_line(
+    number: int, line: str, endpoint: str, *, cache_salt: str | None = None
+) -> tuple[str, dict[str, Any]] | _Outcome:
+    """A request ready for the engine, or the error outcome that replaces it. With a tenant's
+    `cache_salt`, the request runs under it whatever salt the line carries."""
     try:
         request = BatchRequestInput.model_validate_json(line)
     except ValidationError as exc:
@@ -207,6 +211,8 @@ def _parse_line(number: int, line: str, endpoint: str) -> tuple[str, dict[str, A
             code="stream_not_supported",
             param="stream",
         )
+    if cache_salt is not None:
+        request.body["cache_salt"] = salted(cache_salt, request.body.get("cache_salt"))
     return request.custom_id, request.body
 
 

@@ -6,6 +6,7 @@ it (never the other way round), so it must stay free of vLLM, runpod and anythin
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -34,6 +35,10 @@ class ProcessChunkInput(BaseModel):
     # how often at most; absent: progress goes only to RunPod's `progress_update`.
     progress_url: str | None = None
     progress_every_s: int | None = Field(default=None, ge=1)
+    # The tenant's prefix-cache salt, set by the control plane: every request of the chunk runs
+    # under it (combined with a salt the request brings), so one tenant's prompts never hit
+    # another's cached blocks and `cached_tokens` tells nobody what others sent.
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class ChunkProgress(BaseModel):
@@ -85,6 +90,17 @@ class BatchLineError(BaseModel):
     message: str
 
 
+def salted(tenant_salt: str, client_salt: object) -> str:
+    """The `cache_salt` a request runs under: the tenant's, or a digest of the tenant's and the
+    request's own (a client may still keep its own requests apart, but no choice of its salt
+    reaches another tenant's). Hex, within vLLM's 128 characters and free of its forbidden
+    characters."""
+    if client_salt is None:
+        return tenant_salt
+    mixed = hashlib.sha256(f"{tenant_salt}\0{client_salt!r}".encode()).hexdigest()
+    return mixed
+
+
 def error_body(message: str, *, status: int, param: str | None) -> dict[str, Any]:
     """An error body in vLLM's shape, for failures hotbatch detects itself, so every error line
     reads the same whether vLLM or the worker refused the request."""
@@ -104,17 +120,25 @@ class BatchRequestOutput(BaseModel):
 # --- The summary a worker returns -------------------------------------------------------------
 
 
+# Counts, tokens and seconds a worker reports are never negative: they add to a tenant's batch
+# counters and to the throughput figures that size every tenant's chunks (the control plane
+# also checks them against the chunk: `control_plane/scheduler/record.py`).
+Count = Annotated[int, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0)]
+Rate = Annotated[float, Field(ge=0)]
+
+
 class ChunkCounts(BaseModel):
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
+    total: Count = 0
+    completed: Count = 0
+    failed: Count = 0
 
 
 class ChunkUsage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    cached_tokens: Count = 0
+    total_tokens: Count = 0
 
 
 class RequestFailure(BaseModel):
@@ -122,27 +146,28 @@ class RequestFailure(BaseModel):
     status_code: int
     code: str | None = None
     type: str | None = None
-    message: str
+    message: str = Field(max_length=4 * MAX_SUMMARY_MESSAGE_CHARS)
 
 
 class ChunkTimings(BaseModel):
-    download_s: float = 0.0
-    parse_s: float = 0.0
-    engine_s: float = 0.0
-    upload_s: float = 0.0
-    total_s: float = 0.0
-    requests_per_s: float = 0.0
-    output_tokens_per_s: float = 0.0
+    download_s: Seconds = 0.0
+    parse_s: Seconds = 0.0
+    engine_s: Seconds = 0.0
+    upload_s: Seconds = 0.0
+    total_s: Seconds = 0.0
+    requests_per_s: Rate = 0.0
+    output_tokens_per_s: Rate = 0.0
     # The worker's wall clock (Unix seconds) when the job began and ended on it.
-    started_at: float = 0.0
-    finished_at: float = 0.0
+    started_at: Seconds = 0.0
+    finished_at: Seconds = 0.0
     # This chunk's share of the seconds the worker's engine had a request in flight (each
     # busy second split among the chunks in it by their requests in flight): one clock per
     # worker, so chunks that overlap on it are never counted twice, and the sum over a
     # batch's chunks is the engine's busy time for it.
-    engine_busy_s: float = 0.0
-    worker_busy_s: float = 0.0  # the worker's busy clock since its engine loaded
-    concurrent_chunks: int = 1  # chunks the worker ran at once, at most, during this one
+    engine_busy_s: Seconds = 0.0
+    worker_busy_s: Seconds = 0.0  # the worker's busy clock since its engine loaded
+    # Chunks the worker ran at once, at most, during this one.
+    concurrent_chunks: int = Field(default=1, ge=0)
     # Began before the worker had finished any chunk: it shared the fresh engine's one-time
     # costs, so estimates keep its throughput apart.
     started_cold: bool = False

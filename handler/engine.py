@@ -295,6 +295,9 @@ async def open_engine(settings: WorkerSettings) -> AsyncIterator[Engine]:
     # vLLM reports usage statistics over the network by default; a self-hosted worker must not
     # phone home (and tests have no network). An explicit setting still wins.
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    # A media URL on an allowed domain must not redirect the fetch elsewhere (inside the
+    # worker's network). An explicit setting still wins.
+    os.environ.setdefault("VLLM_MEDIA_URL_ALLOW_REDIRECTS", "0")
     version = check_vllm_surface()
     args = parse_serve_args(settings)
     started = time.perf_counter()

@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # human_readable_int): a byte count, or a number with k/m/g/t (decimal) or K/M/G/T (binary).
 KV_CACHE_SIZE = r"^\d+(\.\d+)?[kKmMgGtT]?$"
 
+# The one allowed media domain when none is set: `.invalid` never resolves (RFC 2606), and
+# vLLM's per-line refusal names it, which tells the sender why.
+NO_MEDIA_DOMAIN = "no-media-urls.invalid"
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_ignore_empty=True, extra="ignore", case_sensitive=False)
@@ -118,6 +122,15 @@ class WorkerSettings(BaseSettings):
     transfer_retries: int = Field(default=3, ge=1, description="TRANSFER_RETRIES")
     enable_vllm_monitor: bool = Field(default=False, description="ENABLE_VLLM_MONITOR")
     vllm_monitor_interval: float = Field(default=30.0, gt=0, description="VLLM_MONITOR_INTERVAL")
+    media_url_domains: str = Field(
+        default="",
+        description=(
+            "MEDIA_URL_DOMAINS: comma-separated host names the engine may fetch images, audio "
+            "and video from (`--allowed-media-domains`). Unset: none, so requests carry media "
+            "as data: URLs; a request naming any http(s) media URL fails on its own line. "
+            "Redirects are never followed (VLLM_MEDIA_URL_ALLOW_REDIRECTS=0) unless set."
+        ),
+    )
     vllm_extra_args: str = Field(
         default="",
         description="VLLM_EXTRA_ARGS: more `vllm serve` flags, shell-quoted, e.g. '--max-loras 2'.",
@@ -196,4 +209,9 @@ class WorkerSettings(BaseSettings):
             "--enable-prompt-tokens-details": True,
         }
         argv += [flag for flag, on in switches.items() if on]
+        # vLLM fetches any http(s) media URL a request names, from inside the worker's network,
+        # unless a domain list is set; an empty list means all, so "none" is a name that
+        # cannot resolve.
+        domains = [d.strip() for d in self.media_url_domains.split(",") if d.strip()]
+        argv += ["--allowed-media-domains", *(domains or [NO_MEDIA_DOMAIN])]
         return argv + shlex.split(self.vllm_extra_args)

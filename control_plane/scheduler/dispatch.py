@@ -14,6 +14,8 @@ tenants or the batches.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import math
 import time
@@ -352,4 +354,14 @@ def _job_input(
         error_url=ctx.presign("PUT", error_key(batch_id, chunk_id, attempt)),
         progress_url=progress_url,
         progress_every_s=progress_every if progress_url else None,
+        cache_salt=cache_salt(ctx.webhook_secret, batch["tenant_id"]),
     )
+
+
+def cache_salt(secret: str, tenant_id: str) -> str:
+    """The tenant's prefix-cache salt: keyed by the deployment's secret, so the salt (which the
+    worker, RunPod's job store and its logs see) does not name the tenant. Without a secret
+    (polling mode) it is still one salt per tenant."""
+    return hmac.new(
+        secret.encode(), f"hotbatch-cache-salt:{tenant_id}".encode(), hashlib.sha256
+    ).hexdigest()

@@ -20,7 +20,7 @@ from control_plane.models import FileObject
 from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler import merge, record
 from control_plane.scheduler.context import TickContext
-from control_plane.split.job import run_split
+from control_plane.split.job import fail_unsplit, run_split
 from control_plane.split.launch import SPLIT_STALE_S, start_split
 from control_plane.store import (
     BatchCounters,
@@ -36,6 +36,8 @@ from control_plane.store import files as file_store
 log = logging.getLogger("control_plane.finalize")
 
 LEAF_RESULT_STATES = frozenset({"done", "dead", "expired"})
+# Split runs after the first (whose Lambda already retried it twice) before the batch fails.
+MAX_SPLIT_RESTARTS = 2
 
 
 def settle(ctx: TickContext, batch: BatchItem) -> BatchItem:
@@ -62,7 +64,17 @@ def _split_stale(ctx: TickContext, batch: BatchItem) -> bool:
 
 def _restart_split(ctx: TickContext, batch: BatchItem) -> BatchItem:
     """A split that died (its Lambda retries spent, or a local process gone): start it again,
-    at most once per SPLIT_STALE_S. In AWS it runs in the split function, not in the tick."""
+    at most once per SPLIT_STALE_S and MAX_SPLIT_RESTARTS times, and never past the batch's
+    window: a file that crashes every split (a bug, or a line built to find one) must fail
+    its batch, not rerun a 15-minute split every 20 minutes for ever. In AWS it runs in the
+    split function, not in the tick."""
+    restarts = int(batch.get("split_restarts", 0))
+    if restarts >= MAX_SPLIT_RESTARTS:
+        return fail_unsplit(
+            ctx.aws, batch, reason=f"the split failed {restarts + 1} times; see the logs"
+        )
+    if ctx.now >= int(batch["window_expires_at"]):
+        return fail_unsplit(ctx.aws, batch, reason="the completion window ended first")
     log.warning("restarting a stale split", extra={"batch_id": batch["id"]})
     try:
         batch = batch_store.mark_split_restarted(ctx.aws.table, batch["id"], at=ctx.now)

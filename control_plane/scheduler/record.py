@@ -37,6 +37,10 @@ Outcome = Literal["done", "retry", "split", "dead", "cancelled", "running", "sta
 TERMINAL_JOB = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"})
 # Outcomes that free a worker's slot: the chunk left RunPod (a cancel or an expiry stopped it).
 FREEING = frozenset({"done", "retry", "split", "dead", "cancelled"})
+# Above any model's context and output: a request that reports more tokens was not run.
+MAX_TOKENS_PER_REQUEST = 10_000_000
+# Worker and control-plane clocks differ, and `dispatched_at` is stamped after the /run call.
+CLOCK_SLACK_S = 120
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,13 @@ def record_job(ctx: TickContext, chunk: ChunkItem, job: dict[str, Any]) -> Recor
             return fail_chunk(ctx, chunk, f"unreadable job output: {str(job.get('output'))[:300]}")
         if summary.attempt != chunk["attempts"] or summary.chunk_id != chunk["chunk_id"]:
             return Recorded("stale")
+        implausible = implausible_summary(ctx, chunk, summary)
+        if implausible is not None:
+            log.warning(
+                "implausible job output",
+                extra={"batch_id": chunk["batch_id"], "chunk_id": chunk["chunk_id"]},
+            )
+            return fail_chunk(ctx, chunk, f"implausible job output: {implausible}")
         outcome = complete_chunk(ctx, chunk, summary, job=job)
         return Recorded(
             outcome,
@@ -79,6 +90,30 @@ def record_job(ctx: TickContext, chunk: ChunkItem, job: dict[str, Any]) -> Recor
         return Recorded("stale")
     reason = f"{status}: {str(job.get('error') or '')[:500]}"
     return fail_chunk(ctx, chunk, reason)
+
+
+def implausible_summary(ctx: TickContext, chunk: ChunkItem, summary: ChunkSummary) -> str | None:
+    """What in a worker's summary cannot be true of this chunk (None: nothing).
+
+    The result webhook's signature names the chunk and attempt, not the body: whoever holds the
+    URL (RunPod's account, a compromised worker) could send any numbers, and they would land in
+    the tenant's counters and in the throughput figures that size every tenant's chunks. So the
+    counts must add up to at most the chunk's requests, tokens stay within any model's reach,
+    and the seconds within the time since the dispatch."""
+    counts, usage, timings = summary.counts, summary.usage, summary.timings
+    requests = int(chunk.get("requests", counts.total))
+    if counts.completed + counts.failed != counts.total or counts.total > requests:
+        return f"counts {counts.model_dump()} for a chunk of {requests} requests"
+    if len(summary.failures) > counts.failed:
+        return f"{len(summary.failures)} failures listed, {counts.failed} counted"
+    tokens = usage.prompt_tokens + usage.completion_tokens
+    if usage.cached_tokens > usage.prompt_tokens or tokens > counts.total * MAX_TOKENS_PER_REQUEST:
+        return f"usage {usage.model_dump()} for {counts.total} requests"
+    elapsed = max(0, ctx.now - int(chunk.get("dispatched_at", ctx.now))) + CLOCK_SLACK_S
+    longest = max(timings.engine_s, timings.engine_busy_s, timings.total_s)
+    if longest > elapsed:
+        return f"{longest:.0f} s of work reported {elapsed} s after the dispatch"
+    return None
 
 
 def _stopping(ctx: TickContext, chunk: ChunkItem) -> bool:

@@ -31,6 +31,8 @@ import orjson
 HEAD_BYTES = 256
 # 48 bits: a collision only puts two groups in one buffer, it never loses a request.
 GROUP_DIGEST_BYTES = 6
+# The group of a body whose prompt parts cannot be serialised (nested past orjson's writer).
+UNGROUPED = "0" * (2 * GROUP_DIGEST_BYTES)
 
 
 def prefix_group(body: dict[str, Any]) -> str:
@@ -43,9 +45,17 @@ def prefix_group(body: dict[str, Any]) -> str:
     bodies still get a group (the worker reports their errors), so grouping never fails a line.
     """
     digest = hashlib.blake2b(digest_size=GROUP_DIGEST_BYTES)
-    # A JSON array delimits itself, so the parts cannot run into each other.
-    digest.update(orjson.dumps([body.get("model"), body.get("tools")], option=orjson.OPT_SORT_KEYS))
-    digest.update(_shared_part(body))
+    try:
+        # A JSON array delimits itself, so the parts cannot run into each other.
+        digest.update(
+            orjson.dumps([body.get("model"), body.get("tools")], option=orjson.OPT_SORT_KEYS)
+        )
+        digest.update(_shared_part(body))
+    except orjson.JSONEncodeError:
+        # orjson reads 1,024 levels of nesting but writes only 254: a body nested deeper than
+        # that is valid JSON all the same. It goes to a group of its own kind (the worker
+        # answers or refuses it); raising here would fail the whole file's split, every time.
+        return UNGROUPED
     return digest.hexdigest()
 
 

@@ -121,6 +121,19 @@ def _check_model(settings: Settings, model: object, *, endpoint: str) -> tuple[s
     return routing.check_line(settings, model=model, endpoint=endpoint)
 
 
+def fail_unsplit(aws: Aws, item: BatchItem, *, reason: str) -> BatchItem:
+    """Give up on a split that keeps dying (or outlived the batch's window): the batch fails
+    with a clear error instead of staying `validating` and holding the tenant's slot."""
+    log.error("split given up", extra={"batch_id": item["id"], "reason": reason})
+    error = SplitError(
+        code="validation_failed",
+        line=None,
+        message=f"The input file could not be validated: {reason}. Nothing was run.",
+        param="input_file_id",
+    )
+    return _fail(aws, item, [error])
+
+
 def _fail(aws: Aws, item: BatchItem, errors: list[SplitError]) -> BatchItem:
     try:
         return batch_store.transition(

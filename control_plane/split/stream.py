@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from control_plane.layout import chunk_input_key
 from control_plane.models import ChunkRef
@@ -33,6 +33,14 @@ READ_SIZE = 1024 * 1024
 UPLOAD_THREADS = 4
 UPLOADS_IN_FLIGHT = 8
 MAX_REPORTED_ERRORS = 100
+# Every id lands whole in results, dead letters and chunk items (one DynamoDB item holds
+# 400 KB): a cap keeps each of them small, and no caller needs ids longer than this.
+MAX_CUSTOM_ID_CHARS = 512
+MAX_MODEL_CHARS = 256
+# A value an error message quotes is cut to this: 100 such errors stay far below the 400 KB of
+# the batch item that carries them, whatever the line held.
+QUOTE_CHARS = 80
+MESSAGE_CHARS = 1_000
 
 # (code, message) when a line's model cannot serve the batch's endpoint (`routing.check_line`).
 ModelCheck = Callable[[object], tuple[str, str] | None]
@@ -56,6 +64,17 @@ class SplitError(BaseModel):
     line: int | None
     message: str
     param: str | None = None
+
+    @field_validator("message")
+    @classmethod
+    def _bounded(cls, message: str) -> str:
+        return message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 1] + "…"
+
+
+def quoted(value: object) -> str:
+    """`value` as an error message quotes it: its repr, cut to `QUOTE_CHARS`."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…"
 
 
 class SplitResult(BaseModel):
@@ -273,6 +292,16 @@ class _State:
                 message=f"Line {number} needs a non-empty string custom_id.",
                 param="custom_id",
             )
+        if len(custom_id) > MAX_CUSTOM_ID_CHARS:
+            return SplitError(
+                code="invalid_custom_id",
+                line=number,
+                message=(
+                    f"Line {number}: custom_id is {len(custom_id)} characters long; at most "
+                    f"{MAX_CUSTOM_ID_CHARS} are allowed."
+                ),
+                param="custom_id",
+            )
         if request.get("method") != "POST":
             return SplitError(
                 code="invalid_method",
@@ -285,8 +314,8 @@ class _State:
                 code="mismatched_url",
                 line=number,
                 message=(
-                    f"Line {number}: url {request.get('url')!r} does not match the batch "
-                    f"endpoint {self.endpoint!r}."
+                    f"Line {number}: url {quoted(request.get('url'))} does not match the "
+                    f"batch endpoint {self.endpoint!r}."
                 ),
                 param="url",
             )
@@ -302,7 +331,7 @@ class _State:
             return SplitError(
                 code="duplicate_custom_id",
                 line=number,
-                message=f"Line {number}: custom_id {custom_id!r} appears on an earlier line.",
+                message=f"Line {number}: custom_id {quoted(custom_id)} appears on an earlier line.",
                 param="custom_id",
             )
         self.seen.add(digest)
@@ -311,6 +340,13 @@ class _State:
     def _check_model(self, number: int, model: object) -> SplitError | None:
         """One model per batch file, as OpenAI requires (its chunks go to one endpoint), and
         one this deployment serves for the batch's endpoint."""
+        if isinstance(model, str) and len(model) > MAX_MODEL_CHARS:
+            return SplitError(
+                code="invalid_model",
+                line=number,
+                message=f"Line {number}: the model name is over {MAX_MODEL_CHARS} characters long.",
+                param="body.model",
+            )
         if self.check_model is not None:
             refused = self.check_model(model)
             if refused is not None:

@@ -258,8 +258,8 @@ def list_batches(
             continue  # logged by batch_from_item; the rest of the listing still answers
     return CursorPage[Batch](
         data=data,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
+        first_id=data[0].id if data else "",
+        last_id=data[-1].id if data else "",
         has_more=has_more,
     )
 
@@ -516,10 +516,10 @@ def mark_split_restarted(table: Table, batch_id: str, *, at: int) -> BatchItem:
     StateConflict with the current item otherwise)."""
     updated = table.update(
         keys.batch(batch_id),
-        "SET split_restarted_at = :now",
+        "SET split_restarted_at = :now ADD split_restarts :one",
         condition="#status = :validating",
         names={"#status": "status"},
-        values={":now": at, ":validating": "validating"},
+        values={":now": at, ":validating": "validating", ":one": 1},
     )
     return cast(BatchItem, updated)
 

@@ -123,8 +123,8 @@ def list_files(
         )
     return CursorPage[FileObject](
         data=files,
-        first_id=files[0].id if files else None,
-        last_id=files[-1].id if files else None,
+        first_id=files[0].id if files else "",
+        last_id=files[-1].id if files else "",
         has_more=has_more,
     )
 

@@ -69,6 +69,7 @@ class BatchItem(BatchCounters, total=False):
     redrives: int  # redrive generations so far
     stop_dispatch: bool  # set once the completion window ran out
     split_restarted_at: int
+    split_restarts: int
     tick_failures: int  # consecutive ticks that failed on this batch (reset by a good tick)
     tick_failing_since: int  # when the first of those failed
     last_tick_error: str

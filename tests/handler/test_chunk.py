@@ -10,7 +10,13 @@ import aiohttp
 import pytest
 
 from handler.chunk import process_chunk
-from handler.contract import ChunkProgress, ChunkSummary, ProcessChunkInput, WorkerIdentity
+from handler.contract import (
+    ChunkProgress,
+    ChunkSummary,
+    ProcessChunkInput,
+    WorkerIdentity,
+    salted,
+)
 from handler.health import GpuStats
 from handler.pipeline import EngineGate
 from handler.transfer import TransferError
@@ -260,3 +266,27 @@ async def test_no_gpu_readings_leave_the_summary_without_gpus(
         job, StandinEngine(), session, gpu_read=lambda: ([], "NVML unavailable: no driver")
     )
     assert summary.gpus == [] and summary.counts.completed == 1
+
+
+async def test_every_request_runs_under_the_tenants_cache_salt(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    # A line's own salt is mixed in, never used alone: no salt a tenant picks reaches another
+    # tenant's cached blocks (the engine test checks the cache itself).
+    lines = [request_line("plain"), request_line("own", cache_salt="x"), request_line("b")]
+    engine = StandinEngine()
+    job = stage_chunk(blobs, lines).model_copy(update={"cache_salt": "tenant-a-salt"})
+    await run(job, engine, session)
+    salts = {body["messages"][0]["content"]: body["cache_salt"] for body in engine.seen}
+    assert salts["hi plain"] == salts["hi b"] == "tenant-a-salt"
+    assert salts["hi own"] not in ("x", "tenant-a-salt")
+    assert salted("tenant-a-salt", "x") != salted("tenant-b-salt", "x")
+    assert len(salted("t", "x" * 500)) <= 128
+
+
+async def test_without_a_tenant_salt_the_line_goes_as_sent(
+    blobs: BlobServer, session: aiohttp.ClientSession
+) -> None:
+    engine = StandinEngine()
+    await run(stage_chunk(blobs, [request_line("r", cache_salt="mine")]), engine, session)
+    assert engine.seen[0]["cache_salt"] == "mine"

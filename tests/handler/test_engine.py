@@ -11,6 +11,7 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
+from control_plane.scheduler.dispatch import cache_salt
 from handler import engine as adapter
 from handler import health
 from handler.contract import ChunkSummary
@@ -272,6 +273,45 @@ async def test_prefix_cache_hits_show_as_cached_tokens(
     report = engine_runtime.health()
     assert report.engine.prefix_cache_hits and report.engine.prefix_cache_hits > 0
     assert report.engine.prefix_cache_hit_rate is not None
+
+
+async def test_one_tenants_cached_prefix_never_shows_in_anothers_cached_tokens(
+    engine_runtime: Runtime, blobs: BlobServer
+) -> None:
+    # The prefix-cache oracle: B sends A's system prompt and reads `cached_tokens` to learn
+    # whether A sent it. Each chunk runs under its tenant's salt (a salt B picks included).
+    shared = "tenant a's private rules: " + "grade the essay and answer in json. " * 12
+    salt_a, salt_b = cache_salt("secret", "tenant-a"), cache_salt("secret", "tenant-b")
+    warm = stage_chunk(blobs, [request_line("a-0", shared, max_tokens=2)], chunk_id="salt-a0")
+    await engine_runtime.process(warm.model_copy(update={"cache_salt": salt_a}))
+    probes = [
+        request_line("b-0", shared, max_tokens=2),
+        request_line("b-1", shared, max_tokens=2, cache_salt=salt_a),  # B guesses A's salt
+    ]
+    probe = stage_chunk(blobs, probes, chunk_id="salt-b")
+    b_view = await engine_runtime.process(probe.model_copy(update={"cache_salt": salt_b}))
+    assert b_view.counts.completed == 2
+    assert b_view.usage.cached_tokens == 0  # nothing of A's cache shows to B
+    again = stage_chunk(blobs, [request_line("a-1", shared, max_tokens=2)], chunk_id="salt-a1")
+    a_view = await engine_runtime.process(again.model_copy(update={"cache_salt": salt_a}))
+    assert a_view.usage.cached_tokens >= 16  # A's own prefix still hits its cache
+
+
+def test_media_urls_are_refused_unless_a_domain_is_allowed(tiny_model: Path) -> None:
+    from vllm.multimodal.media.connector import MediaConnector
+
+    def connector(settings: WorkerSettings) -> Any:
+        args = adapter.parse_serve_args(settings)
+        return MediaConnector(allowed_media_domains=args.allowed_media_domains)
+
+    closed = connector(WorkerSettings(model_name=str(tiny_model)))
+    for url in ("http://169.254.169.254/latest/meta-data", "https://example.com/cat.png"):
+        with pytest.raises(ValueError, match="allowed domains"):
+            closed.load_from_url(url, media_io=None)
+    opened = connector(WorkerSettings(model_name=str(tiny_model), media_url_domains="img.example"))
+    with pytest.raises(ValueError, match="allowed domains"):
+        opened.load_from_url("http://169.254.169.254/", media_io=None)
+    assert opened.allowed_media_domains == ["img.example"]
 
 
 async def test_health_reports_the_real_engine(engine_runtime: Runtime) -> None:

@@ -198,3 +198,43 @@ def test_expires_after_seconds_out_of_range_is_a_400_naming_the_field(
     )
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == "expires_after[seconds]"
+
+
+# OpenAI's published list schemas (openai-openapi: ListFilesResponse requires both ids as
+# strings; ListBatchesResponse has them as optional strings): an empty page must pass both.
+LIST_FILES_RESPONSE = {
+    "type": "object",
+    "required": ["object", "data", "first_id", "last_id", "has_more"],
+    "properties": {
+        "object": {"type": "string"},
+        "data": {"type": "array"},
+        "first_id": {"type": "string"},
+        "last_id": {"type": "string"},
+        "has_more": {"type": "boolean"},
+    },
+}
+LIST_BATCHES_RESPONSE = {
+    "type": "object",
+    "required": ["object", "data", "has_more"],
+    "properties": {
+        "object": {"enum": ["list"]},
+        "data": {"type": "array"},
+        "first_id": {"type": "string"},
+        "last_id": {"type": "string"},
+        "has_more": {"type": "boolean"},
+    },
+}
+
+
+def test_empty_lists_answer_as_openais_list_schemas_require(
+    client: TestClient, key_a: str, key_b: str
+) -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    upload_id(client, key_a, jsonl(1))  # A's file: B's list stays empty all the same
+    files = client.get("/v1/files", headers=auth(key_b)).json()
+    batches = client.get("/v1/batches", headers=auth(key_b)).json()
+    jsonschema.validate(files, LIST_FILES_RESPONSE)
+    jsonschema.validate(batches, LIST_BATCHES_RESPONSE)
+    assert (files["data"], files["first_id"], files["last_id"]) == ([], "", "")
+    assert batches["data"] == [] and not batches["has_more"]

@@ -195,3 +195,17 @@ def test_one_run_sends_at_most_its_cap_at_the_paced_rate_and_queues_the_rest(
     # At 10 /run a second, 200 sends take at least 20 s: the run waited out the rest.
     assert sum(waited) > 10
     assert any('"reason":"continue"' in body for body in queued_dispatch_events(aws))
+
+
+@ON_ENDPOINT
+def test_every_job_carries_its_tenants_cache_salt_and_no_other(
+    aws: Aws, runpod: ScriptedRunPod
+) -> None:
+    batch_id = running_batch(aws, 3)
+    topup = TopUpEvent(endpoint_id=ENDPOINT, at=1, workers_max=2)
+    dispatch.run(ctx_of(aws, runpod), [work(batch_id), topup])
+    salts = {job["cache_salt"] for job in runpod.sent}
+    assert salts == {dispatch.cache_salt(ctx_of(aws, runpod).webhook_secret, TENANT)}
+    assert dispatch.cache_salt("s", TENANT) != dispatch.cache_salt("s", "tenant-b")
+    assert dispatch.cache_salt("s", TENANT) != dispatch.cache_salt("other secret", TENANT)
+    assert TENANT not in salts.pop()  # the salt does not name the tenant
