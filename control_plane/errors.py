@@ -57,6 +57,18 @@ class LimitExceeded(ApiError):
             self.type = "invalid_request_error"
 
 
+class RateLimited(ApiError):
+    """A tenant's requests per minute are spent (429, OpenAI's `type: requests`). Carries the
+    headers its answer needs: OpenAI's `x-ratelimit-*` and `retry-after`."""
+
+    status_code = 429
+    type = "requests"
+
+    def __init__(self, message: str, *, headers: dict[str, str]):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.headers = headers
+
+
 class Unavailable(ApiError):
     status_code = 503
     type = "service_unavailable"

@@ -291,6 +291,24 @@ class Settings(BaseSettings):
             "read, under a second). 0: every request reads the table."
         ),
     )
+    rate_limit_requests_per_minute: int = Field(
+        default=3_000,
+        ge=0,
+        description=(
+            "HOTBATCH_RATE_LIMIT_REQUESTS_PER_MINUTE: authenticated /v1 requests a tenant may "
+            "make per minute, across every warm Lambda (one DynamoDB write a request); more "
+            "are a 429 with `retry-after`. 0: no limit."
+        ),
+    )
+    rate_limit_expensive_per_minute: int = Field(
+        default=300,
+        ge=0,
+        description=(
+            "HOTBATCH_RATE_LIMIT_EXPENSIVE_PER_MINUTE: of those, `POST /v1/batches/estimate` "
+            "(reads up to 64 MiB) and `POST /v1/webhook_endpoints/{id}/test` (waits up to 30 s) "
+            "together, counted apart (a second write on these routes only). 0: no limit."
+        ),
+    )
 
     # --- split ---
     chunk_max_requests: int = Field(
@@ -381,6 +399,23 @@ class Settings(BaseSettings):
             "HOTBATCH_UPLOAD_PART_MAX_BYTES: largest part `POST /v1/uploads/{id}/parts` takes "
             "(Lambda requests stop at 6 MB, counted after API Gateway base64-encodes a binary "
             "body: 4 MiB of data is about 5.6 MB); larger parts go to the upload's `part_urls`."
+        ),
+    )
+    upload_max_parts: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000,
+        description=(
+            "HOTBATCH_UPLOAD_MAX_PARTS: parts one upload may take through "
+            "`POST /v1/uploads/{id}/parts` (each is an S3 object until `complete`)."
+        ),
+    )
+    max_pending_uploads: int = Field(
+        default=100,
+        ge=1,
+        description=(
+            "HOTBATCH_MAX_PENDING_UPLOADS: uploads a tenant may have pending (created, neither "
+            "completed nor cancelled nor expired); each holds S3 parts until it ends."
         ),
     )
 

@@ -8,7 +8,8 @@ order is known only at `complete` (OpenAI's clients may send parts in any order 
 them then). So each part is its own S3 object (`layout.upload_part_key`); `complete`
 gathers consecutive parts into S3 parts of at least 5 MiB (a part already that large is copied
 server-side) and uploads those in parallel into one multipart upload: the file's object, made
-of exactly the named parts in the named order.
+of exactly the named parts in the named order. An upload takes at most
+`HOTBATCH_UPLOAD_MAX_PARTS` parts this way (each is an S3 object billed until `complete`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import IO, Any
 
 from control_plane import layout
 from control_plane.aws import Aws
-from control_plane.errors import InvalidRequest, TooLarge
+from control_plane.errors import InvalidRequest, LimitExceeded, TooLarge
 from control_plane.ids import new_id, now_s
 from control_plane.models import UploadPart
 from control_plane.store import Item
+from control_plane.store import uploads as upload_store
 
 S3_MIN_PART = 5 * 1024 * 1024
 ASSEMBLY_THREADS = 8
@@ -45,10 +47,24 @@ def add_part(aws: Aws, *, upload: Item, data: IO[bytes], size: int) -> UploadPar
         raise part_too_large(size, limit)
     if size == 0:
         raise InvalidRequest("The part is empty.", code="empty_part", param="data")
+    max_parts = aws.settings.upload_max_parts
+    if not upload_store.add_part(aws.table, upload_id=upload["id"], max_parts=max_parts):
+        raise LimitExceeded(
+            "upload_max_parts",
+            max_parts,
+            f"Upload {upload['id']} already has {max_parts} parts; send larger parts, or "
+            "complete or cancel it",
+            status_code=400,
+        )
     part = UploadPart(id=new_id("part"), created_at=now_s(), upload_id=upload["id"])
-    aws.s3.upload_fileobj(
-        data, aws.settings.bucket_name, layout.upload_part_key(upload["id"], part.id)
-    )
+    try:
+        aws.s3.upload_fileobj(
+            data, aws.settings.bucket_name, layout.upload_part_key(upload["id"], part.id)
+        )
+    except Exception:
+        # The part was counted before it was stored: a failed store gives its place back.
+        upload_store.remove_part(aws.table, upload_id=upload["id"])
+        raise
     return part
 
 

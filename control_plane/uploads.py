@@ -33,6 +33,7 @@ def create_upload(aws: Aws, *, tenant_id: str, body: CreateUploadBody) -> Upload
             "max_file_bytes", settings.max_file_bytes, "The upload is too large", status_code=400
         )
     created = now_s()
+    _check_pending_cap(aws, tenant_id=tenant_id, now=created)
     upload = Upload(
         id=new_id("upload"),
         bytes=body.bytes,
@@ -47,25 +48,7 @@ def create_upload(aws: Aws, *, tenant_id: str, body: CreateUploadBody) -> Upload
     s3_upload_id = aws.s3.create_multipart_upload(
         Bucket=settings.bucket_name, Key=key, ContentType=body.mime_type
     )["UploadId"]
-    part_bytes = max(settings.upload_part_bytes, math.ceil(body.bytes / S3_MAX_PARTS))
-    parts = math.ceil(body.bytes / part_bytes)
-    upload.part_urls = [
-        UploadPartUrl(
-            part_number=number,
-            bytes=min(part_bytes, body.bytes - (number - 1) * part_bytes),
-            url=aws.s3.generate_presigned_url(
-                "upload_part",
-                Params={
-                    "Bucket": settings.bucket_name,
-                    "Key": key,
-                    "UploadId": s3_upload_id,
-                    "PartNumber": number,
-                },
-                ExpiresIn=settings.upload_expires_s,
-            ),
-        )
-        for number in range(1, parts + 1)
-    ]
+    upload.part_urls = _part_urls(aws, key=key, s3_upload_id=s3_upload_id, size=body.bytes)
     upload_store.put_upload(
         aws.table,
         tenant_id=tenant_id,
@@ -76,6 +59,42 @@ def create_upload(aws: Aws, *, tenant_id: str, body: CreateUploadBody) -> Upload
         file_expires_after_s=body.expires_after.seconds if body.expires_after else None,
     )
     return upload
+
+
+def _check_pending_cap(aws: Aws, *, tenant_id: str, now: int) -> None:
+    cap = aws.settings.max_pending_uploads
+    if upload_store.count_pending(aws.table, tenant_id=tenant_id, now=now, cap=cap) >= cap:
+        raise LimitExceeded(
+            "max_pending_uploads",
+            cap,
+            f"You have {cap} pending uploads; complete or cancel one before creating another "
+            "(a pending upload also ends when it expires)",
+            status_code=400,
+        )
+
+
+def _part_urls(aws: Aws, *, key: str, s3_upload_id: str, size: int) -> list[UploadPartUrl]:
+    """A presigned `upload_part` URL for each part of the declared size. Each signs its part's
+    `Content-Length` (in X-Amz-SignedHeaders), so S3 takes exactly that many bytes through it,
+    not the 5 GiB a part may hold; PUT again, it replaces the part rather than adding one."""
+    settings = aws.settings
+    part_bytes = max(settings.upload_part_bytes, math.ceil(size / S3_MAX_PARTS))
+    urls = []
+    for number in range(1, math.ceil(size / part_bytes) + 1):
+        length = min(part_bytes, size - (number - 1) * part_bytes)
+        url = aws.s3.generate_presigned_url(
+            "upload_part",
+            Params={
+                "Bucket": settings.bucket_name,
+                "Key": key,
+                "UploadId": s3_upload_id,
+                "PartNumber": number,
+                "ContentLength": length,
+            },
+            ExpiresIn=settings.upload_expires_s,
+        )
+        urls.append(UploadPartUrl(part_number=number, bytes=length, url=url))
+    return urls
 
 
 def add_part(aws: Aws, *, tenant_id: str, upload_id: str, data: IO[bytes], size: int) -> UploadPart:

@@ -1,12 +1,14 @@
-"""Typed dependencies shared by the routes: the AWS handle and the caller's tenant."""
+"""Typed dependencies shared by the routes: the AWS handle and the caller's tenant (counted
+against its rate limit)."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 
+from control_plane.api import ratelimit
 from control_plane.aws import Aws
 from control_plane.errors import Unauthorized
 from control_plane.kick import Kick
@@ -33,8 +35,29 @@ KickDep = Annotated[Kick, Depends(get_kick)]
 
 
 def get_tenant(
-    request: Request, aws: AwsDep, authorization: Annotated[str | None, Header()] = None
+    request: Request,
+    response: Response,
+    aws: AwsDep,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> str:
+    """The tenant of the bearer key, once its request is counted against the tenant's rate
+    limit (a 429 past it); the answer carries the limit's headers."""
+    tenant = _key_tenant(request, aws, authorization)
+    headers = ratelimit.admit(
+        aws.table,
+        aws.settings,
+        tenant_id=tenant,
+        method=request.method,
+        route=ratelimit.route_of(request),
+    )
+    # The response FastAPI builds from the route's return value takes these; an error answer
+    # (`api/errors.py`) finds them on the request.
+    response.headers.update(headers)
+    setattr(request.state, ratelimit.STATE_HEADERS, headers)
+    return tenant
+
+
+def _key_tenant(request: Request, aws: Aws, authorization: str | None) -> str:
     """The tenant of the bearer key. Lookups are cached for `key_cache_s` (5 s by default) per
     warm process, so a revoked key stops working within that time."""
     scheme, _, key = (authorization or "").partition(" ")

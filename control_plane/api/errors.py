@@ -2,7 +2,8 @@
 
 Messages may quote what the client sent, so every string is made encodable first (an unpaired
 surrogate from a JSON escape would otherwise make the error itself a 500). A 405 names in
-`Allow` every method the path has, across all its routes.
+`Allow` every method the path has, across all its routes. An error of a request counted against
+its tenant's rate limit carries the limit's headers too, as a success does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from control_plane.api import ratelimit
 from control_plane.errors import ApiError
 from control_plane.models import error_body as _error_body
 
@@ -35,7 +37,14 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(
         error_body(exc.message, type=exc.type, param=exc.param, code=exc.code),
         status_code=exc.status_code,
+        headers=_headers(request, getattr(exc, "headers", None)),
     )
+
+
+def _headers(request: Request, extra: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The rate-limit headers of the request, if it was counted, and the error's own."""
+    headers = {**ratelimit.headers_of(request), **(extra or {})}
+    return headers or None
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -51,6 +60,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(
         error_body(message, type="invalid_request_error", param=param, code="invalid_value"),
         status_code=400,
+        headers=_headers(request),
     )
 
 
@@ -74,7 +84,7 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(
         error_body(message, type=HTTP_TYPES.get(exc.status_code, "invalid_request_error")),
         status_code=exc.status_code,
-        headers=headers or None,
+        headers=_headers(request, headers),
     )
 
 
@@ -117,4 +127,5 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         error_body("The server had an error processing your request.", type="server_error"),
         status_code=500,
+        headers=_headers(request),
     )

@@ -26,6 +26,7 @@ DEAD_PREFIX = "DEAD#"
 THROUGHPUT = "THROUGHPUT"
 BUCKET_PREFIX = "BUCKET#"
 WORKER_PREFIX = "WORKER#"
+RATE_PREFIX = "RATE#"
 
 # gsi1: a tenant's listings.
 FILE_LISTING = "FILE"
@@ -45,6 +46,8 @@ COUNTER_SHARDS = 16
 DISPATCHED_SHARDS = 8
 # gsi1: a tenant's event webhook endpoints.
 WEBHOOK_ENDPOINT_LISTING = "WEBHOOK_ENDPOINT"
+# gsi1: a tenant's pending uploads, by expiry (an upload leaves it when completed or cancelled).
+PENDING_UPLOAD_LISTING = "UPLOAD#pending"
 # gsi2: the tick's upkeep queues (event webhooks, file checks and expiry).
 NEW_EVENTS = "EVENTS#new"
 DUE_DELIVERIES = "DELIVERIES#due"
@@ -69,6 +72,13 @@ def file(file_id: str) -> Key:
 
 def upload(upload_id: str) -> Key:
     return {"pk": f"UPLOAD#{upload_id}", "sk": META}
+
+
+def rate_window(tenant_id: str, scope: str, start: int) -> Key:
+    """A tenant's request counter for one rate-limit window of one scope (`requests`, or the
+    expensive routes') starting at `start` (Unix seconds): one partition per tenant, so one
+    tenant's flood never shares an item with another's."""
+    return {"pk": f"{RATE_PREFIX}{tenant_id}", "sk": f"{scope.upper()}#{start:010d}"}
 
 
 def webhook_endpoint(endpoint_id: str) -> Key:

@@ -154,3 +154,31 @@ def test_a_batch_runs_from_a_file_uploaded_in_parts(
     assert reply.status_code == 200, reply.text
     batch = client.get(f"/v1/batches/{reply.json()['id']}", headers=auth(key_a)).json()
     assert batch["status"] == "in_progress" and batch["request_counts"]["total"] == 30
+
+
+@pytest.mark.parametrize("settings", [{"upload_max_parts": 2}], indirect=True)
+def test_an_upload_takes_at_most_upload_max_parts_parts_through_the_api(
+    client: TestClient, key_a: str, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = sdk(client, key_a).uploads
+    upload = uploads.create(bytes=10, filename="x", mime_type="text/plain", purpose="batch")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("S3 is down")
+
+    with monkeypatch.context() as patch:  # a part S3 did not store leaves its place free
+        patch.setattr(aws.s3, "upload_fileobj", broken)
+        with pytest.raises(openai.InternalServerError):
+            uploads.parts.create(upload.id, data=b"01234")
+    ids = [uploads.parts.create(upload.id, data=piece).id for piece in (b"01234", b"56789")]
+    with pytest.raises(openai.BadRequestError, match="already has 2 parts") as caught:
+        uploads.parts.create(upload.id, data=b"x")
+    assert caught.value.code == "upload_max_parts"
+    assert "upload_max_parts=2" in str(caught.value)
+    assert len(leftovers(aws)[0]) == 2  # the refused part was never stored
+
+    done = uploads.complete(upload.id, part_ids=ids)
+    assert done.file is not None and stored(aws, done.file.id) == b"0123456789"
+    # Another upload of the tenant has its own count.
+    other = uploads.create(bytes=10, filename="y", mime_type="text/plain", purpose="batch")
+    assert uploads.parts.create(other.id, data=b"0123456789").object == "upload.part"
