@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from control_plane.api import errors, openapi
+from control_plane.api import errors, openapi, ratelimit
 from control_plane.api.routes import (
     batches,
     dashboard,
@@ -38,6 +38,7 @@ def create_app(
     app.state.kick = kick or no_kick
     app.state.key_cache = {}
     errors.install(app)
+    app.add_middleware(ratelimit.headers_middleware)
     openapi.install(app, aws.settings)
     for module in (files, uploads, batches, models, health, webhook_endpoints):
         app.include_router(module.router, prefix="/v1")

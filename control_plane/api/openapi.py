@@ -2,7 +2,7 @@
 OpenAI's error body; bearer auth as a security scheme; what each request may hold.
 
 Routes declare the statuses that depend on them (`errors(404, 409)`); `install` adds the ones
-every route shares — 400 wherever a parameter or body is validated, 401, 500 — and drops
+every route shares — 400 wherever a parameter or body is validated, 401, 429, 500 — and drops
 FastAPI's 422, which this API never answers (`api/errors.py` turns validation errors into 400).
 A fuzzer (schemathesis, `tests/control_plane/test_fuzz.py`) holds the document to its word.
 """
@@ -23,7 +23,10 @@ DESCRIPTIONS = {
     404: "No such object for this API key (another tenant's objects are as absent).",
     409: "The object is not in a state that allows this (a finished batch, a used upload).",
     413: "The body is larger than the limit for this route (`param` names the limit).",
-    429: "A tenant limit is reached (`max_active_batches`, `max_queued_requests`); retry later.",
+    429: (
+        "A tenant limit is reached: its requests per minute (`rate_limit_exceeded`, with "
+        "`retry-after`), or `max_active_batches` / `max_queued_requests`; retry later."
+    ),
     500: "The server failed; an object that cannot be read answers `unreadable_object`.",
     503: "The GPU endpoint is unhealthy (its circuit is open): no new batches for now.",
 }
@@ -148,7 +151,8 @@ def _declare_shared(operation: dict[str, Any], error_ref: dict[str, str]) -> Non
     validated = responses.pop("422", None) is not None and (
         parameters or "requestBody" in operation
     )
-    shared = ([400] if validated else []) + [401, 500]
+    # Every authenticated route counts against its tenant's rate limit.
+    shared = ([400] if validated else []) + [401, 429, 500]
     for status in shared:
         responses.setdefault(
             str(status),

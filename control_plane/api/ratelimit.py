@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.errors import RateLimited
 from control_plane.settings import Settings
@@ -132,3 +134,27 @@ def headers_of(request: Request) -> dict[str, str]:
     """The headers `admit` gave this request, for an answer built from an error."""
     headers: dict[str, str] = getattr(request.state, STATE_HEADERS, None) or {}
     return headers
+
+
+def headers_middleware(app: ASGIApp) -> ASGIApp:
+    """Put the request's rate-limit headers on whatever answer leaves the app: routes that
+    build their own `Response` (file content, its redirect) drop the headers a dependency set,
+    and error answers are built apart (`api/errors.py`). Plain ASGI: a streamed body passes
+    through untouched."""
+
+    async def with_headers(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra: dict[str, str] = scope.get("state", {}).get(STATE_HEADERS) or {}
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    return with_headers

@@ -172,3 +172,19 @@ def test_part_urls_sign_each_parts_content_length(client: TestClient, key_a: str
     for part in parts:
         query = parse_qs(urlparse(part["url"]).query)
         assert query["X-Amz-SignedHeaders"] == ["content-length;host"]
+
+
+def test_routes_that_build_their_own_response_carry_the_headers_too(
+    client: TestClient, key_a: str
+) -> None:
+    uploaded = client.post(
+        "/v1/files",
+        headers=auth(key_a),
+        files={"file": ("in.jsonl", b'{"a": 1}\n', "application/jsonl")},
+        data={"purpose": "batch"},
+    )
+    content = client.get(f"/v1/files/{uploaded.json()['id']}/content", headers=auth(key_a))
+    assert content.status_code == 200 and content.content == b'{"a": 1}\n'
+    limit, remaining, reset = limits(content)
+    assert limit is not None and remaining is not None and reset is not None
+    assert int(remaining) == int(limit) - 2  # the upload, then this read
