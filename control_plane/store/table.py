@@ -41,6 +41,7 @@ UNREADABLE_OBJECT: tuple[type[Exception], ...] = (ValidationError, *UNREADABLE)
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 BATCH_WRITE_MAX = 25
+BATCH_GET_MAX = 100
 # DynamoDB cancels a transaction that overlaps another one on an item (reason
 # `TransactionConflict`) and refuses a single write to an item a transaction holds
 # (`TransactionConflictException`); botocore retries neither. Both are retried here with
@@ -136,6 +137,33 @@ class Table:
             kwargs["ExpressionAttributeNames"] = names
         reply = self.client.get_item(**kwargs)
         return from_attrs(reply["Item"]) if "Item" in reply else None
+
+    def get_many(self, keys: list[Mapping[str, str]]) -> list[Item | None]:
+        """The items of `keys`, in their order (None where there is none): BatchGetItem, 100
+        keys a call, unprocessed keys (a throttled partition) asked again after a backoff.
+        Strongly consistent, as `get` is by default."""
+        found: dict[tuple[str, str], Item] = {}
+        unique = list({(k["pk"], k["sk"]): k for k in keys}.values())
+        for start in range(0, len(unique), BATCH_GET_MAX):
+            pending: dict[str, Any] = {
+                self.name: {
+                    "Keys": [to_attrs(k) for k in unique[start : start + BATCH_GET_MAX]],
+                    "ConsistentRead": True,
+                }
+            }
+            for attempt in range(CONFLICT_TRIES):
+                reply = self.client.batch_get_item(RequestItems=pending)
+                for attrs in reply.get("Responses", {}).get(self.name, []):
+                    item = from_attrs(attrs)
+                    found[(str(item["pk"]), str(item["sk"]))] = item
+                pending = reply.get("UnprocessedKeys") or {}
+                if not pending:
+                    break
+                _backoff(attempt)
+            else:
+                left = len(pending.get(self.name, {}).get("Keys", []))
+                raise RuntimeError(f"BatchGetItem left {left} keys unprocessed after retries")
+        return [found.get((k["pk"], k["sk"])) for k in keys]
 
     def put(
         self,

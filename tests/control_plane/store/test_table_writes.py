@@ -72,3 +72,23 @@ def test_a_splits_chunk_items_go_in_under_the_per_key_limit(aws: Aws, clock: Fak
     rate = written / sum(clock.waits)
     assert 500 < rate < 1000
     assert len(chunk_store.list_chunks(aws.table, batch_id="batch_paced")) == 1000
+
+
+def test_many_gets_come_back_in_key_order_100_a_call(
+    aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = aws.table
+    table.put_many({"pk": "P", "sk": f"S{n:04d}", "n": n} for n in range(0, 250, 2))
+    keys = [{"pk": "P", "sk": f"S{n:04d}"} for n in (249, 0, 3, 0, *range(4, 248))]
+    calls: list[int] = []
+    real = table.client.batch_get_item
+
+    def counted(**kwargs: object) -> object:
+        calls.append(len(kwargs["RequestItems"][table.name]["Keys"]))  # type: ignore[index]
+        return real(**kwargs)
+
+    monkeypatch.setattr(table.client, "batch_get_item", counted)
+    found = table.get_many(keys)
+    assert [None if item is None else item["n"] for item in found[:4]] == [None, 0, None, 0]
+    assert [item["n"] for item in found[4:] if item is not None] == list(range(4, 248, 2))
+    assert calls == [100, 100, 47]  # 247 distinct keys, the repeated one asked once
