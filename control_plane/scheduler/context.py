@@ -96,10 +96,14 @@ class TickContext:
     def lease_s(self) -> int:
         return self.profile.queue_grace_s + self.profile.execution_timeout_s
 
-    def check_after_s(self) -> int:
-        """When a dispatched chunk is first asked about: with webhooks RunPod tells us, and the
-        check is a safety net; without them every sweep asks."""
-        return self.settings.result_check_s if self.webhooks else 0
+    def check_after_s(self, *, webhook: bool | None = None) -> int:
+        """When a dispatched chunk is asked about (next): when its job carries a webhook
+        (`webhook`, by default whether this context sends them) RunPod tells us, and the check
+        is a safety net; without one every sweep asks. The chunk's own flag decides, not the
+        context's: a job sent without a webhook (before a deployment turned them on) must not
+        wait a safety-net interval for a result nothing will post."""
+        posted = self.webhooks if webhook is None else webhook
+        return self.settings.result_check_s if posted else 0
 
     def presign(self, method: str, key: str) -> str:
         operation = {"GET": "get_object", "PUT": "put_object"}[method]

@@ -255,9 +255,10 @@ def _dispatch_chunk(
     except TransactionConflict:
         return "skipped"  # the batch stopped dispatching, or the chunk moved
     try:
+        webhook = ctx.webhook_url(claimed["batch_id"], claimed["chunk_id"], claimed["attempts"])
         job_id = ctx.runpod_for(endpoint_id).run(
             _job_input(ctx, claimed, batch, progress_every).model_dump(exclude_none=True),
-            webhook=ctx.webhook_url(claimed["batch_id"], claimed["chunk_id"], claimed["attempts"]),
+            webhook=webhook,
             execution_timeout_s=ctx.profile.execution_timeout_s,
             ttl_s=ctx.lease_s() + 3600,
             low_priority=batch.get("priority") == "backfill",
@@ -279,7 +280,12 @@ def _dispatch_chunk(
         _give_back(ctx, claimed, batch, "dispatch error")
         raise
     chunk_store.set_job(
-        table, claimed, job_id, endpoint_id=endpoint_id, check_at=ctx.now + ctx.check_after_s()
+        table,
+        claimed,
+        job_id,
+        endpoint_id=endpoint_id,
+        check_at=ctx.now + ctx.check_after_s(webhook=webhook is not None),
+        webhook=webhook is not None,
     )
     count("ChunksDispatched")
     log.info(

@@ -124,7 +124,8 @@ def check_chunk(ctx: TickContext, chunk: ChunkItem) -> str:
             pass  # it is being failed either way; a late result no longer matches
         return _fail(ctx, chunk, f"lease expired with the job {job.get('status')}")
     _keep_progress(ctx, chunk, job)
-    _later(ctx, chunk, min(int(chunk["lease_until"]), ctx.now + ctx.check_after_s()))
+    again = ctx.check_after_s(webhook=chunk.get("webhook"))
+    _later(ctx, chunk, min(int(chunk["lease_until"]), ctx.now + again))
     return "running"
 
 

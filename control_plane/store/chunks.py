@@ -269,13 +269,21 @@ def tries(chunk: ChunkItem) -> int:
 
 
 def set_job(
-    table: Table, chunk: ChunkItem, job_id: str, *, endpoint_id: str, check_at: int
+    table: Table,
+    chunk: ChunkItem,
+    job_id: str,
+    *,
+    endpoint_id: str,
+    check_at: int,
+    webhook: bool = True,
 ) -> None:
-    """Record the RunPod job (and the endpoint it runs on: status and cancel must ask that one)
+    """Record the RunPod job (and the endpoint it runs on: status and cancel must ask that one),
+    whether RunPod will post its result (`webhook`; without, only the sweep's checks find it)
     and when the sweep asks about it if no result has come by then."""
     table.update(
         keys.chunk(chunk["batch_id"], int(chunk["chunk_id"])),
-        "SET job_id = :job, runpod_endpoint_id = :endpoint, check_at = :check, gsi2sk = :order",
+        "SET job_id = :job, runpod_endpoint_id = :endpoint, check_at = :check, gsi2sk = :order, "
+        "webhook = :webhook",
         condition="#state = :dispatched AND attempts = :attempt",
         names={"#state": "state"},
         values={
@@ -285,6 +293,7 @@ def set_job(
             ":order": keys.dispatched_order(check_at, chunk["batch_id"], chunk["chunk_id"]),
             ":dispatched": "dispatched",
             ":attempt": chunk["attempts"],
+            ":webhook": webhook,
         },
     )
 

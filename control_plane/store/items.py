@@ -97,6 +97,7 @@ class ChunkFields(TypedDict, total=False):
     check_at: int  # while dispatched: when the sweep asks RunPod about it if no result came
     dispatched_at: int
     job_id: str
+    webhook: bool  # its job carries a result webhook (absent on chunks from before the flag)
     runpod_endpoint_id: str  # the endpoint its job was sent to (absent: the default one)
     output_key: str
     error_key: str

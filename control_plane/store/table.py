@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -138,7 +138,7 @@ class Table:
         reply = self.client.get_item(**kwargs)
         return from_attrs(reply["Item"]) if "Item" in reply else None
 
-    def get_many(self, keys: list[Mapping[str, str]]) -> list[Item | None]:
+    def get_many(self, keys: Sequence[Mapping[str, str]]) -> list[Item | None]:
         """The items of `keys`, in their order (None where there is none): BatchGetItem, 100
         keys a call, unprocessed keys (a throttled partition) asked again after a backoff.
         Strongly consistent, as `get` is by default."""

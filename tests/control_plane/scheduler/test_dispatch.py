@@ -3,6 +3,7 @@ the window it fills, how it meets RunPod's limits, what results and top-ups do t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Iterator
@@ -209,3 +210,29 @@ def test_every_job_carries_its_tenants_cache_salt_and_no_other(
     assert dispatch.cache_salt("s", TENANT) != dispatch.cache_salt("s", "tenant-b")
     assert dispatch.cache_salt("s", TENANT) != dispatch.cache_salt("other secret", TENANT)
     assert TENANT not in salts.pop()  # the salt does not name the tenant
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{**SETTINGS, "public_url": "https://hb.example", "result_check_s": 300}],
+    indirect=True,
+)
+def test_a_job_sent_without_a_webhook_is_asked_about_every_sweep_whoever_sweeps(
+    aws: Aws, runpod: ScriptedRunPod
+) -> None:
+    from control_plane.scheduler import sweep
+
+    batch_id = running_batch(aws, 2)
+    polling = dataclasses.replace(ctx_of(aws, runpod), webhook_secret="")  # sends no webhooks
+    dispatch.run(polling, [work(batch_id), TopUpEvent(endpoint_id=ENDPOINT, at=1, workers_max=1)])
+    sent = {c["chunk_id"]: c for c in chunk_store.list_chunks(aws.table, batch_id=batch_id)}
+    assert [c["webhook"] for c in sent.values() if c["state"] == "dispatched"] == [False, False]
+
+    # A sweep of a context that does send webhooks finds the job still running: it must ask
+    # again at the next sweep, not after the 300 s safety net of a webhook that never comes.
+    hooked = dataclasses.replace(ctx_of(aws, runpod), webhook_secret="s")
+    runpod.status = lambda job_id: {"id": job_id, "status": "IN_PROGRESS"}  # type: ignore[method-assign]
+    for chunk in sent.values():
+        assert sweep.check_chunk(hooked, chunk) == "running"
+    after = chunk_store.list_chunks(aws.table, batch_id=batch_id)
+    assert {int(c["check_at"]) for c in after} == {hooked.now}
