@@ -102,3 +102,19 @@ def stored_file(
     aws.s3.put_object(Bucket=BUCKET, Key=layout.file_key(file.id), Body=content)
     file_store.put_file(aws.table, tenant_id=tenant_id, file=file, line_count=line_count)
     return file.id
+
+
+class KeyCacheClock:
+    """Stands in for the `time` module inside `api/deps.py` (the key cache's clock):
+    monotonic time moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def files_status(client: TestClient, key: str) -> int:
+    """The status `GET /v1/files` answers for `key` (200 while it works, 401 once refused)."""
+    return client.get("/v1/files", headers=auth(key)).status_code

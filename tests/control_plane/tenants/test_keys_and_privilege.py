@@ -18,40 +18,28 @@ from control_plane.store import apikeys
 from control_plane.store import chunks as chunk_store
 from control_plane.webhooks import signature
 from infra import cli
-from tests.support.api import TABLE, auth, create_batch, upload_id
+from tests.support.api import TABLE, KeyCacheClock, auth, create_batch, files_status, upload_id
 from tests.support.lines import jsonl
-
-
-class Clock:
-    """Stands in for the `time` module inside deps: monotonic time moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-def files(client: TestClient, key: str) -> int:
-    return client.get("/v1/files", headers=auth(key)).status_code
 
 
 def test_revoking_tenant_bs_key_by_id_leaves_tenant_as_key_working(
     client: TestClient, aws: Aws, key_a: str, key_b: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock()
+    clock = KeyCacheClock()
     monkeypatch.setattr(deps, "time", clock)
-    assert files(client, key_a) == files(client, key_b) == 200  # both cached from here
+    assert (
+        files_status(client, key_a) == files_status(client, key_b) == 200
+    )  # both cached from here
     (b_key,) = apikeys.list_keys(aws.table, tenant_id="tenant-b")
 
     assert apikeys.revoke_key_id(aws.table, b_key.id) is True
 
-    assert files(client, key_b) == 200  # still inside this process's cache
+    assert files_status(client, key_b) == 200  # still inside this process's cache
     clock.now += aws.settings.key_cache_s
     refused = client.get("/v1/files", headers=auth(key_b))
     assert refused.status_code == 401
     assert refused.json()["error"]["code"] == "invalid_api_key"
-    assert files(client, key_a) == 200
+    assert files_status(client, key_a) == 200
     (a_key,) = apikeys.list_keys(aws.table, tenant_id="tenant-a")
     assert a_key.revoked_at is None
 
@@ -60,7 +48,7 @@ def test_an_expired_key_answers_401_with_an_openai_error_body(client: TestClient
     live = apikeys.create_key(aws.table, tenant_id="tenant-e", expires_at=now_s() + 3600)
     expired = apikeys.create_key(aws.table, tenant_id="tenant-e", expires_at=now_s() - 1)
 
-    assert files(client, live) == 200
+    assert files_status(client, live) == 200
     reply = client.get("/v1/files", headers=auth(expired))
 
     assert reply.status_code == 401
