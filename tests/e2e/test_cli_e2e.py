@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "batch.jsonl"
 PRICE = 2.0
 # How far the estimate may be from the actual, as a ratio either way: token counts follow from
-# the file, times from a shared CPU whose speed varies from minute to minute (README, "Cost,
-# ETA and estimates", has the figures of runs).
+# the file, times from a shared CPU whose speed varies from minute to minute (docs/operations.md,
+# "Cost, ETA and estimates", has the figures of runs).
 TOKENS_WITHIN = 1.25
 TIME_WITHIN = 2.5
 
