@@ -67,7 +67,7 @@ def test_complete_assembles_the_named_parts_in_the_named_order(
     client: TestClient, key_a: str, aws: Aws
 ) -> None:
     uploads = sdk(client, key_a).uploads
-    content = bytes(random.Random(7).randrange(256) for _ in range(6 * MiB + 123))
+    content = random.Random(7).randbytes(6 * MiB + 123)
     pieces = [content[i : i + 700_000] for i in range(0, len(content), 700_000)]
     upload = uploads.create(
         bytes=len(content), filename="x.bin", mime_type="text/plain", purpose="batch"
