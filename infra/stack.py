@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,9 @@ EMBED_ENDPOINT_ID = "local-embed"
 EVENT_POLL_S = 0.25
 QUEUES = (queues.DISPATCH, queues.BATCHES)
 SLOW_SWEEP_S = 5.0
+# All background threads together get this long to finish what they hold at a stop.
+THREADS_STOP_S = 30.0
+SLOW_STOP_S = 10.0
 
 
 @dataclass
@@ -223,16 +228,52 @@ class LocalStack:
         }
 
     def stop(self) -> None:
+        """Stop everything, in the order that loses nothing: the threads that send work (one
+        shared deadline, not one each), the endpoint and its workers, the API, moto. Each part's
+        time is logged, and whatever is still running after is named with its stack, so a stop
+        that overruns says where."""
         self._stop.set()
         self.kick("stop")
-        for thread in self._threads:
-            thread.join(timeout=30)
+        with _timed("the sweep and queue threads"):
+            deadline = time.monotonic() + THREADS_STOP_S
+            for thread in self._threads:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.endpoint is not None:
-            self.endpoint.stop()
+            with _timed("the RunPod endpoint and its workers"):
+                self.endpoint.stop()
         if self.api is not None:
-            self.api.stop()
+            with _timed("the API"):
+                self.api.stop()
         if self.local_aws is not None:
-            self.local_aws.stop()
+            with _timed("moto"):
+                self.local_aws.stop()
+        report_lingering_threads()
+
+
+@contextlib.contextmanager
+def _timed(part: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    took = time.monotonic() - started
+    (log.warning if took > SLOW_STOP_S else log.info)("stopped %s in %.1f s", part, took)
+
+
+def report_lingering_threads() -> list[str]:
+    """Log the threads still alive after a stop, each with where it is: a non-daemon one keeps
+    the process from exiting, so this is where a stop that hangs shows its cause."""
+    frames = sys._current_frames()
+    lingering = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.current_thread() and thread.is_alive()
+    ]
+    for thread in lingering:
+        frame = frames.get(thread.ident or -1)
+        where = "".join(traceback.format_stack(frame, limit=4)) if frame is not None else "?"
+        (log.info if thread.daemon else log.warning)(
+            "still running after the stop: %s (daemon=%s)\n%s", thread.name, thread.daemon, where
+        )
+    return [thread.name for thread in lingering]
 
 
 def worker_pool(

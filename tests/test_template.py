@@ -25,6 +25,7 @@ from moto import mock_aws
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
 
+from control_plane import observability
 from control_plane.settings import LOCAL_ONLY, Settings
 from infra.aws_resources import TEMPLATE, create_resources, load_template, resources_of_type
 
@@ -716,3 +717,246 @@ def test_local_bucket_has_the_template_encryption_access_block_and_lifecycle(
         assert got.get("AbortIncompleteMultipartUpload") == want.get(
             "AbortIncompleteMultipartUpload"
         )
+
+
+# --- 5. alarms ------------------------------------------------------------------------------
+
+# The functions nobody waits on: their failures are silent unless an alarm says so. The API's
+# failures are answers (500s) that its clients see.
+UNWATCHED_FUNCTIONS = {"ApiFunction"}
+NOTIFY = {"Fn::If": ["AlarmNotifies", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+EMITTERS = ("count", "seconds")  # control_plane.observability's metric functions
+
+
+def _alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"]
+        for name, resource in resources_of_type(template, "AWS::CloudWatch::Alarm").items()
+    }
+
+
+def _metric_names(node: ast.expr) -> set[str] | None:
+    """The metric names an argument can be: a literal, or a conditional between literals; None
+    when it is computed (the scan cannot read it)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.IfExp):
+        body, orelse = _metric_names(node.body), _metric_names(node.orelse)
+        return None if body is None or orelse is None else body | orelse
+    return None
+
+
+def _metric_arguments(tree: ast.Module) -> Iterator[ast.expr | None]:
+    """The name argument of every call that emits a metric: observability's `count` and
+    `seconds` however imported, and powertools' `add_metric`; None for a call without one."""
+    module = observability.__name__
+    package, _, leaf = module.rpartition(".")
+    functions: set[str] = set()  # local names of count / seconds
+    modules: set[str] = set()  # local names of the observability module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            functions |= {
+                alias.asname or alias.name for alias in node.names if alias.name in EMITTERS
+            }
+        elif isinstance(node, ast.ImportFrom) and node.module == package:
+            modules |= {alias.asname or alias.name for alias in node.names if alias.name == leaf}
+        elif isinstance(node, ast.Import):
+            modules |= {
+                alias.asname for alias in node.names if alias.name == module and alias.asname
+            }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        emits = (isinstance(func, ast.Name) and func.id in functions) or (
+            isinstance(func, ast.Attribute)
+            and (
+                func.attr == "add_metric"
+                or (
+                    func.attr in EMITTERS
+                    and isinstance(func.value, ast.Name)
+                    and func.value.id in modules
+                )
+            )
+        )
+        if emits:
+            named = [kw.value for kw in node.keywords if kw.arg == "name"]
+            arguments: list[ast.expr] = node.args[:1] or named
+            yield arguments[0] if arguments else None
+
+
+def _scan_metrics(sources: dict[str, str]) -> tuple[set[str], list[str]]:
+    """(metric names emitted, where a call's name could not be read) over `sources`."""
+    names: set[str] = set()
+    unreadable: list[str] = []
+    for where, text in sources.items():
+        tree = ast.parse(text)
+        for argument in _metric_arguments(tree):
+            found = None if argument is None else _metric_names(argument)
+            if found is None:
+                unreadable.append(f"{where}:{getattr(argument, 'lineno', '?')}")
+            else:
+                names |= found
+    return names, unreadable
+
+
+def _control_plane_sources() -> dict[str, str]:
+    """Every module of the control plane but observability itself (its `add_metric` takes the
+    name its callers give)."""
+    root = REPO / "control_plane"
+    skip = Path(observability.__file__).resolve()
+    return {
+        str(path.relative_to(REPO)): path.read_text()
+        for path in sorted(root.rglob("*.py"))
+        if path.resolve() != skip
+    }
+
+
+@pytest.fixture(scope="module")
+def emitted_metrics() -> set[str]:
+    names, unreadable = _scan_metrics(_control_plane_sources())
+    assert unreadable == [], f"metric names the scan cannot read: {unreadable}"
+    return names
+
+
+def _emitted_dimensions(service: str) -> list[list[str]]:
+    """The dimension sets powertools writes into an EMF record, on a function whose
+    POWERTOOLS_SERVICE_NAME is `service` (the metric set is shared: cleared after)."""
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("POWERTOOLS_SERVICE_NAME", service)
+        probe = Metrics(namespace=observability.NAMESPACE)
+        try:
+            probe.add_metric(name="Probe", unit=MetricUnit.Count, value=1)
+            record = probe.serialize_metric_set()
+        finally:
+            probe.clear_metrics()
+    (directive,) = record["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == observability.NAMESPACE
+    dimensions: list[list[str]] = directive["Dimensions"]
+    return dimensions
+
+
+def test_the_metric_scan_reads_names_however_the_emitter_is_imported() -> None:
+    """Guards the alarm tests below against a scan that silently finds nothing."""
+    source = (
+        f"from {observability.__name__} import count as tally, seconds\n"
+        f"from {observability.__name__.rpartition('.')[0]} import observability as obs\n"
+        "tally('A')\n"
+        "seconds('B' if ok else 'C', 1.0)\n"
+        "obs.count('D')\n"
+        "metrics.add_metric(name='E', unit=unit, value=1)\n"
+        "tally(name_of_the_day)\n"
+        "count('not observability')\n"
+    )
+    names, unreadable = _scan_metrics({"example.py": source})
+    assert names == {"A", "B", "C", "D", "E"}
+    assert unreadable == ["example.py:7"]
+
+
+def test_every_alarm_notifies_the_topic_only_when_one_is_given(
+    template: dict[str, Any],
+) -> None:
+    alarms = _alarms(template)
+    assert alarms
+    assert template["Conditions"]["AlarmNotifies"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
+    }
+    names = []
+    for name, props in alarms.items():
+        assert props["AlarmActions"] == NOTIFY and props["OKActions"] == NOTIFY, name
+        # hotbatch's own metrics emit nothing while nothing happens (a count of 0 is skipped).
+        assert props["TreatMissingData"] == "notBreaching", name
+        assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold", name
+        assert props.get("DatapointsToAlarm", 1) <= props["EvaluationPeriods"], name
+        # Named after the stack: two stacks in one account never collide, and a page says which.
+        sub = props["AlarmName"]["Fn::Sub"]
+        assert sub.startswith("${AWS::StackName}-"), name
+        names.append(sub)
+    assert len(set(names)) == len(names)
+
+
+def test_the_alarm_topic_parameter_takes_an_sns_topic_arn_or_nothing(
+    template: dict[str, Any],
+) -> None:
+    parameter = template["Parameters"]["AlarmTopicArn"]
+    assert parameter["Default"] == ""
+    pattern = parameter["AllowedPattern"]
+    assert re.fullmatch(pattern, "")
+    assert re.fullmatch(pattern, "arn:aws:sns:eu-west-1:123456789012:hotbatch-alarms")
+    for wrong in ("hotbatch-alarms", EXAMPLE_PARAMETERS["WebhookSecretArn"], "arn:aws:sns:x"):
+        assert not re.fullmatch(pattern, wrong), wrong
+
+
+def test_every_function_nobody_waits_on_has_an_errors_alarm(template: dict[str, Any]) -> None:
+    watched = {}
+    for name, props in _alarms(template).items():
+        if props["Namespace"] != "AWS/Lambda":
+            continue
+        assert props["MetricName"] == "Errors" and props["Statistic"] == "Sum", name
+        (dimension,) = props["Dimensions"]
+        assert dimension["Name"] == "FunctionName", name
+        watched[dimension["Value"]["Ref"]] = name
+    assert set(watched) == set(FUNCTIONS) - UNWATCHED_FUNCTIONS
+
+
+def test_every_dead_letter_queue_has_an_alarm(template: dict[str, Any]) -> None:
+    queues = resources_of_type(template, "AWS::SQS::Queue").values()
+    dead_letter_queues = {
+        _refs(queue["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]).pop()
+        for queue in queues
+        if "RedrivePolicy" in queue["Properties"]
+    }
+    assert dead_letter_queues
+    watched = set()
+    for name, props in _alarms(template).items():
+        if props["Namespace"] != "AWS/SQS":
+            continue
+        assert props["MetricName"] in (
+            "ApproximateNumberOfMessagesVisible",
+            "ApproximateAgeOfOldestMessage",
+        ), name
+        assert props["Statistic"] == "Maximum", name
+        (dimension,) = props["Dimensions"]
+        assert dimension["Name"] == "QueueName", name
+        queue, attribute = dimension["Value"]["Fn::GetAtt"]
+        assert attribute == "QueueName", name
+        watched.add(queue)
+    assert watched == dead_letter_queues
+
+
+def test_hotbatch_alarms_watch_metrics_the_code_emits_with_its_dimensions(
+    template: dict[str, Any], emitted_metrics: set[str]
+) -> None:
+    service = template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    values = {"service": service}
+    emitted_dimensions = _emitted_dimensions(service)
+    watched = set()
+    for name, props in _alarms(template).items():
+        assert props["Namespace"] in ("AWS/Lambda", "AWS/SQS", observability.NAMESPACE), name
+        if props["Namespace"] != observability.NAMESPACE:
+            continue
+        assert props["MetricName"] in emitted_metrics, f"{name}: the code never emits it"
+        # CloudWatch matches a metric on its exact set of dimensions.
+        keys = [dimension["Name"] for dimension in props["Dimensions"]]
+        assert [keys] == emitted_dimensions, name
+        assert all(d["Value"] == values[d["Name"]] for d in props["Dimensions"]), name
+        assert props["Statistic"] == "Sum", name
+        watched.add(props["MetricName"])
+    # Requests that failed for good, and batches the control plane had to give up on.
+    assert {"DeadLetters", "BatchesUnprocessable"} <= watched
+
+
+def test_the_dead_letters_alarm_threshold_is_a_parameter(template: dict[str, Any]) -> None:
+    (props,) = [p for p in _alarms(template).values() if p["MetricName"] == "DeadLetters"]
+    assert props["Threshold"] == {"Ref": "DeadLettersAlarmThreshold"}
+    parameter = template["Parameters"]["DeadLettersAlarmThreshold"]
+    assert parameter["MinValue"] >= 1 and parameter["Default"] >= parameter["MinValue"]
+
+
+def test_the_transform_keeps_every_alarm(
+    template: dict[str, Any], transformed: dict[str, Any]
+) -> None:
+    assert set(_of_type(transformed, "AWS::CloudWatch::Alarm")) == set(_alarms(template))
