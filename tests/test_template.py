@@ -945,8 +945,9 @@ def test_hotbatch_alarms_watch_metrics_the_code_emits_with_its_dimensions(
         assert all(d["Value"] == values[d["Name"]] for d in props["Dimensions"]), name
         assert props["Statistic"] == "Sum", name
         watched.add(props["MetricName"])
-    # Requests that failed for good, and batches the control plane had to give up on.
-    assert {"DeadLetters", "BatchesUnprocessable"} <= watched
+    # Requests that failed for good, batches the control plane had to give up on, and an
+    # endpoint's breaker opening.
+    assert {"DeadLetters", "BatchesUnprocessable", "BreakerOpened"} <= watched
 
 
 def test_the_dead_letters_alarm_threshold_is_a_parameter(template: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from control_plane.observability import count
 from control_plane.store import Table
 from control_plane.store import endpoint as endpoint_store
 
@@ -160,6 +161,9 @@ def save(
         table, endpoint_id, state, seen=before.version, now=now
     ):
         return False
+    if after.breaker == "open" and before.breaker != "open":
+        # Counted here, where the open state is saved once, so an alarm sees each opening once.
+        count("BreakerOpened")
     if not mirror:
         return True
     if after.breaker != before.breaker:

@@ -363,9 +363,11 @@ def test_poison_request_is_bisected_into_a_dead_letter_and_the_rest_completes(
 
 
 def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes_it(
-    stack: LocalStack,
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     table = aws(stack).table
+    counted: list[str] = []
+    monkeypatch.setattr(policy, "count", lambda name, value=1: counted.append(name))
     set_window(stack, 4)
     busy_ids = ["brk-busy"]
     busy = submit(stack, busy_ids)  # a chunk whose result arrives while the client API fails
@@ -379,6 +381,8 @@ def test_endpoint_5xx_opens_the_breaker_without_losing_chunks_and_a_probe_closes
             tick(stack)
         assert state(stack).breaker == "open"
         assert endpoint_store.breaker_state(table) == "open"
+        tick(stack)  # still open: the opening is counted once, for BreakerOpenAlarm
+        assert counted.count("BreakerOpened") == 1
         client = sdk(stack)
         more = request_line("more").encode()
         file = client.files.create(file=("more.jsonl", more), purpose="batch")
