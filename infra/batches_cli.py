@@ -1,33 +1,45 @@
-"""`hotbatch batches …` and `hotbatch health`: any deployment, from HOTBATCH_API_URL and
-HOTBATCH_API_KEY, through the official openai SDK.
+"""`hotbatch batches …`: batches on any deployment, through the official openai SDK.
 
-stdout carries each command's result (JSON, or a table where one reads better; `--json` for
-scripts); progress, bars and messages go to stderr.
+The commands that act (submit, watch, cancel, retry, download) print their result as JSON; those
+that list or show (list, get, dead-letters, estimate) print a table unless `--json`; `-q` prints
+ids only. Progress and messages go to stderr (infra/output_cli.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import json
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.text import Text
 
 from infra import client as api
 from infra import views
-from infra.batch_file import endpoint_of
+from infra.deployment_cli import api_errors, deployment
+from infra.output_cli import (
+    Exit,
+    Form,
+    JsonOpt,
+    QuietOpt,
+    batch_exit,
+    emit,
+    emit_ids,
+    err,
+    fail,
+    form,
+    print_batch,
+    say,
+    show,
+)
+from infra.upload_cli import batch_input, uploaded_input
 
 if TYPE_CHECKING:
     from openai import OpenAI
     from openai.types import Batch
 
 app = typer.Typer(
-    help="Batches on a deployment (HOTBATCH_API_URL, HOTBATCH_API_KEY).",
+    help="Batches on a deployment (--api-url/--api-key or HOTBATCH_API_URL/_KEY).",
     no_args_is_help=True,
 )
 
@@ -38,47 +50,17 @@ class Priority(enum.StrEnum):
     backfill = "backfill"
 
 
-def _out() -> Console:
-    return Console(soft_wrap=False)
+class Status(enum.StrEnum):
+    """A Batch's `status`, as OpenAI defines it."""
 
-
-def _err() -> Console:
-    return Console(stderr=True, soft_wrap=True)  # messages are not cut into lines
-
-
-def deployment(ctx: typer.Context) -> api.Deployment:
-    """The deployment handed in by the caller (tests), else the one the environment names."""
-    handed = ctx.find_root().obj
-    if isinstance(handed, api.Deployment):
-        return handed
-    try:
-        return api.Deployment.from_env()
-    except api.MissingDeployment as exc:
-        _err().print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from exc
-
-
-@contextlib.contextmanager
-def api_errors() -> Iterator[None]:
-    """The SDK's errors as one line on stderr and exit status 1, not a traceback."""
-    import openai
-
-    try:
-        yield
-    except openai.APIStatusError as exc:
-        body = exc.body if isinstance(exc.body, dict) else {}
-        detail = body.get("error", body) if isinstance(body, dict) else {}
-        message = detail.get("message") if isinstance(detail, dict) else None
-        _err().print(f"[red]error {exc.status_code}:[/] {message or exc.message}", highlight=False)
-        raise typer.Exit(1) from exc
-    except openai.APIConnectionError as exc:
-        _err().print(f"[red]error:[/] cannot reach the deployment: {exc}", highlight=False)
-        raise typer.Exit(1) from exc
-
-
-def emit(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
-    sys.stdout.flush()
+    validating = "validating"
+    in_progress = "in_progress"
+    finalizing = "finalizing"
+    completed = "completed"
+    failed = "failed"
+    expired = "expired"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
 
 
 def parse_metadata(pairs: list[str] | None) -> dict[str, str] | None:
@@ -93,47 +75,22 @@ def parse_metadata(pairs: list[str] | None) -> dict[str, str] | None:
     return metadata
 
 
-def input_file_id(
-    target: api.Deployment, sdk: OpenAI, file: str, *, single_request_bytes: int
-) -> str:
-    """Upload a local file (in parts above one request's limit), or take a `file-…` id."""
-    path = Path(file)
-    if not path.is_file():
-        if file.startswith("file-"):
-            return file
-        _err().print(f"[red]error:[/] input file not found: {file}", highlight=False)
-        raise typer.Exit(2)
-    size = path.stat().st_size
-    err = _err()
-    parts = size > single_request_bytes
-    bar, task = views.transfer_bar(err, f"uploading {path.name}", size)
-    with bar:
-        uploaded = api.upload(
-            target,
-            sdk,
-            path,
-            progress=lambda sent: bar.advance(task, sent),
-            single_request_bytes=single_request_bytes,
-        )
-    how = "in presigned parts" if parts else "in one request"
-    err.print(f"uploaded {path.name} as {uploaded.id} ({size:,} bytes, {how})", highlight=False)
-    return uploaded.id
-
-
-def _endpoint(file: str, endpoint: str | None) -> str:
-    if endpoint:
-        return endpoint
-    path = Path(file)
-    return endpoint_of(path) if path.is_file() else "/v1/chat/completions"
-
-
-FileArg = Annotated[str, typer.Argument(help="a batch input JSONL file, or an uploaded file-… id")]
-EndpointOpt = Annotated[
-    str | None, typer.Option(help="/v1/chat/completions or /v1/completions (default: the file's)")
+FileArg = Annotated[
+    str | None, typer.Argument(help="a batch input JSONL file, or an uploaded file-… id")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+FileIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--file-id",
+        help="an uploaded file (`files list`, `batches estimate`): nothing is uploaded",
+    ),
+]
+EndpointOpt = Annotated[
+    str | None,
+    typer.Option(help="/v1/chat/completions, /v1/completions, … (default: the file's first line)"),
+]
 IntervalOpt = Annotated[float, typer.Option(help="seconds between two looks at the batch")]
-TimeoutOpt = Annotated[float | None, typer.Option(help="give up after this many seconds")]
+TimeoutOpt = Annotated[float | None, typer.Option(help="give up after this many seconds (exit 5)")]
 # Above this, uploads go through /v1/uploads and S3 part URLs (hidden: for tests).
 PartsAboveOpt = Annotated[int, typer.Option(hidden=True)]
 
@@ -141,7 +98,8 @@ PartsAboveOpt = Annotated[int, typer.Option(hidden=True)]
 @app.command()
 def submit(
     ctx: typer.Context,
-    file: FileArg,
+    file: FileArg = None,
+    file_id: FileIdOpt = None,
     endpoint: EndpointOpt = None,
     priority: Annotated[Priority, typer.Option(help="dispatch priority")] = Priority.normal,
     metadata: Annotated[
@@ -153,51 +111,102 @@ def submit(
     interval: IntervalOpt = 2.0,
     timeout: TimeoutOpt = None,
     parts_above: PartsAboveOpt = api.SINGLE_REQUEST_BYTES,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Upload FILE and create a batch from it; print the batch (the final one with --wait)."""
+    """Upload FILE (or take --file-id) and create a batch; print it.
+
+    With --wait, follow it and print the final batch; exit 0 only if it completed."""
+    shape = form(as_json, quiet)
     pairs = parse_metadata(metadata)
+    if (file is None) == (file_id is None):
+        fail("give one of FILE or --file-id ID", Exit.USAGE)
     target = deployment(ctx)
-    with api_errors():
+    with api_errors(target):
         sdk = target.client()
-        file_id = input_file_id(target, sdk, file, single_request_bytes=parts_above)
+        if file_id is not None:
+            source = uploaded_input(sdk, file_id, endpoint=endpoint)
+        else:
+            assert file is not None
+            source = batch_input(
+                target, sdk, file, endpoint=endpoint, single_request_bytes=parts_above
+            )
         batch = api.create_batch(
             sdk,
-            file_id=file_id,
-            endpoint=_endpoint(file, endpoint),
+            file_id=source.file_id,
+            endpoint=source.endpoint,
             priority=priority.value,
             metadata=pairs,
         )
-        _err().print(f"batch {batch.id} created ({batch.status})", highlight=False)
+        say(f"batch {batch.id} created ({batch.status})")
         if wait:
             batch = _follow(sdk, batch.id, interval=interval, timeout=timeout)
-    emit(batch.model_dump(mode="json"))
-    if wait and batch.status != "completed":
-        raise typer.Exit(1)
+    print_batch(batch, shape)
+    if wait:
+        _exit_for(batch, timeout)
 
 
 def _follow(sdk: OpenAI, batch_id: str, *, interval: float, timeout: float | None) -> Batch:
     return views.follow(
-        lambda: sdk.batches.retrieve(batch_id), _err(), interval=interval, timeout=timeout
+        lambda: sdk.batches.retrieve(batch_id), err(), interval=interval, timeout=timeout
     )
+
+
+def _exit_for(batch: Batch, timeout: float | None) -> None:
+    code = batch_exit(batch)
+    if code is Exit.TIMEOUT:
+        say(f"batch {batch.id} is still {batch.status} after {timeout or 0:g} s")
+    if code is not Exit.OK:
+        raise typer.Exit(int(code))
+
+
+@app.command()
+def get(
+    ctx: typer.Context, batch_id: str, as_json: JsonOpt = False, quiet: QuietOpt = False
+) -> None:
+    """One batch: status, progress, files, cost and, for a failed one, its errors."""
+    shape = form(as_json, quiet)
+    target = deployment(ctx)
+    with api_errors(target):
+        batch = target.client().batches.retrieve(batch_id)
+    if shape is Form.TABLE:
+        show(views.batch_view(batch))
+    else:
+        print_batch(batch, shape)
 
 
 @app.command("list")
 def list_batches(
     ctx: typer.Context,
-    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    status: Annotated[
+        Status | None, typer.Option(help="only batches in this status (newest first)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many")] = 20,
     after: Annotated[str | None, typer.Option(help="the last id of the previous page")] = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """The newest batches, with progress, throughput, ETA and cost."""
-    with api_errors():
-        sdk = deployment(ctx).client()
-        pages = sdk.batches
-        page = pages.list(limit=limit, after=after) if after else pages.list(limit=limit)
-        batches = list(page.data)
-    if as_json:
-        emit([batch.model_dump(mode="json") for batch in batches])
+    shape = form(as_json, quiet)
+    target = deployment(ctx)
+    with api_errors(target):
+        found = api.list_batches(
+            target.client(),
+            limit=limit,
+            after=after,
+            keep=(lambda batch: batch.status == status) if status else None,
+        )
+    if found.more and len(found.batches) < limit:  # the scan stopped before the end
+        say(
+            f"looked at the newest {found.scanned:,} batches only; page on with "
+            f"--after {found.last_id}"
+        )
+    if shape is Form.JSON:
+        emit([batch.model_dump(mode="json") for batch in found.batches])
+    elif shape is Form.IDS:
+        emit_ids(batch.id for batch in found.batches)
     else:
-        _out().print(views.batches_table(batches))
+        show(views.batches_table(found.batches))
 
 
 @app.command()
@@ -206,13 +215,16 @@ def watch(
     batch_id: str,
     interval: IntervalOpt = 2.0,
     timeout: TimeoutOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Follow a batch live until it ends; print it, exit 0 only if it completed."""
-    with api_errors():
-        batch = _follow(deployment(ctx).client(), batch_id, interval=interval, timeout=timeout)
-    emit(batch.model_dump(mode="json"))
-    if batch.status != "completed":
-        raise typer.Exit(1)
+    """Follow a batch live until it ends; print it; exit 0 only if it completed."""
+    shape = form(as_json, quiet)
+    target = deployment(ctx)
+    with api_errors(target):
+        batch = _follow(target.client(), batch_id, interval=interval, timeout=timeout)
+    print_batch(batch, shape)
+    _exit_for(batch, timeout)
 
 
 @app.command()
@@ -220,21 +232,20 @@ def download(
     ctx: typer.Context,
     batch_id: str,
     out: Annotated[Path, typer.Option(help="folder for output.jsonl and errors.jsonl")] = Path("."),
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Write a batch's output and error files to OUT."""
-    err = _err()
-    with api_errors():
-        sdk = deployment(ctx).client()
+    """Write a batch's output and error files to OUT; print where (-q: the two paths)."""
+    shape = form(as_json, quiet)
+    target = deployment(ctx)
+    with api_errors(target):
+        sdk = target.client()
         batch = sdk.batches.retrieve(batch_id)
         if batch.output_file_id is None and batch.error_file_id is None:
-            err.print(f"[red]error:[/] batch {batch_id} is {batch.status}: no results yet")
-            raise typer.Exit(1)
+            fail(f"batch {batch_id} is {batch.status}: no results yet")
         out.mkdir(parents=True, exist_ok=True)
         written: dict[str, Any] = {"batch_id": batch.id, "status": batch.status}
-        for name, file_id in (
-            ("output", batch.output_file_id),
-            ("error", batch.error_file_id),
-        ):
+        for name, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id)):
             path = out / ("output.jsonl" if name == "output" else "errors.jsonl")
             size = 0
             if file_id:
@@ -243,23 +254,31 @@ def download(
                 path.write_bytes(b"")  # no such file: an empty one, so scripts find both
             written[f"{name}_file"] = str(path)
             written[f"{name}_bytes"] = size
-    err.print(
+    say(
         f"wrote {written['output_file']} ({written['output_bytes']:,} bytes) and "
-        f"{written['error_file']} ({written['error_bytes']:,} bytes)",
-        highlight=False,
+        f"{written['error_file']} ({written['error_bytes']:,} bytes)"
     )
-    emit(written)
+    if shape is Form.IDS:
+        emit_ids([written["output_file"], written["error_file"]])
+    else:
+        emit(written)
 
 
 @app.command("dead-letters")
-def dead_letters(ctx: typer.Context, batch_id: str, as_json: JsonOpt = False) -> None:
-    """The requests of a batch that failed for good (hotbatch extra)."""
-    with api_errors():
-        letters = api.dead_letters(deployment(ctx).client(), batch_id)
-    if as_json:
+def dead_letters(
+    ctx: typer.Context, batch_id: str, as_json: JsonOpt = False, quiet: QuietOpt = False
+) -> None:
+    """The requests of a batch that failed for good (hotbatch extra); -q: their custom_ids."""
+    shape = form(as_json, quiet)
+    target = deployment(ctx)
+    with api_errors(target):
+        letters = api.dead_letters(target.client(), batch_id)
+    if shape is Form.JSON:
         emit(letters)
+    elif shape is Form.IDS:
+        emit_ids(str(letter["custom_id"]) for letter in letters)
     else:
-        _out().print(views.dead_letters_table(batch_id, letters))
+        show(views.dead_letters_table(batch_id, letters))
 
 
 @app.command()
@@ -269,52 +288,72 @@ def retry(
     custom_id: Annotated[
         list[str] | None, typer.Option("--custom-id", help="only these (repeatable); default all")
     ] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run a completed batch's dead letters again (hotbatch extra); print the batch."""
-    with api_errors():
-        batch = api.retry(deployment(ctx).client(), batch_id, custom_id or None)
-    emit(batch.model_dump(mode="json"))
+    shape = form(as_json, quiet)
+    target = deployment(ctx)
+    with api_errors(target):
+        batch = api.retry(target.client(), batch_id, custom_id or None)
+    print_batch(batch, shape)
 
 
 @app.command()
-def cancel(ctx: typer.Context, batch_id: str) -> None:
+def cancel(
+    ctx: typer.Context, batch_id: str, as_json: JsonOpt = False, quiet: QuietOpt = False
+) -> None:
     """Cancel a batch (finished chunks' results are kept); print it."""
-    with api_errors():
-        batch = deployment(ctx).client().batches.cancel(batch_id)
-    emit(batch.model_dump(mode="json"))
+    shape = form(as_json, quiet)
+    target = deployment(ctx)
+    with api_errors(target):
+        batch = target.client().batches.cancel(batch_id)
+    print_batch(batch, shape)
 
 
 @app.command()
 def estimate(
     ctx: typer.Context,
-    file: FileArg,
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="an uploaded file-… id, or a JSONL file: uploaded to be estimated, it expires "
+            "after a day (submit it with --file-id meanwhile)"
+        ),
+    ],
     endpoint: EndpointOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
     parts_above: PartsAboveOpt = api.SINGLE_REQUEST_BYTES,
 ) -> None:
-    """Requests, tokens, duration and cost of FILE before submitting it, from the throughput
-    measured on the deployment's recent chunks."""
+    """Requests, tokens, duration and cost of a file before submitting it.
+
+    From the throughput measured on the deployment's recent chunks. -q prints the file's id,
+    for `batches submit --file-id`."""
+    shape = form(as_json, quiet)
     target = deployment(ctx)
-    with api_errors():
+    with api_errors(target):
         sdk = target.client()
-        file_id = input_file_id(target, sdk, file, single_request_bytes=parts_above)
-        result = api.estimate(sdk, file_id=file_id, endpoint=_endpoint(file, endpoint))
-    if as_json:
+        source = batch_input(
+            target,
+            sdk,
+            file,
+            endpoint=endpoint,
+            single_request_bytes=parts_above,
+            expires_after_s=api.ESTIMATE_COPY_EXPIRES_S,
+        )
+        result = api.estimate(sdk, file_id=source.file_id, endpoint=source.endpoint)
+    if source.uploaded_from is not None:
+        say(
+            f"{source.file_id} expires in {views.duration(api.ESTIMATE_COPY_EXPIRES_S)}: "
+            f"`hotbatch batches submit --file-id {source.file_id}` submits it without uploading "
+            "it again"
+        )
+    if shape is Form.JSON:
         emit(result)
-        return
-    out = _out()
-    out.print(views.estimate_table(result))
-    for note in result.get("notes", []):
-        out.print(f"note: {note}", highlight=False)
-
-
-def health(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """The deployment's health over the last hour, component by component; exit 1 if down."""
-    with api_errors():
-        report = api.health(deployment(ctx).client())
-    if as_json:
-        emit(report)
+    elif shape is Form.IDS:
+        emit_ids([source.file_id])
     else:
-        _out().print(views.health_table(report))
-    if report.get("status") == "down":
-        raise typer.Exit(1)
+        show(views.estimate_table(result))
+        for note in result.get("notes", []):
+            show(Text(f"note: {note}"))

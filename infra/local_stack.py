@@ -11,13 +11,15 @@ weights under vLLM's pooling runner: embeddings) on a second endpoint, `local-em
 worker of its own. With `--model` one endpoint serves that model and no map is set.
 
 `up` stays in the foreground: once everything answers and every worker's engine has loaded it
-prints shell lines to `eval`, then `ready`, and stops everything on Ctrl-C or SIGTERM.
-`run` submits one batch file through the official openai SDK, shows its progress, writes the
-output and error files, and stops.
+prints shell lines to `eval` (or one JSON object), then `ready`, and stops everything on Ctrl-C
+or SIGTERM; its logs go to stderr. `run` submits one batch file through the official openai
+SDK, shows its progress, writes the output and error files, and stops; its logs, the stack's
+and the workers', go to files under `<workdir>/logs/`, so the terminal shows only progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,14 +28,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.text import Text
 
 from infra import views
 from infra.batch_file import endpoint_of
+from infra.logfile_cli import LogFile
+from infra.output_cli import Exit, batch_exit
 from infra.stack import LocalStack, StackConfig, worker_pool
 
 if TYPE_CHECKING:
@@ -68,10 +74,13 @@ class LocalOptions:
     ready_timeout: float = 900.0
     start_attempts: int = 1
     gpu_price_per_hour: float = 0.0
+    # The workers' command (None: `python -m handler`); the tests' stand-in engine is another.
+    worker_command: list[str] | None = None
     # `up` only
     port: int = 8000
     aws_port: int = 5000
     runpod_port: int = 8100
+    json_exports: bool = False  # the exports as one JSON object instead of `export` lines
     # `run` only
     input: Path = Path("batch.jsonl")
     endpoint: str | None = None
@@ -80,65 +89,111 @@ class LocalOptions:
 
 
 def up(args: LocalOptions) -> int:
-    stop = _stop_on_signals()
-    stack = _stack(args, ports=True)
-    try:
-        stack.start()
-        if not _wait_ready(stack, args.workers, args.ready_timeout, stop, args.start_attempts):
-            return 1
-        for key, value in stack.exports().items():
-            sys.stdout.write(f"export {key}={shlex.quote(value)}\n")
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-        stop.wait()
-    finally:
-        log.info("stopping the local stack")
-        stack.stop()
+    with _stop_on_signals() as stop:
+        stack = _stack(args, ports=True)
+        try:
+            stack.start()
+            ready = _wait_ready(stack, args.workers, args.ready_timeout, stop, args.start_attempts)
+            if ready is not Exit.OK:
+                return int(ready)
+            sys.stdout.write(ready_text(stack.exports(), as_json=args.json_exports))
+            sys.stdout.flush()
+            stop.wait()
+        finally:
+            log.info("stopping the local stack")
+            stack.stop()
     return 0
 
 
-def run(args: LocalOptions) -> int:
-    """Start the stack, run one batch through the openai SDK, print its progress and result."""
+def ready_text(exports: dict[str, str], *, as_json: bool) -> str:
+    """What `up` prints once it is ready: `export` lines for `eval` (or the variables as one
+    JSON object on one line), then `ready`."""
+    if as_json:
+        lines = [json.dumps(exports)]
+    else:
+        lines = [f"export {key}={shlex.quote(value)}" for key, value in exports.items()]
+    return "\n".join([*lines, "ready"]) + "\n"
+
+
+@dataclass
+class RunOutcome:
+    """What `local run` ended with: its exit status and, once a batch ran, the batch and where
+    its results and the logs went."""
+
+    code: int
+    log_file: Path
+    batch: Batch | None = None
+    output_file: Path | None = None
+    error_file: Path | None = None
+
+
+def run_log(args: LocalOptions) -> Path:
+    """Where `local run` writes the logs of this process (the workers': beside it)."""
+    return (args.workdir / "logs" / "local-run.log").resolve()
+
+
+def run(args: LocalOptions, *, stack: LocalStack | None = None) -> RunOutcome:
+    """Start the stack, run one batch through the openai SDK, show its progress on stderr, save
+    its results; every log line goes to `run_log(args)`. `stack`: one already started to use
+    (and leave running) instead (the tests' own)."""
+    console = Console(stderr=True, soft_wrap=True)
+    log_file = run_log(args)
+    if not args.input.is_file():
+        console.print(Text(f"error: input file not found: {args.input}"), highlight=False)
+        return RunOutcome(int(Exit.USAGE), log_file)
+    console.print(Text(f"logs: {log_file}"), highlight=False)
+    with LogFile(log_file) as logs, _stop_on_signals() as stop:
+        started = stack or _stack(args, ports=False)
+        try:
+            if stack is None:
+                console.print("starting the local stack (moto, control plane, RunPod, workers)")
+                started.start()
+                logs.claim()  # uvicorn gave its loggers terminal handlers of their own at start
+            ready = _wait_ready(
+                started, max(args.workers, 1), args.ready_timeout, stop, args.start_attempts
+            )
+            if ready is not Exit.OK:
+                return RunOutcome(int(ready), log_file)
+            return _run_batch(started, args, console, stop, log_file)
+        finally:
+            if stack is None:
+                started.stop()
+
+
+def _run_batch(
+    stack: LocalStack,
+    args: LocalOptions,
+    console: Console,
+    stop: threading.Event,
+    log_file: Path,
+) -> RunOutcome:
     from infra import client as api  # the openai SDK: a dev dependency, imported when needed
 
-    if not args.input.is_file():
-        log.error("input file not found", extra={"path": str(args.input)})
-        return 2
-    stop = _stop_on_signals()
-    stack = _stack(args, ports=False)
-    console = Console(stderr=True, soft_wrap=True)
-    try:
-        stack.start()
-        console.print("starting the local stack (moto, control plane, RunPod endpoint, workers)")
-        if not _wait_ready(
-            stack, max(args.workers, 1), args.ready_timeout, stop, args.start_attempts
-        ):
-            return 1
-        exports = stack.exports()
-        deployment = api.Deployment(base_url=exports["HOTBATCH_API_URL"], api_key=stack.api_key)
-        client = deployment.client()
-        file = api.upload(deployment, client, args.input, progress=lambda _: None)
-        batch = api.create_batch(
-            client,
-            file_id=file.id,
-            endpoint=args.endpoint or endpoint_of(args.input),
-            priority="normal",
-            metadata=None,
-        )
-        console.print(f"batch {batch.id} created from {file.id} ({file.bytes} bytes)")
-        batch_id = batch.id
-        batch = views.follow(
-            lambda: client.batches.retrieve(batch_id),
-            console,
-            interval=1.0,
-            timeout=args.timeout,
-            stop=stop,
-        )
-        result = _save(client, batch, args.out)
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-        return 0 if batch.status == "completed" else 1
-    finally:
-        stack.stop()
+    exports = stack.exports()
+    deployment = api.Deployment(base_url=exports["HOTBATCH_API_URL"], api_key=stack.api_key)
+    client = deployment.client()
+    file = api.upload(deployment, client, args.input, progress=lambda _: None)
+    batch = api.create_batch(
+        client,
+        file_id=file.id,
+        endpoint=args.endpoint or endpoint_of(args.input),
+        priority="normal",
+        metadata=None,
+    )
+    console.print(f"batch {batch.id} created from {file.id} ({file.bytes} bytes)")
+    batch_id = batch.id
+    batch = views.follow(
+        lambda: client.batches.retrieve(batch_id),
+        console,
+        interval=1.0,
+        timeout=args.timeout,
+        stop=stop,
+    )
+    output_file, error_file = _save(client, batch, args.out)
+    code = batch_exit(batch)
+    if code is Exit.TIMEOUT and stop.is_set():
+        code = Exit.FAILED  # stopped by Ctrl-C or SIGTERM, not by --timeout
+    return RunOutcome(int(code), log_file, batch, output_file, error_file)
 
 
 def _stack(args: LocalOptions, *, ports: bool) -> LocalStack:
@@ -153,6 +208,7 @@ def _stack(args: LocalOptions, *, ports: bool) -> LocalStack:
         idle_timeout_s=args.idle_timeout,
         cold_start_delay_s=args.cold_start_delay,
         env=_worker_env(args),
+        command=args.worker_command,
         workdir=args.workdir,
     )
     config = StackConfig(
@@ -221,20 +277,28 @@ def _embed_env(args: LocalOptions) -> dict[str, str]:
     return env
 
 
-def _stop_on_signals() -> threading.Event:
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event Ctrl-C and SIGTERM set; the previous handlers come back after."""
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _wait_ready(
     stack: LocalStack, workers: int, timeout: float, stop: threading.Event, start_attempts: int
-) -> bool:
-    """Wait until `workers` engines have loaded. False, with the worker's own error lines on
+) -> Exit:
+    """Wait until `workers` engines have loaded. FAILED, with the worker's own error lines on
     stderr, as soon as `start_attempts` workers have exited before loading theirs: a worker that
     cannot start (bad model, engine error, out of memory) fails the same way every time, so
-    waiting out `timeout` would only hide the cause."""
+    waiting out `timeout` (TIMEOUT) would only hide the cause."""
     endpoint = stack.endpoint
     assert endpoint is not None and endpoint.backend is not None and endpoint.pool is not None
     # Every endpoint's workers: the embedding endpoint's one beside the chat ones.
@@ -249,7 +313,7 @@ def _wait_ready(
             endpoint.backends[endpoint_id].health()["workers"]["idle"] >= count
             for endpoint_id, count in wanted.items()
         ):
-            return True
+            return Exit.OK
         failed = [pool for pool in endpoint.pools.values() if pool.failed_starts >= start_attempts]
         if failed:
             failure = failed[0].start_failures[-1]
@@ -258,25 +322,30 @@ def _wait_ready(
                 extra={"worker_id": failure.worker_id, "code": failure.code},
             )
             _progress(f"hotbatch: {failure.report()}")
-            return False
+            return Exit.FAILED
         if time.monotonic() > deadline:
             log.error("workers did not load their engines in time", extra={"timeout_s": timeout})
-            return False
+            _progress(
+                f"hotbatch: the workers did not load their engines within {timeout:g} s "
+                "(--ready-timeout); their logs are in the workdir's logs/"
+            )
+            return Exit.TIMEOUT
         time.sleep(0.5)
-    return False
+    return Exit.FAILED
 
 
-def _save(client: OpenAI, batch: Batch, out: Path) -> dict[str, object]:
+def _save(client: OpenAI, batch: Batch, out: Path) -> tuple[Path, Path]:
+    """The output and error files in `out` (an empty one where the batch has none)."""
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, object] = {}
+    written: list[Path] = []
     for name, file_id in (
         ("output.jsonl", batch.output_file_id),
         ("errors.jsonl", batch.error_file_id),
     ):
         path = out / name
         path.write_bytes(client.files.content(file_id).content if file_id else b"")
-        written[name.removesuffix(".jsonl") + "_file"] = str(path)
-    return {**written, "batch": batch.model_dump(mode="json")}
+        written.append(path)
+    return written[0], written[1]
 
 
 def _progress(message: str) -> None:

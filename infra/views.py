@@ -1,6 +1,6 @@
 """What the CLI shows, with rich: a batch's live progress (requests done and failed, tokens per
-second, ETA, cost so far) and the tables of `batches list`, `dead-letters`, `estimate` and
-`health`.
+second, ETA, cost so far) and the tables of `batches list|get`, `dead-letters`, `estimate`,
+`files list|get` and `health`.
 
 Progress goes to stderr, so stdout stays the command's result. On a terminal it is a live bar;
 in a pipe or a CI log it is one plain line whenever something moved.
@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from openai.types import Batch
+    from openai.types import Batch, FileObject
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 STATUS_STYLE = {
@@ -63,6 +63,8 @@ def duration(seconds: float | None) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
+    if hours >= 48:
+        return f"{hours // 24}d{hours % 24:02d}h"
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
@@ -175,8 +177,10 @@ def transfer_bar(console: Console, description: str, total: int) -> tuple[Progre
 
 
 def batches_table(batches: Iterable[Batch]) -> Table:
+    batches = list(batches)
     table = Table(title="batches", box=box.SIMPLE_HEAD)
-    table.add_column("id", no_wrap=True)  # ids are copied from here: never cut one
+    # Ids are copied from here: never cut one, however narrow the terminal.
+    table.add_column("id", no_wrap=True, min_width=max((len(b.id) for b in batches), default=2))
     table.add_column("status", no_wrap=True)
     for column in ("done", "failed", "tok/s", "ETA", "cost"):
         table.add_column(column, justify="right", no_wrap=column in ("done", "cost"))
@@ -193,6 +197,92 @@ def batches_table(batches: Iterable[Batch]) -> Table:
             eta_text(extra.get("eta_at")),
             money(extra.get("cost_usd")),
         )
+    return table
+
+
+def batch_view(batch: Batch) -> Table:
+    """One batch, field by field (`batches get`): where it stands, its files, and why it
+    failed when it did."""
+    total, completed, failed = counts(batch)
+    extra = figures(batch)
+    rate = extra.get("tokens_per_second")
+    ended = batch.cancelled_at
+    rows = [
+        ("status", f"[{STATUS_STYLE.get(batch.status, 'white')}]{batch.status}[/]"),
+        ("endpoint", batch.endpoint),
+        ("priority", str(getattr(batch, "priority", None) or "–")),
+        ("done", f"{completed + failed:,}/{total:,} ({failed:,} failed)"),
+        ("tokens/s", f"{rate:,.0f}" if rate else "–"),
+        ("ETA", eta_text(extra.get("eta_at"))),
+        ("engine time", duration(extra.get("engine_seconds"))),
+        ("cost", money(extra.get("cost_usd"))),
+        ("created", utc(batch.created_at)),
+        ("ended", utc(batch.completed_at or batch.failed_at or batch.expired_at or ended)),
+        ("input file", batch.input_file_id),
+        ("output file", batch.output_file_id or "–"),
+        ("error file", batch.error_file_id or "–"),
+    ]
+    if batch.metadata:
+        rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in batch.metadata.items())))
+    errors = batch.errors.data if batch.errors and batch.errors.data else []
+    for error in errors[:5]:
+        where = f"line {error.line}: " if error.line else ""
+        rows.append(("error", f"{where}{error.code or ''} {error.message or ''}".strip()))
+    if len(errors) > 5:
+        rows.append(("error", f"… and {len(errors) - 5} more (--json shows them all)"))
+    return _fields(batch.id, rows)
+
+
+def files_table(files: Iterable[FileObject], *, now: float | None = None) -> Table:
+    files = list(files)
+    now = time.time() if now is None else now
+    # No padding at the edges: the id, a name and five short columns fit 80 characters.
+    table = Table(title="files", box=box.SIMPLE_HEAD, pad_edge=False)
+    # Ids are copied from here: never cut one, however narrow the terminal.
+    table.add_column("id", no_wrap=True, min_width=max((len(f.id) for f in files), default=2))
+    table.add_column("filename", overflow="fold")
+    table.add_column("purpose", overflow="fold")
+    table.add_column("bytes", justify="right")
+    table.add_column("age", justify="right", no_wrap=True)
+    table.add_column("expires", justify="right", no_wrap=True)
+    for file in files:
+        expires = file.expires_at
+        table.add_row(
+            file.id,
+            file.filename,
+            file.purpose,
+            f"{file.bytes:,}",
+            duration(now - file.created_at),
+            "never" if not expires else "expired" if expires <= now else duration(expires - now),
+        )
+    return table
+
+
+def file_view(file: FileObject) -> Table:
+    rows = [
+        ("filename", file.filename),
+        ("purpose", file.purpose),
+        ("bytes", f"{file.bytes:,}"),
+        ("created", utc(file.created_at)),
+        ("expires", utc(file.expires_at) if file.expires_at else "never"),
+        ("status", file.status or "–"),
+    ]
+    return _fields(file.id, rows)
+
+
+def utc(at: int | None, *, zone: bool = True) -> str:
+    from datetime import UTC, datetime
+
+    shape = "%Y-%m-%d %H:%M UTC" if zone else "%Y-%m-%d %H:%M"
+    return "–" if not at else datetime.fromtimestamp(at, UTC).strftime(shape)
+
+
+def _fields(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, box=box.SIMPLE)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value)
     return table
 
 

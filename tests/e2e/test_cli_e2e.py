@@ -1,7 +1,8 @@
 """The CLI as an operator runs it, against `hotbatch local up` on real parts (a `python -m
 handler` worker on vLLM's CPU build with the tiny model): `batches estimate FILE`, then
-`batches submit FILE --wait` exits 0, `batches download` writes the results, the batch carries
-its engine time and cost, and the estimate is compared with what the batch really took."""
+`batches submit --file-id` of the file the estimate uploaded (no second upload) with `--wait`
+exits 0, `batches download` writes the results, the batch carries its engine time and cost,
+and the estimate is compared with what the batch really took."""
 
 from __future__ import annotations
 
@@ -91,11 +92,21 @@ def test_estimate_submit_wait_download_on_the_real_engine(
     )
 
     submitted = hotbatch(
-        exports, "batches", "submit", str(EXAMPLE), "--wait", "--interval", "1", cwd=tmp_path
+        exports,
+        "batches",
+        "submit",
+        "--file-id",
+        estimate["input_file_id"],
+        "--wait",
+        "--interval",
+        "1",
+        cwd=tmp_path,
     )
     assert submitted.returncode == 0, submitted.stderr[-3000:]
+    assert "uploaded" not in submitted.stderr  # the estimate's copy, not a second upload
     batch = json.loads(submitted.stdout)
-    assert batch["status"] == "completed"
+    assert batch["status"] == "completed" and batch["input_file_id"] == estimate["input_file_id"]
+    assert batch["endpoint"] == "/v1/chat/completions"  # from the uploaded file's first line
     figures = batch["hotbatch"]
     assert figures["engine_seconds"] > 0
     assert figures["cost_usd"] == pytest.approx(figures["engine_seconds"] * PRICE / 3600, rel=1e-3)

@@ -22,6 +22,7 @@ from control_plane.store import apikeys
 from handler.contract import BatchRequestOutput
 from infra import cli
 from infra.aws_resources import create_resources
+from infra.keys_cli import parse_expires
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +149,7 @@ def test_keys_create_prints_the_key_once_with_its_id_and_expiry(table: Aws) -> N
     ],
 )
 def test_expiry_takes_durations_dates_and_times(expires: str, at: int) -> None:
-    assert cli.parse_expires(expires, now=1_800_000_000) == at
+    assert parse_expires(expires, now=1_800_000_000) == at
 
 
 @pytest.mark.parametrize("expires", ["soon", "30x", "2020-01-01", "0d"])
@@ -217,7 +218,44 @@ def test_keys_commands_say_what_aws_setting_is_missing_without_a_traceback(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     result = keys("list", "--table", "t")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # configuration, as a missing table is
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_keys_create_with_no_aws_config_exits_2_with_one_line_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _without_aws_or_hotbatch_settings(monkeypatch, tmp_path)
+    monkeypatch.setenv("HOTBATCH_TABLE_NAME", KEYS_TABLE)
+    result = keys("create", "--tenant", "acme")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: no AWS region: set AWS_REGION (or AWS_PROFILE to a profile that has one)\n"
+    )
+    assert result.stdout == ""
+
+
+def test_a_table_that_does_not_exist_is_named_with_exit_2(table: Aws) -> None:
+    result = keys("list", "--table", "not-this-stack")
+    assert result.exit_code == 2
+    assert "no table not-this-stack" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_keys_quiet_and_json_print_what_scripts_need(table: Aws) -> None:
+    created = keys("create", "--tenant", "acme", "-q")
+    assert created.exit_code == 0, created.output
+    (key,) = created.stdout.split()  # the key itself: it is never shown again
+    assert apikeys.tenant_for(table.table, key) == "acme"
+    (info,) = apikeys.list_keys(table.table)
+    assert info.id in created.stderr
+    assert keys("list", "-q").stdout == info.id + "\n"
+    assert json.loads(keys("create", "--tenant", "b", "--json").stdout)["tenant"] == "b"
+    revoked = keys("revoke", "--id", info.id, "-q")
+    assert revoked.exit_code == 0 and revoked.stdout == info.id + "\n"
+    unknown = keys("revoke", "--id", "key_nope", "--json")
+    assert unknown.exit_code == 1 and json.loads(unknown.stdout) == {
+        "revoked": False,
+        "id": "key_nope",
+    }

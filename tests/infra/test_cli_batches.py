@@ -1,11 +1,14 @@
 """`hotbatch batches …` and `hotbatch health` through typer's CliRunner against the control
 plane in process: the official openai SDK speaks to the FastAPI app through its TestClient,
-the app to moto. Nothing is started (the whole runs of a batch are in test_cli_stack.py)."""
+the app to moto. Nothing is started (the whole runs of a batch are in test_cli_stack.py). One
+app serves the module; each test gets a tenant of its own, so it sees only its own batches."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,33 +23,44 @@ from control_plane.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from infra import cli
+from infra import client as api
 from infra.aws_resources import create_resources
 from infra.batches_cli import parse_metadata
 from infra.client import Deployment
-from tests.support.lines import request_line
+from tests.support.lines import COMPLETIONS, request_line
 
 TABLE = BUCKET = "hotbatch-cli-test"
 
 
+@pytest.fixture(scope="module")
+def app_on_moto() -> Iterator[tuple[Aws, TestClient]]:
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            env.setenv(name, value)
+        for name in [name for name in os.environ if name.startswith("HOTBATCH_")]:
+            env.delenv(name)
+        with mock_aws():
+            settings = Settings(table_name=TABLE, bucket_name=BUCKET, gpu_price_per_hour=2)
+            aws = Aws(settings)
+            create_resources(
+                dynamodb=aws.dynamodb, s3=aws.s3, sqs=aws.sqs, table_name=TABLE, bucket_name=BUCKET
+            )
+            with TestClient(create_app(aws=aws)) as app:
+                yield aws, app
+
+
 @pytest.fixture()
-def deployment(monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
+def deployment(app_on_moto: tuple[Aws, TestClient], monkeypatch: pytest.MonkeyPatch) -> Deployment:
+    """The app as a new tenant sees it (its own key), with no HOTBATCH_* in the environment."""
+    aws, app = app_on_moto
     for name in [name for name in os.environ if name.startswith("HOTBATCH_")]:
         monkeypatch.delenv(name)
-    with mock_aws():
-        settings = Settings(table_name=TABLE, bucket_name=BUCKET, gpu_price_per_hour=2)
-        aws = Aws(settings)
-        create_resources(
-            dynamodb=aws.dynamodb, s3=aws.s3, sqs=aws.sqs, table_name=TABLE, bucket_name=BUCKET
-        )
-        key = apikeys.create_key(aws.table, tenant_id="cli")
-        with TestClient(create_app(aws=aws)) as app:
-            yield Deployment(base_url="http://testserver/v1", api_key=key, http_client=app)
+    key = apikeys.create_key(aws.table, tenant_id=f"cli-{uuid.uuid4().hex[:8]}")
+    return Deployment(base_url="http://testserver/v1", api_key=key, http_client=app, max_retries=0)
 
 
 def hotbatch(deployment: Deployment, *args: str) -> Result:
@@ -146,6 +160,140 @@ def test_cancel_then_dead_letters_download_and_retry_say_what_is_possible(
     assert unknown.exit_code == 1 and "error 404" in unknown.stderr
 
 
+def submitted(deployment: Deployment, *args: str) -> dict[str, Any]:
+    result = hotbatch(deployment, "batches", "submit", *args)
+    assert result.exit_code == 0, result.output
+    batch: dict[str, Any] = json.loads(result.stdout)
+    return batch
+
+
+def file_ids(deployment: Deployment) -> list[str]:
+    listed = hotbatch(deployment, "files", "list", "-q")
+    assert listed.exit_code == 0, listed.output
+    return listed.stdout.split()
+
+
+def test_get_shows_one_batch_as_a_table_as_json_or_as_its_id(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    batch = submitted(deployment, str(batch_file(tmp_path, 2)), "--metadata", "run=get")
+
+    table = hotbatch(deployment, "batches", "get", batch["id"])
+    assert table.exit_code == 0, table.output
+    for shown in (batch["id"], batch["input_file_id"], "run=get", "0/2"):
+        assert shown in table.stdout
+    as_json = json.loads(hotbatch(deployment, "batches", "get", batch["id"], "--json").stdout)
+    assert as_json["id"] == batch["id"] and as_json["metadata"] == {"run": "get"}
+    assert hotbatch(deployment, "batches", "get", batch["id"], "-q").stdout == batch["id"] + "\n"
+    missing = hotbatch(deployment, "batches", "get", "batch_nope")
+    assert missing.exit_code == 1 and "error 404" in missing.stderr
+
+
+def test_list_status_keeps_only_that_status_paging_through_older_batches(
+    deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oldest = submitted(deployment, str(batch_file(tmp_path, 1)))["id"]
+    newer = submitted(deployment, str(batch_file(tmp_path, 1)))["id"]
+    cancelled = json.loads(hotbatch(deployment, "batches", "cancel", oldest).stdout)
+    # One batch per page: the cancelled one is on the second, as the 101st would be at 100.
+    monkeypatch.setattr(api, "PAGE", 1)
+
+    found = hotbatch(deployment, "batches", "list", "--status", cancelled["status"], "-q")
+    assert found.exit_code == 0, found.output
+    assert found.stdout.split() == [oldest]
+    assert hotbatch(deployment, "batches", "list", "--status", "completed", "-q").stdout == ""
+    everything = hotbatch(deployment, "batches", "list", "-q", "--limit", "2").stdout.split()
+    assert everything == [newer, oldest]  # newest first, two pages of one
+    bad = hotbatch(deployment, "batches", "list", "--status", "done")
+    assert bad.exit_code == 2 and "--status" in bad.output
+
+
+def test_estimate_uploads_an_expiring_copy_that_submit_file_id_reuses(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    path = batch_file(tmp_path, 3)
+    shown = hotbatch(deployment, "batches", "estimate", str(path), "-q")
+    assert shown.exit_code == 0, shown.output
+    (file_id,) = shown.stdout.split()  # -q: the uploaded file's id, nothing else
+    assert f"batches submit --file-id {file_id}" in shown.stderr
+    copy = json.loads(hotbatch(deployment, "files", "get", file_id, "--json").stdout)
+    # The estimate's copy does not stay forever: a day, as the CLI says.
+    assert copy["expires_at"] - copy["created_at"] == api.ESTIMATE_COPY_EXPIRES_S
+
+    again = hotbatch(deployment, "batches", "estimate", file_id, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["requests"] == 3
+    batch = submitted(deployment, "--file-id", file_id)
+    assert batch["input_file_id"] == file_id
+    assert file_ids(deployment) == [file_id]  # estimated twice, submitted: one upload
+
+
+def test_submit_by_file_id_takes_the_endpoint_of_the_files_first_line(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    path = tmp_path / "completions.jsonl"
+    path.write_text(request_line("p0", url=COMPLETIONS) + "\n")
+    file_id = hotbatch(deployment, "batches", "estimate", str(path), "-q").stdout.strip()
+    by_option = hotbatch(deployment, "batches", "submit", "--file-id", file_id)
+    assert by_option.exit_code == 0, by_option.output
+    assert json.loads(by_option.stdout)["endpoint"] == COMPLETIONS
+    assert submitted(deployment, file_id)["endpoint"] == COMPLETIONS  # an id as FILE
+
+
+def test_submit_takes_one_of_file_and_file_id(deployment: Deployment, tmp_path: Path) -> None:
+    neither = hotbatch(deployment, "batches", "submit")
+    both = hotbatch(deployment, "batches", "submit", str(batch_file(tmp_path, 1)), "--file-id", "f")
+    for refused in (neither, both):
+        assert refused.exit_code == 2 and "FILE or --file-id" in refused.stderr
+    assert file_ids(deployment) == []  # refused before anything was uploaded
+
+
+def test_watch_and_submit_wait_give_up_after_their_timeout_with_exit_5(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    # Nothing ticks in process: the batch never leaves validating.
+    waited = hotbatch(
+        deployment,
+        "batches",
+        "submit",
+        str(batch_file(tmp_path, 1)),
+        "--wait",
+        "--timeout",
+        "0.05",
+        "--interval",
+        "0.02",
+        "-q",
+    )
+    assert waited.exit_code == 5, waited.output
+    batch_id = waited.stdout.strip()
+    assert batch_id.startswith("batch_")
+    assert re.search(r"is still (validating|in_progress) after 0\.05 s", waited.stderr)
+    watched = hotbatch(
+        deployment, "batches", "watch", batch_id, "--timeout", "0.05", "--interval", "0.02"
+    )
+    assert watched.exit_code == 5 and json.loads(watched.stdout)["id"] == batch_id
+
+
+def test_quiet_prints_ids_only_and_refuses_json_beside_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    batch_id = hotbatch(
+        deployment, "batches", "submit", str(batch_file(tmp_path, 2)), "-q"
+    ).stdout.strip()
+    assert batch_id.startswith("batch_") and "\n" not in batch_id
+    assert hotbatch(deployment, "batches", "cancel", batch_id, "-q").stdout == batch_id + "\n"
+    assert hotbatch(deployment, "batches", "dead-letters", batch_id, "-q").stdout == ""
+    both = hotbatch(deployment, "batches", "list", "--json", "-q")
+    assert both.exit_code == 2 and "choose one" in both.stderr
+
+
+def test_a_refused_api_key_exits_4_naming_the_url_and_the_flag(deployment: Deployment) -> None:
+    refused = hotbatch(deployment, "--api-key", "sk-wrong", "batches", "list")
+    assert refused.exit_code == 4, refused.output
+    assert refused.stderr.startswith("error 401: http://testserver/v1 refused the API key")
+    assert "--api-key / HOTBATCH_API_KEY" in refused.stderr and refused.stderr.count("\n") == 1
+
+
 def test_health_prints_the_components(deployment: Deployment) -> None:
     result = hotbatch(deployment, "health", "--json")
     assert result.exit_code == 0, result.output
@@ -154,6 +302,7 @@ def test_health_prints_the_components(deployment: Deployment) -> None:
     table = hotbatch(deployment, "health")
     for component in ("gpu", "workers", "queue", "endpoint"):
         assert component in table.stdout
+    assert hotbatch(deployment, "health", "-q").stdout == report["status"] + "\n"
 
 
 def test_without_a_deployment_the_batch_commands_name_the_variables(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from infra import cli
+from infra import cli, local_stack
 from infra.client import Deployment
 from infra.stack import LocalStack, StackConfig, worker_pool
 from tests.support.lines import request_line
@@ -66,9 +66,12 @@ def test_submit_wait_download_and_the_estimate_against_the_actual(
     assert warm_batch["status"] == "completed"
 
     path = requests_file(tmp_path / "main.jsonl", 40, prefix="m")
-    shown = hotbatch(stack, "batches", "estimate", str(path), "--json")
+    # Uploaded in presigned parts, as a large file is: its copy expires all the same.
+    shown = hotbatch(stack, "batches", "estimate", str(path), "--json", "--parts-above", "100")
     assert shown.exit_code == 0, shown.output
     estimate = json.loads(shown.stdout)
+    copy = json.loads(hotbatch(stack, "files", "get", estimate["input_file_id"], "--json").stdout)
+    assert copy["expires_at"] - copy["created_at"] == 24 * 3600
     # Four chunks on one worker: its first is kept apart (one-time costs), and so is the second
     # when the worker took both at once (it shared those costs); two or three are the basis.
     assert estimate["basis"]["chunks"] in (2, 3)
@@ -137,3 +140,38 @@ def test_wait_exits_1_when_the_batch_does_not_complete(stack: LocalStack, tmp_pa
     result, batch = submit_and_wait(stack, path)
     assert result.exit_code == 1
     assert batch["status"] == "failed" and batch["errors"]["data"][0]["line"] == 2
+
+
+def test_local_run_shows_progress_only_and_keeps_every_log_line_in_the_file_it_names(
+    stack: LocalStack,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """`hotbatch local run` on this module's stack (starting its own would cost ~10 s more;
+    tests/infra/test_cli_local.py has the log file taking over loggers configured at start)."""
+    run = local_stack.run
+    monkeypatch.setattr(local_stack, "run", lambda options: run(options, stack=stack))
+    path = requests_file(tmp_path / "run.jsonl", 4, prefix="r")
+    workdir, out = tmp_path / "stack", tmp_path / "out"
+    # The stack logs at INFO from its own threads (sweep, queues, endpoint) while the batch runs.
+    result = CliRunner().invoke(
+        cli.app,
+        ["local", "run", str(path), "--workdir", str(workdir), "--out", str(out)]
+        + ["--timeout", "60", "--ready-timeout", "60"],
+    )
+    terminal = capfd.readouterr()  # whatever reached the file descriptors themselves
+
+    assert result.exit_code == 0, result.output
+    log_file = (workdir / "logs" / "local-run.log").resolve()
+    assert result.stderr.splitlines()[0] == f"logs: {log_file}"
+    assert "created from file-" in result.stderr  # the progress stays
+    assert result.stdout.splitlines()[0].endswith("completed: 4/4 done, 0 failed")
+    for shown in (result.stdout, result.stderr, terminal.out, terminal.err):
+        assert not [line for line in shown.splitlines() if line.lstrip().startswith("{")], shown
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert logged and all({"time", "level", "logger", "message"} <= set(line) for line in logged)
+    assert {line["logger"].split(".")[0] for line in logged} & {"control_plane", "handler"}
+    assert sorted(json.loads(line)["custom_id"] for line in (out / "output.jsonl").open()) == [
+        f"r{i}" for i in range(4)
+    ]
