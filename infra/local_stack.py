@@ -91,18 +91,38 @@ class LocalOptions:
 def up(args: LocalOptions) -> int:
     with _stop_on_signals() as stop:
         stack = _stack(args, ports=True)
+        code = 0
         try:
             stack.start()
             ready = _wait_ready(stack, args.workers, args.ready_timeout, stop, args.start_attempts)
             if ready is not Exit.OK:
-                return int(ready)
-            sys.stdout.write(ready_text(stack.exports(), as_json=args.json_exports))
-            sys.stdout.flush()
-            stop.wait()
+                code = int(ready)
+            else:
+                sys.stdout.write(ready_text(stack.exports(), as_json=args.json_exports))
+                sys.stdout.flush()
+                stop.wait()
         finally:
             log.info("stopping the local stack")
             stack.stop()
-    return 0
+    return leave(code)
+
+
+def leave(code: int) -> int:
+    """Exit now if a thread that is not a daemon outlived the stop (a pool thread finishing a
+    send to a server that is gone): the interpreter would wait for it, and a SIGTERM'd `up`
+    must end in bounded time. The stop has logged each such thread with its stack."""
+    held = [
+        thread
+        for thread in threading.enumerate()
+        if not thread.daemon and thread is not threading.main_thread() and thread.is_alive()
+    ]
+    if not held:
+        return code
+    log.warning("exiting without waiting for %d threads", len(held))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def ready_text(exports: dict[str, str], *, as_json: bool) -> str:

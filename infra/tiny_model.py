@@ -65,7 +65,11 @@ def generate(directory: Path, *, seed: int = 0) -> Path:
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        _corpus(), vocab_size=512, min_frequency=1, special_tokens=SPECIAL_TOKENS
+        _corpus(),
+        vocab_size=512,
+        min_frequency=1,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,  # its bar writes blank lines to stdout, among `local run`'s
     )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,

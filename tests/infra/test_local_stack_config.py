@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,8 @@ import pytest
 
 from infra import cli, local_stack, tiny_model
 from infra.local_stack import LocalOptions
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -82,3 +86,23 @@ def test_a_model_of_your_own_runs_on_one_endpoint_without_a_model_map(clean_env:
     stack, _ = local_stack.planned(LocalOptions(model="/models/m", served_model_name="m"))
     assert stack.config.embed_pool is None and stack.config.embed_model is None
     assert stack._models() == {}
+
+
+def test_leave_returns_the_code_when_no_thread_holds_the_process() -> None:
+    assert local_stack.leave(3) == 3
+
+
+@pytest.mark.stack
+def test_leave_ends_the_process_even_if_a_thread_that_is_no_daemon_never_ends() -> None:
+    # What made a SIGTERM'd `local up` outlive its 120 s in CI once: the interpreter waits for
+    # every thread that is not a daemon, and the stop had left one.
+    held = (
+        "import threading, infra.local_stack as ls;"
+        "threading.Thread(target=threading.Event().wait, name='held').start();"
+        "ls.leave(3)"
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", held], cwd=REPO, timeout=60, capture_output=True, text=True
+    )
+    assert ended.returncode == 3
+    assert "exiting without waiting for 1 threads" in ended.stderr
