@@ -2,7 +2,8 @@
 package data in pyproject.toml), served by `control_plane/api/routes/dashboard.py`.
 
 Hand-written HTML, CSS and JavaScript, no library and nothing fetched from anywhere else at run
-time: the charts are SVG drawn by app.js. The page calls the same `/v1` API as any client, with
+time: the charts are SVG drawn by charts.js. The scripts are ES modules (`app.js` imports the
+rest), loaded as they are: no build step. The page calls the same `/v1` API as any client, with
 the key the operator types in (or passes in the URL fragment) in the Authorization header.
 """
 
@@ -13,6 +14,11 @@ from importlib import resources
 CONTENT_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "api.js": "text/javascript; charset=utf-8",
+    "batch.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
+    "dom.js": "text/javascript; charset=utf-8",
+    "overview.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }

@@ -1,5 +1,6 @@
-"""Headless Chromium for the dashboard tests: Debian's `chromium` driven through its own
-`chromedriver` (the same version, both from apt) by selenium, so nothing downloads a browser.
+"""Headless Chromium for the dashboard tests and bench/dashboard_screenshot.py: Debian's
+`chromium` driven through its own `chromedriver` (the same version, both from apt) by selenium,
+so nothing downloads a browser.
 
 Missing Chromium fails the test (CI installs it in .ci/run); it never skips.
 """
@@ -34,13 +35,21 @@ FLAGS = (
 
 
 def start_chromium(profile: Path, viewport: tuple[int, int] = VIEWPORT) -> WebDriver:
-    """A fresh headless Chromium (its own profile folder) whose console log can be read."""
+    """A fresh headless Chromium (its own profile folder) whose console log can be read; the
+    test fails where Chromium is missing."""
+    try:
+        return launch_chromium(profile, viewport)
+    except FileNotFoundError as missing:
+        pytest.fail(str(missing), pytrace=False)
+
+
+def launch_chromium(profile: Path, viewport: tuple[int, int] = VIEWPORT) -> WebDriver:
+    """`start_chromium` outside pytest: FileNotFoundError names what to install."""
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
-        pytest.fail(
-            f"Chromium is needed for the dashboard tests and {', '.join(missing)} is missing: "
-            "apt-get install -y chromium chromium-driver (.ci/run does)",
-            pytrace=False,
+        raise FileNotFoundError(
+            f"Chromium is needed for the dashboard and {', '.join(missing)} is missing: "
+            "apt-get install -y chromium chromium-driver (.ci/run does)"
         )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -54,10 +63,27 @@ def start_chromium(profile: Path, viewport: tuple[int, int] = VIEWPORT) -> WebDr
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     # The viewport exactly (--window-size counts the window's frame too), so a screenshot's size
     # is known.
-    metrics = {"width": viewport[0], "height": viewport[1], "deviceScaleFactor": 1, "mobile": False}
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    set_viewport(driver, viewport)
     driver.set_page_load_timeout(30)
     return driver
+
+
+def set_viewport(driver: WebDriver, viewport: tuple[int, int]) -> None:
+    metrics = {"width": viewport[0], "height": viewport[1], "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+
+
+def save_whole_page(driver: WebDriver, path: Path, width: int = VIEWPORT[0]) -> tuple[int, int]:
+    """A screenshot of the whole page, not only what the viewport shows; its size."""
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    size = (width, height)
+    set_viewport(driver, size)
+    try:
+        if not driver.save_screenshot(str(path)):
+            raise RuntimeError(f"Chromium wrote no screenshot to {path}")
+    finally:
+        set_viewport(driver, VIEWPORT)
+    return size
 
 
 def check_screenshot(path: Path, viewport: tuple[int, int] = VIEWPORT) -> None:

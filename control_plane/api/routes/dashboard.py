@@ -1,4 +1,6 @@
-"""`GET /dashboard`: the operators' page and its files, under a strict Content-Security-Policy.
+"""`GET /dashboard`: the operators' page and its files, under a strict Content-Security-Policy;
+`GET /v1/batches/{batch_id}/progress`: the one figure the page needs that the API has not, a
+batch's progress over time (kept out of the OpenAPI document: the page's, it may change).
 
 The page itself needs no key: it holds none of the service's data, and the key never reaches
 the server with it (a URL fragment is not sent; the page moves it to sessionStorage). Every
@@ -10,6 +12,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from control_plane import dashboard
+from control_plane.api.deps import AwsDep, TenantDep
+from control_plane.api.routes.batches import BatchId
+from control_plane.dashboard.progress import BatchProgress, batch_progress
 from control_plane.errors import NotFound
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
@@ -55,3 +60,8 @@ def page() -> Response:
 @router.get("/dashboard/{name}")
 def asset(name: str) -> Response:
     return _serve(name)
+
+
+@router.get("/v1/batches/{batch_id}/progress")
+def progress(aws: AwsDep, tenant: TenantDep, batch_id: BatchId) -> BatchProgress:
+    return batch_progress(aws.table, tenant_id=tenant, batch_id=batch_id)

@@ -1,20 +1,27 @@
-"""The dashboard's server side, fast tier: the page and its files under their CSP, and the health
-samples downsampled into series (`GET /v1/health/samples`). The page itself runs in real
-Chromium in test_dashboard_browser.py."""
+"""The dashboard's server side, fast tier: the page and its files under their CSP, the health
+samples downsampled into series (`GET /v1/health/samples`) and a batch's progress over time
+(`GET /v1/batches/{id}/progress`). The page itself runs in real Chromium in
+test_dashboard_browser.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from control_plane.aws import Aws
+from control_plane.dashboard import CONTENT_TYPES
+from control_plane.dashboard.progress import ProgressPoint, timeline
 from control_plane.health import history
 from control_plane.health.sample import SAMPLE_TTL_S, HealthSample
 from control_plane.ids import now_s
+from control_plane.store import ChunkItem
+from control_plane.store import chunks as chunk_store
 from control_plane.store import health as health_store
-from tests.support.api import auth
+from tests.support.api import auth, create_batch, upload_id
+from tests.support.lines import jsonl
 
 pytestmark = pytest.mark.usefixtures("aws")
 
@@ -45,10 +52,10 @@ def reading(utilization: float | None, *, memory: float | None = None) -> dict[s
     ("path", "media_type"),
     [
         ("/dashboard", "text/html"),
-        ("/dashboard/app.js", "text/javascript"),
         ("/dashboard/app.css", "text/css"),
         ("/dashboard/favicon.svg", "image/svg+xml"),
-    ],
+    ]
+    + [(f"/dashboard/{name}", "text/javascript") for name in CONTENT_TYPES if name.endswith(".js")],
 )
 def test_dashboard_files_are_served_without_a_key_under_a_self_only_csp(
     client: TestClient, path: str, media_type: str
@@ -67,7 +74,8 @@ def test_dashboard_files_are_served_without_a_key_under_a_self_only_csp(
 
 def test_dashboard_page_loads_only_its_own_files(client: TestClient) -> None:
     html = client.get("/dashboard").text
-    assert 'src="dashboard/app.js"' in html and 'href="dashboard/app.css"' in html
+    assert '<script type="module" src="dashboard/app.js">' in html
+    assert 'href="dashboard/app.css"' in html
     # Nothing from another host, no inline script or style the CSP would refuse.
     assert "http://" not in html.replace('"http://www.w3.org/2000/svg"', "")
     assert "https://" not in html and "<style" not in html and "style=" not in html
@@ -81,6 +89,16 @@ def test_only_the_dashboards_own_files_are_served(client: TestClient, name: str)
     assert set(reply.json()) == {"error"}  # an OpenAI error body, no file
 
 
+def test_every_script_the_page_imports_is_served(client: TestClient) -> None:
+    served = {name for name in CONTENT_TYPES if name.endswith(".js")}
+    imported = {"app.js"}
+    for name in served:
+        imported |= set(
+            re.findall(r'from "\./([a-z]+\.js)"', client.get(f"/dashboard/{name}").text)
+        )
+    assert imported == served
+
+
 def test_the_script_reads_the_key_from_the_fragment_and_never_from_the_query(
     client: TestClient,
 ) -> None:
@@ -88,8 +106,15 @@ def test_the_script_reads_the_key_from_the_fragment_and_never_from_the_query(
     assert "location.hash" in script and "sessionStorage" in script
     assert "history.replaceState" in script
     assert "location.search)" in script  # kept as it is, only the fragment is stripped
-    assert "localStorage" not in script and "document.cookie" not in script
-    assert ".innerHTML" not in script  # API values go in as text
+    # localStorage keeps the theme and nothing else: the key lives in this tab only.
+    uses = re.findall(r"localStorage\.\w+\((\w+)", script)
+    assert uses and set(uses) == {"THEME_STORE"}
+    assert 'const THEME_STORE = "hotbatch.theme"' in script
+    scripts = [client.get(f"/dashboard/{name}").text for name in CONTENT_TYPES if ".js" in name]
+    for text in scripts:
+        assert "document.cookie" not in text
+        assert ".innerHTML" not in text and "insertAdjacentHTML" not in text  # values go in as text
+    assert sum("localStorage" in text for text in scripts) == 1
 
 
 # --- GET /v1/health/samples ----------------------------------------------------------------
@@ -167,3 +192,92 @@ def test_downsample_keeps_gaps_as_gaps() -> None:
 def test_health_samples_reject_a_bad_step(client: TestClient, key_a: str) -> None:
     reply = client.get("/v1/health/samples?step=0", headers=auth(key_a))
     assert reply.status_code == 400
+
+
+# --- GET /v1/batches/{id}/progress ---------------------------------------------------------
+
+
+def chunk(n: int, state: str, **fields: Any) -> ChunkItem:
+    item: dict[str, Any] = {"batch_id": "b", "chunk_id": f"{n:05d}", "state": state, "attempts": 1}
+    return ChunkItem(**{**item, **fields})  # type: ignore[typeddict-item]
+
+
+def test_timeline_sums_the_finished_chunks_in_the_order_they_finished() -> None:
+    chunks = [
+        chunk(2, "done", finished_at=130, completed=10, failed=0),
+        chunk(1, "done", finished_at=110, completed=8, failed=2),
+        chunk(3, "dead", finished_at=130, completed=0, failed=1),
+        chunk(4, "split"),  # its halves count its requests
+        chunk(5, "dispatched"),
+        chunk(6, "expired", finished_at=150, completed=0, failed=4),
+    ]
+    assert timeline(chunks, started_at=100) == [
+        ProgressPoint(at=100, completed=0, failed=0),
+        ProgressPoint(at=110, completed=8, failed=2),
+        ProgressPoint(at=130, completed=18, failed=3),  # one point for one second
+        ProgressPoint(at=150, completed=18, failed=7),
+    ]
+    assert timeline([], started_at=None) == []
+
+
+def test_timeline_keeps_its_ends_and_at_most_max_points() -> None:
+    chunks = [chunk(i, "done", finished_at=1000 + i, completed=1) for i in range(1000)]
+    points = timeline(chunks, started_at=1000, max_points=50)
+    assert len(points) <= 50
+    assert points[0] == ProgressPoint(at=1000, completed=0, failed=0)
+    assert points[-1] == ProgressPoint(at=1999, completed=1000, failed=0)
+    assert [p.at for p in points] == sorted(p.at for p in points)
+    assert all(b.completed >= a.completed for a, b in zip(points, points[1:], strict=False))
+
+
+@pytest.mark.parametrize("settings", [{"chunk_max_requests": 4}], indirect=True)
+def test_progress_answers_a_batchs_chunks_over_time(
+    client: TestClient, aws: Aws, key_a: str
+) -> None:
+    batch = create_batch(client, key_a, upload_id(client, key_a, jsonl(10))).json()
+    chunks = chunk_store.list_chunks(aws.table, batch_id=batch["id"])
+    assert [c["requests"] for c in chunks] == [4, 4, 2]
+    finished_at = now_s()
+    chunk_store.finish(
+        aws.table,
+        chunks[0],
+        state="done",
+        expect_state="pending",
+        sets={"completed": 3, "failed": 1, "finished_at": finished_at},
+        batch_deltas={"n_completed": 3, "n_failed": 1, "chunks_open": -1},
+    )
+
+    reply = client.get(f"/v1/batches/{batch['id']}/progress", headers=auth(key_a))
+
+    assert reply.status_code == 200, reply.text
+    progress = reply.json()
+    started = client.get(f"/v1/batches/{batch['id']}", headers=auth(key_a)).json()["in_progress_at"]
+    assert progress == {
+        "object": "batch.progress",
+        "batch_id": batch["id"],
+        "started_at": started,
+        "points": [
+            {"at": started, "completed": 0, "failed": 0},
+            {"at": finished_at, "completed": 3, "failed": 1},
+        ],
+        "chunks": {"done": 1, "pending": 2},
+        "engine_busy_share": None,  # the worker reported no busy clock
+        "workers": 0,
+        "truncated": False,
+    }
+
+
+def test_progress_of_another_tenants_batch_is_a_404(
+    client: TestClient, key_a: str, key_b: str
+) -> None:
+    batch = create_batch(client, key_a, upload_id(client, key_a, jsonl(3))).json()
+    reply = client.get(f"/v1/batches/{batch['id']}/progress", headers=auth(key_b))
+    assert reply.status_code == 404
+    assert reply.json()["error"]["param"] == "batch_id"
+    assert client.get(f"/v1/batches/{batch['id']}/progress").status_code == 401
+    assert client.get("/v1/batches/batch_nope/progress", headers=auth(key_a)).status_code == 404
+
+
+def test_progress_stays_out_of_the_openapi_document(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/batches/{batch_id}/progress" not in paths
