@@ -105,8 +105,13 @@ def test_run_stack_parses_the_flags_as_local_run_does(tmp_path: Path) -> None:
 
 
 def test_the_log_file_takes_every_line_off_the_terminal_and_gives_it_back(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The Lambda entry tests give `control_plane` powertools' handler (as a Lambda does, never
+    # `local run`), bound to an earlier test's captured stdout: as a fresh CLI process has it.
+    control_plane_logger = logging.getLogger("control_plane")
+    monkeypatch.setattr(control_plane_logger, "handlers", [])
+    monkeypatch.setattr(control_plane_logger, "propagate", True)
     # A logger that writes to the terminal itself (as `handler.logs.configure` leaves the
     # worker's), one that propagates (the control plane's), and one configured while the file
     # is in use, as uvicorn configures its own when the stack starts.
