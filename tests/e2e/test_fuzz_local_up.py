@@ -19,7 +19,7 @@ from openai import OpenAI
 from openai.types import Batch
 
 from infra.wait import wait_for
-from tests.control_plane.api.test_fuzz import fuzz_config, run_fuzzer
+from tests.control_plane.api.test_fuzz import MAX_EXAMPLES, fuzz_config, run_fuzzer
 from tests.support.lines import CHAT, jsonl
 from tests.support.stack import local_up
 
@@ -39,7 +39,9 @@ def test_fuzzing_the_running_local_stack_finds_nothing_and_leaves_it_working(
     client = OpenAI(base_url=url, api_key=key, max_retries=0)
     before = submit(client, "before.jsonl")
     root = url.removesuffix("/v1")
-    schema = schemathesis.openapi.from_url(f"{root}/openapi.json", config=fuzz_config(key))
+    schema = schemathesis.openapi.from_url(
+        f"{root}/openapi.json", config=fuzz_config(key, max_examples=MAX_EXAMPLES["moto_server"])
+    )
     run = run_fuzzer(schema)
 
     assert run.failures == [], "\n".join(sorted(set(run.failures)))
