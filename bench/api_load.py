@@ -54,7 +54,7 @@ def serve_aws() -> None:
 def serve_api(args: argparse.Namespace) -> None:
     """The app under uvicorn (one process, as `hotbatch local up` runs it), tenants and keys."""
     from control_plane.api import create_app
-    from control_plane.aws import Aws
+    from control_plane.clients.aws import Aws
     from control_plane.settings import Settings
     from control_plane.store import apikeys
     from infra.local_control_plane import LocalApi, use_local_credentials
@@ -206,7 +206,7 @@ class LimitWatch:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def table(self) -> Any:
-        from control_plane.aws import Aws
+        from control_plane.clients.aws import Aws
         from control_plane.settings import Settings
 
         return Aws(Settings(aws_endpoint_url=self.aws_url, table_name=TABLE)).table

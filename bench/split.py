@@ -133,9 +133,9 @@ def _copy_in_chunks(s3: Any, key: str, batch_id: str) -> int:
 def _admit(url: str, key: str) -> tuple[Any, str, list[int]]:
     """A file item for the uploaded object and a batch admitted on it, as the API leaves them;
     every DynamoDB write from here on is counted."""
-    from control_plane.aws import Aws
-    from control_plane.batches import create_batch
+    from control_plane.clients.aws import Aws
     from control_plane.models import CreateBatchBody, FileObject
+    from control_plane.services.batches import create_batch
     from control_plane.settings import Settings
     from control_plane.store import files as file_store
 

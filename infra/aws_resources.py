@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from control_plane.queues import BATCHES, DISPATCH, queue_name
+from control_plane.clients.queues import BATCHES, DISPATCH, queue_name
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 
@@ -76,7 +76,7 @@ def table_definition(template: dict[str, Any], table_name: str) -> dict[str, Any
     }
 
 
-# The event queues of template.yaml and the names they take here (`control_plane.queues`).
+# The event queues of template.yaml and the names they take here (`control_plane.clients.queues`).
 EVENT_QUEUES = {"DispatchQueue": DISPATCH, "BatchQueue": BATCHES}
 
 

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 # One tick in a process of its own, from the environment a Lambda would have.
 TICK_SCRIPT = (
-    "from control_plane.aws import Aws; from control_plane.settings import Settings; "
+    "from control_plane.clients.aws import Aws; from control_plane.settings import Settings; "
     "from control_plane.scheduler.tick import make_context, run_tick; "
     "run_tick(make_context(Aws(Settings())))"
 )

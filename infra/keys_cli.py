@@ -17,7 +17,7 @@ import typer
 from infra.output_cli import Exit, Form, JsonOpt, QuietOpt, emit, emit_ids, fail, form, say
 
 if TYPE_CHECKING:
-    from control_plane.aws import Aws
+    from control_plane.clients.aws import Aws
     from control_plane.store.apikeys import ApiKeyInfo
 
 app = typer.Typer(
@@ -180,7 +180,7 @@ def parse_expires(value: str, *, now: int) -> int:
 
 def _keys_aws(table: str | None) -> Aws:
     """The handle on the named table: never a default name, which could be another stack's."""
-    from control_plane.aws import Aws
+    from control_plane.clients.aws import Aws
     from control_plane.settings import Settings
 
     if not table:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control_plane import queues
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients import queues
+from control_plane.clients.aws import Aws
 from control_plane.scheduler.sweep import run_sweep
 from control_plane.scheduler.tick import drain, finish, make_context, run_tick
 from control_plane.settings import Settings

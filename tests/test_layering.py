@@ -64,6 +64,16 @@ def _importers(prefix: str, *, of: str) -> list[str]:
         ("control_plane.store", "control_plane.scheduler"),
         ("control_plane.store", "control_plane.api"),
         ("control_plane.split", "control_plane.scheduler"),
+        # The rooms of control_plane/: the clients are the bottom, the entry points the top.
+        ("control_plane.clients", "control_plane.services"),
+        ("control_plane.clients", "control_plane.api"),
+        ("control_plane.clients", "control_plane.scheduler"),
+        ("control_plane.clients", "control_plane.split"),
+        ("control_plane.services", "control_plane.api"),
+        ("control_plane.services", "control_plane.entrypoints"),
+        ("control_plane.api", "control_plane.entrypoints"),
+        ("control_plane.scheduler", "control_plane.entrypoints"),
+        ("infra", "control_plane.entrypoints"),
         ("handler", "control_plane"),  # the GPU image carries nothing of the API
         ("handler", "infra"),
         ("control_plane", "infra"),
@@ -71,6 +81,27 @@ def _importers(prefix: str, *, of: str) -> list[str]:
 )
 def test_layer_does_not_import(importer: str, imported: str) -> None:
     assert _importers(importer, of=imported) == []
+
+
+# The shared modules that stay at the top of control_plane/; anything else has a room
+# (entrypoints, services, clients, api, scheduler, split, store, ...), so that a newcomer can
+# name where a module lives.
+TOP_LEVEL = {
+    "__init__",
+    "errors",
+    "ids",
+    "layout",
+    "messages",
+    "models",
+    "observability",
+    "settings",
+    "webhooks",
+}
+
+
+def test_control_planes_top_level_holds_only_the_shared_modules() -> None:
+    loose = {path.stem for path in (REPO / "control_plane").glob("*.py")}
+    assert loose == TOP_LEVEL, "give a new module a room: " + ", ".join(sorted(loose - TOP_LEVEL))
 
 
 def test_only_the_store_calls_the_table_or_builds_keys() -> None:

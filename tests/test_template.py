@@ -234,11 +234,11 @@ def test_transform_makes_five_python_functions_on_one_architecture(
     functions = _of_type(transformed, "AWS::Lambda::Function")
     assert set(functions) == set(FUNCTIONS)
     expected = {
-        "ApiFunction": ("control_plane.lambda_api.handler", 30),
-        "SplitFunction": ("control_plane.lambda_split.handler", 900),
-        "TickFunction": ("control_plane.lambda_tick.handler", 300),
-        "DispatchFunction": ("control_plane.lambda_queues.dispatch_handler", 60),
-        "BatchFunction": ("control_plane.lambda_queues.batch_handler", 300),
+        "ApiFunction": ("control_plane.entrypoints.api.handler", 30),
+        "SplitFunction": ("control_plane.entrypoints.split.handler", 900),
+        "TickFunction": ("control_plane.entrypoints.sweep.handler", 300),
+        "DispatchFunction": ("control_plane.entrypoints.queues.dispatch_handler", 60),
+        "BatchFunction": ("control_plane.entrypoints.queues.batch_handler", 300),
     }
     (layer,) = _of_type(transformed, "AWS::Lambda::LayerVersion").values()
     for name, (handler, timeout) in expected.items():

@@ -16,8 +16,8 @@ from control_plane.api.routes import (
     uploads,
     webhook_endpoints,
 )
-from control_plane.aws import Aws
-from control_plane.kick import Kick, no_kick
+from control_plane.clients.aws import Aws
+from control_plane.clients.kick import Kick, no_kick
 from control_plane.settings import Settings
 
 

@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, Response
 
 from control_plane.api import ratelimit
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
+from control_plane.clients.kick import Kick
 from control_plane.errors import Unauthorized
-from control_plane.kick import Kick
 from control_plane.store import apikeys
 
 # Beyond this many cached keys, expired entries are dropped (random keys must not grow it).

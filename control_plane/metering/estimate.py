@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.ids import now_s
 from control_plane.metering.rates import Rates, predict, recent_rates

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.ids import now_s
 from control_plane.metering.rates import Rates, predict, recent_rates
 from control_plane.models import Batch, BatchFigures

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.scheduler import policy
 from control_plane.settings import Settings
 from control_plane.store import endpoint as endpoint_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.errors import InvalidRequest
 from control_plane.ids import new_id, now_s
 from control_plane.models import CursorPage

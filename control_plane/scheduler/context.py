@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from control_plane import webhooks
-from control_plane.aws import Aws
-from control_plane.runpod import RunPodClient
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.scheduler.policy import PROFILES, Profile
 from control_plane.settings import Settings
 from control_plane.store import BatchItem

@@ -22,12 +22,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from control_plane import queues
+from control_plane.clients import queues
+from control_plane.clients.runpod import EndpointError
 from control_plane.layout import error_key, output_key
 from control_plane.messages import DispatchEvent, ResultEvent, TopUpEvent, WorkEvent
 from control_plane.models import TERMINAL_STATUSES
 from control_plane.observability import count
-from control_plane.runpod import EndpointError
 from control_plane.scheduler import fair, isolate, policy
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.policy import SchedulerState

@@ -14,11 +14,11 @@ import logging
 
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.file_expiry import remove_files
+from control_plane.services.textscan import TextError, TextScan
 from control_plane.store import Item
 from control_plane.store import files as file_store
-from control_plane.textscan import TextError, TextScan
 
-log = logging.getLogger("control_plane.files")
+log = logging.getLogger("control_plane.services.files")
 
 CHECK_BYTES_PER_TICK = 256 * 1024 * 1024
 FILES_PER_TICK = 10

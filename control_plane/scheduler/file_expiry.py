@@ -15,7 +15,7 @@ from control_plane.scheduler.context import TickContext
 from control_plane.store import Item
 from control_plane.store import files as file_store
 
-log = logging.getLogger("control_plane.files")
+log = logging.getLogger("control_plane.services.files")
 
 REMOVALS_PER_TICK = 500  # S3 deletes up to 1,000 objects per call
 

@@ -15,9 +15,9 @@ import logging
 import orjson
 
 from control_plane import layout
+from control_plane.clients.runpod import EndpointError, JobGone
 from control_plane.errors import StateConflict
 from control_plane.models import FileObject
-from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler import merge, record
 from control_plane.scheduler.context import TickContext
 from control_plane.split.job import fail_unsplit, run_split

@@ -17,6 +17,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from control_plane.clients.runpod import EndpointError, JobGone
 from control_plane.health.forecast import DAY_S, Forecast, expects_work, lead_s
 from control_plane.health.sample import (
     SAMPLE_TTL_S,
@@ -26,7 +27,6 @@ from control_plane.health.sample import (
     WorkerReading,
 )
 from control_plane.health.schedule import in_schedule, parse_schedule
-from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler.policy import SchedulerState
 from control_plane.store import health as store
 from handler.contract import HealthInput

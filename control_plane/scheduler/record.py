@@ -18,7 +18,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import ValidationError
 
-from control_plane import layout, queues
+from control_plane import layout
+from control_plane.clients import queues
 from control_plane.health.sample import GpuReading, WorkerReading
 from control_plane.messages import BatchEvent, ResultEvent
 from control_plane.models import ChunkRef

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from control_plane import queues, routing
+from control_plane.clients import queues
 from control_plane.messages import RECHECK_S, BatchEvent
 from control_plane.scheduler import finalize, isolate
 from control_plane.scheduler.context import TickContext
+from control_plane.services import routing
 from control_plane.split.launch import SPLIT_STALE_S
 from control_plane.store import BatchItem
 from control_plane.store import batches as batch_store

@@ -21,13 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from control_plane import queues, routing
+from control_plane.clients import queues
+from control_plane.clients.runpod import EndpointError, JobGone
 from control_plane.errors import StateConflict
 from control_plane.messages import RECHECK_S, BatchEvent, TopUpEvent
-from control_plane.runpod import EndpointError, JobGone
 from control_plane.scheduler import isolate, keephot, policy, record, upkeep
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.dispatch import DISPATCH_GRACE_S, WORKERS_MAX_EVERY_S
+from control_plane.services import routing
 from control_plane.store import ChunkItem, TransactionConflict, lease
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store

@@ -14,9 +14,9 @@ import logging
 import time
 from typing import Any
 
-from control_plane import queues, secrets
-from control_plane.aws import Aws
-from control_plane.runpod import RunPodClient
+from control_plane.clients import queues, secrets
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.scheduler import dispatch, isolate, policy, record, settle, sweep
 from control_plane.scheduler.context import NoRunPod, TickContext
 from control_plane.store import TransactionConflict

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 
-from control_plane import queues, routing
-from control_plane.aws import Aws
+from control_plane.clients import queues
+from control_plane.clients.aws import Aws
 from control_plane.errors import LimitExceeded, NotFound, StateConflict
 from control_plane.ids import now_s
 from control_plane.messages import RECHECK_S
+from control_plane.services import routing
 from control_plane.settings import Settings
 from control_plane.split.stream import SplitError, SplitLimits, SplitResult, split_s3_object
 from control_plane.store import BatchItem

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.split.job import run_split
 
 log = logging.getLogger("control_plane.split")

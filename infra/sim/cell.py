@@ -191,7 +191,7 @@ def _settings(config: CellConfig) -> Any:
 def _world(config: CellConfig, clock: Clock) -> tuple[Any, Meter, VirtualEndpoint, Observed]:
     import boto3
 
-    from control_plane.aws import Aws
+    from control_plane.clients.aws import Aws
     from infra.aws_resources import create_resources
 
     meter = Meter(clock).install()

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from control_plane import queues
-from control_plane.aws import Aws
-from control_plane.batches import create_batch, get_batch
-from control_plane.files import create_file
+from control_plane.clients import queues
+from control_plane.clients.aws import Aws
 from control_plane.models import CreateBatchBody
-from control_plane.results import receive_progress, receive_webhook
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.sweep import run_sweep
 from control_plane.scheduler.tick import finish, handle, make_context
+from control_plane.services.batches import create_batch, get_batch
+from control_plane.services.files import create_file
+from control_plane.services.results import receive_progress, receive_webhook
 from control_plane.split.job import run_split
 from infra.sim.clock import Clock
 

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import orjson
 
-from control_plane.runpod import EndpointError, JobGone, RunPodClient
+from control_plane.clients.runpod import EndpointError, JobGone, RunPodClient
 from handler.contract import (
     ChunkCounts,
     ChunkSummary,

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from moto import mock_aws
 
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from infra import aws_resources

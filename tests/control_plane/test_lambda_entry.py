@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.models import FileObject
 from control_plane.settings import Settings
 from control_plane.store import apikeys
@@ -59,7 +59,7 @@ def test_the_api_answers_an_http_api_event_through_mangum(
     lambda_env: Aws, capfd: pytest.CaptureFixture[str]
 ) -> None:
     key = apikeys.create_key(lambda_env.table, tenant_id="t")
-    module = importlib.reload(importlib.import_module("control_plane.lambda_api"))
+    module = importlib.reload(importlib.import_module("control_plane.entrypoints.api"))
     reply = module.handler(http_event("GET", "/v1/batches", key), FakeContext())
     assert reply["statusCode"] == 200
     body = json.loads(reply["body"])
@@ -76,8 +76,8 @@ def test_the_split_function_splits_logs_json_and_flushes_metrics(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO, logger="control_plane")
-    from control_plane.batches import create_batch
     from control_plane.models import CreateBatchBody
+    from control_plane.services.batches import create_batch
 
     content = jsonl(7)
     lambda_env.s3.put_object(Bucket=BUCKET, Key="files/file-x", Body=content)
@@ -90,7 +90,7 @@ def test_the_split_function_splits_logs_json_and_flushes_metrics(
             input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h"
         ),
     )
-    module = importlib.reload(importlib.import_module("control_plane.lambda_split"))
+    module = importlib.reload(importlib.import_module("control_plane.entrypoints.split"))
     monkeypatch.setattr(module, "_aws", Aws(Settings()))  # made under this test's moto
     domain = logging.getLogger("control_plane")
     powertools_handler = domain.handlers[-1]
@@ -117,8 +117,8 @@ def test_the_lambda_entry_points_import_nothing_heavy() -> None:
     """Cold starts: no vLLM, torch, runpod SDK, openai SDK or moto on the Lambda path."""
     heavy = {"vllm", "torch", "transformers", "runpod", "openai", "moto", "handler.engine"}
     code = (
-        "import sys, json; import control_plane.lambda_api, control_plane.lambda_split, "
-        "control_plane.lambda_tick; print(json.dumps(sorted(sys.modules)))"
+        "import sys, json; import control_plane.entrypoints.api, control_plane.entrypoints.split, "
+        "control_plane.entrypoints.sweep; print(json.dumps(sorted(sys.modules)))"
     )
     env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

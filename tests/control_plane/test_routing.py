@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from openai.types import Model
 
-from control_plane.aws import Aws
-from control_plane.runpod import RunPodClient
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.tick import run_tick
 from control_plane.settings import Settings

@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 from typer.testing import CliRunner, Result
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from handler.contract import BatchRequestOutput

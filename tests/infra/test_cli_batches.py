@@ -19,7 +19,7 @@ from moto import mock_aws
 from typer.testing import CliRunner, Result
 
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from infra import cli

@@ -88,10 +88,6 @@ def test_a_model_of_your_own_runs_on_one_endpoint_without_a_model_map(clean_env:
     assert stack._models() == {}
 
 
-def test_leave_returns_the_code_when_no_thread_holds_the_process() -> None:
-    assert local_stack.leave(3) == 3
-
-
 @pytest.mark.stack
 def test_leave_ends_the_process_even_if_a_thread_that_is_no_daemon_never_ends() -> None:
     # What made a SIGTERM'd `local up` outlive its 120 s in CI once: the interpreter waits for

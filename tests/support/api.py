@@ -9,7 +9,7 @@ from typing import Any, Final, Protocol
 
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.settings import Settings
 from tests.support.lines import CHAT
 
@@ -74,7 +74,7 @@ def create_batch(client: TestClient, key: str, file_id: str, **body: Any) -> Rep
 def tick(aws: Aws) -> dict[str, Any]:
     """One tick against a RunPod endpoint that does not answer (nothing in these tests is
     dispatched on purpose: cancels and finalizes of chunks that never ran need no RunPod)."""
-    from control_plane.runpod import RunPodClient
+    from control_plane.clients.runpod import RunPodClient
     from control_plane.scheduler.context import TickContext
     from control_plane.scheduler.tick import run_tick
 

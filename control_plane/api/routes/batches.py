@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Path, Query
 
-from control_plane import batches as batch_service
 from control_plane.api.deps import AwsDep, KickDep, TenantDep
 from control_plane.api.openapi import errors
 from control_plane.metering.estimate import estimate_file
@@ -19,7 +18,8 @@ from control_plane.models import (
     EstimateBody,
     RetryBody,
 )
-from control_plane.redrive import redrive
+from control_plane.services import batches as batch_service
+from control_plane.services.redrive import redrive
 
 router = APIRouter(tags=["batches"])
 

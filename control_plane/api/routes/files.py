@@ -8,10 +8,10 @@ from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 from fastapi.responses import RedirectResponse
 from pydantic import WithJsonSchema
 
-from control_plane import files as file_service
 from control_plane.api.deps import AwsDep, TenantDep
 from control_plane.api.openapi import errors
 from control_plane.models import CursorPage, ExpiresAfter, FileDeleted, FileObject
+from control_plane.services import files as file_service
 
 router = APIRouter(tags=["files"])
 

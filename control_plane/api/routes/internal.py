@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Body, Query
 
-from control_plane import results
 from control_plane.api.deps import AwsDep, KickDep
+from control_plane.services import results
 from control_plane.webhooks import PATH, PROGRESS_PATH
 
 router = APIRouter(tags=["internal"], include_in_schema=False)

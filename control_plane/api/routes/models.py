@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from control_plane import routing
 from control_plane.api.deps import AwsDep, TenantDep
 from control_plane.api.openapi import errors
 from control_plane.models import Model, ModelList
+from control_plane.services import routing
 
 router = APIRouter(tags=["models"])
 

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from control_plane import upload_parts
-from control_plane import uploads as upload_service
 from control_plane.api.deps import AwsDep, TenantDep
 from control_plane.api.openapi import errors
 from control_plane.errors import InvalidRequest
 from control_plane.models import CompleteUploadBody, CreateUploadBody, Upload, UploadPart
+from control_plane.services import upload_parts
+from control_plane.services import uploads as upload_service
 
 router = APIRouter(tags=["uploads"])
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane import batches as batch_service
 from control_plane import layout
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.ids import new_id, now_s
 from control_plane.models import CreateBatchBody, FileObject
+from control_plane.services import batches as batch_service
 from control_plane.split.job import run_split
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store

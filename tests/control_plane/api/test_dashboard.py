@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.dashboard import CONTENT_TYPES
 from control_plane.dashboard.progress import ProgressPoint, timeline
 from control_plane.health import history

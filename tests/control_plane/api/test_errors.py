@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.store import apikeys
 from tests.support.api import BUCKET, Reply, auth, create_batch, upload, upload_id
 from tests.support.lines import jsonl, request_line

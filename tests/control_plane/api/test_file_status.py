@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.ids import new_id, now_s
 from control_plane.models import FileObject
-from control_plane.runpod import RunPodClient
 from control_plane.scheduler import file_check, file_expiry
 from control_plane.scheduler.context import TickContext
+from control_plane.services.textscan import TextError, TextScan
 from control_plane.store import files as file_store
 from control_plane.store import keys
-from control_plane.textscan import TextError, TextScan
 from tests.support.api import BUCKET, auth, create_batch, upload, upload_id
 from tests.support.lines import jsonl
 

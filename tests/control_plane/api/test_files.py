@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.ids import new_id, now_s
 from control_plane.models import FileObject
 from control_plane.store import files as file_store

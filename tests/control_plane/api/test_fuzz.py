@@ -24,7 +24,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.store import apikeys
 from control_plane.store import batches as batch_store
 from infra.local_control_plane import LocalAws

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from control_plane.api import deps
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from tests.support.api import KeyCacheClock, auth, files_status

@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
 from infra.local_control_plane import LocalApi, LocalAws

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from tests.support.api import auth, upload, upload_id
 from tests.support.lines import jsonl
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.store import files as file_store
 from tests.support.api import BUCKET, auth, create_batch, tick
 from tests.support.lines import jsonl

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.notify import signing
 from control_plane.store import webhook_endpoints as endpoint_store
 

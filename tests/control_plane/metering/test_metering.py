@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.ids import now_s
 from control_plane.metering import figures, rates
 from control_plane.metering.estimate import build_estimate, scan
 from control_plane.models import Batch, BatchRequestCounts, BatchUsage, EstimateBody
-from control_plane.runpod import RunPodClient
 from control_plane.scheduler import record
 from control_plane.scheduler.context import TickContext
 from control_plane.store import ChunkItem

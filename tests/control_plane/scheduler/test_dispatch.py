@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from control_plane import queues
-from control_plane.aws import Aws
+from control_plane.clients import queues
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import EndpointError, RunPodClient
 from control_plane.messages import ResultEvent, TopUpEvent, WorkEvent
 from control_plane.models import ChunkRef, CreateBatchBody
-from control_plane.runpod import EndpointError, RunPodClient
 from control_plane.scheduler import dispatch, policy
 from control_plane.scheduler.context import TickContext
 from control_plane.store import batches as batch_store
@@ -63,7 +63,7 @@ def running_batch(aws: Aws, chunks: int) -> str:
     body = CreateBatchBody(
         input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
     )
-    from control_plane.batches import create_batch
+    from control_plane.services.batches import create_batch
 
     batch = create_batch(aws, tenant_id=TENANT, body=body)
     item = batch_store.get_batch(aws.table, batch.id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.models import ChunkRef
 from control_plane.scheduler import fair
 from control_plane.store import chunks as chunk_store

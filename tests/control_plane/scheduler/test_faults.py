@@ -25,14 +25,14 @@ import openai
 import pytest
 import urllib3
 
-from control_plane import queues, secrets
-from control_plane import results as webhook_results
-from control_plane.aws import Aws
-from control_plane.runpod import RunPodClient
+from control_plane.clients import queues, secrets
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.scheduler import finalize, policy, settle
 from control_plane.scheduler.policy import PROFILES
 from control_plane.scheduler.sweep import check_chunk
 from control_plane.scheduler.tick import make_context, record_webhook, run_tick
+from control_plane.services import results as webhook_results
 from control_plane.store import BatchItem, ChunkItem, deadletters
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store

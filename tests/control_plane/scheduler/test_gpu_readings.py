@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.health.report import build_report
 from control_plane.health.sample import HealthSample
 from control_plane.store import health as health_store

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 
 from control_plane import layout
 from control_plane.api import create_app
-from control_plane.aws import Aws
-from control_plane.runpod import EndpointError, RunPodClient
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import EndpointError, RunPodClient
 from control_plane.scheduler import isolate
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.tick import run_tick

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.health.forecast import DAY_S
 from control_plane.health.sample import HealthSample, WorkerCounts
 from control_plane.models import ChunkRef
-from control_plane.runpod import RunPodClient
 from control_plane.scheduler import fair
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.keephot import PING_GIVE_UP_S, keep_hot

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.scheduler import merge
 from tests.support.api import BUCKET
 

@@ -12,11 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.errors import StateConflict
 from control_plane.ids import now_s
 from control_plane.notify import send, signing
-from control_plane.runpod import RunPodClient
 from control_plane.scheduler import notify
 from control_plane.scheduler.context import TickContext
 from control_plane.store import batches as batch_store

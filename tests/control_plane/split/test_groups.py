@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.models import ChunkRef
 from control_plane.split.groups import GroupPacker, PackedChunk, prefix_group
 from control_plane.split.job import run_split

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from control_plane import batches as batch_service
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.ids import now_s
 from control_plane.layout import chunk_input_key as chunk_key
 from control_plane.models import CreateBatchBody
+from control_plane.services import batches as batch_service
 from control_plane.split.job import run_split
 from control_plane.store import BatchItem, ChunkItem
 from control_plane.store import batches as batch_store

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.store import apikeys
 from tests.support.api import TABLE
 

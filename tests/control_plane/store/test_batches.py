@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.errors import LimitExceeded, StateConflict
 from control_plane.ids import new_id, now_s
 from control_plane.models import Batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.errors import StateConflict
 from control_plane.ids import new_id, now_s
 from control_plane.models import FileObject

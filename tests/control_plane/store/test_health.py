@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.store import health as health_store
 
 

@@ -17,7 +17,7 @@ import urllib3
 from fastapi.testclient import TestClient
 
 from control_plane.api import create_app
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.store import apikeys, deadletters, keys
 from infra.local_control_plane import LocalAws
 from tests.support.api import (

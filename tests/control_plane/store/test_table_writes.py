@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.models import ChunkRef
 from control_plane.store import chunks as chunk_store
 from control_plane.store import table as table_module

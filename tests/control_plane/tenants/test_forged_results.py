@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
-from control_plane.runpod import RunPodClient
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.scheduler import policy, record
 from control_plane.scheduler.context import TickContext
 from control_plane.scheduler.tick import drain

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from control_plane.api import deps
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.ids import now_s
 from control_plane.scheduler.context import RunPodNotAvailable
 from control_plane.scheduler.tick import make_context, webhook_context

@@ -10,9 +10,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane import uploads as upload_service
 from control_plane.api import ratelimit
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
+from control_plane.services import uploads as upload_service
 from tests.support.api import TABLE, Reply, auth
 
 LIMIT = 3

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
-from control_plane.runpod import RunPodClient
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.scheduler import finalize
 from control_plane.scheduler.context import TickContext
 from control_plane.split import job as split_job

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
+from control_plane.clients.runpod import RunPodClient
 from control_plane.ids import new_id, now_s
 from control_plane.notify import send, signing
-from control_plane.runpod import RunPodClient
 from control_plane.scheduler import notify
 from control_plane.scheduler.context import TickContext
 from control_plane.store import events as event_store

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from control_plane import layout
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.errors import InvalidRequest, LimitExceeded, TooLarge
 from control_plane.ids import new_id, now_s
 from control_plane.models import UploadPart

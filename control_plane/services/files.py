@@ -6,12 +6,12 @@ from typing import IO, Literal
 from urllib.parse import quote
 
 from control_plane import layout
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.errors import InvalidRequest, LimitExceeded
 from control_plane.ids import new_id, now_s
 from control_plane.models import CursorPage, ExpiresAfter, FileObject
+from control_plane.services.textscan import TextError, TextScan
 from control_plane.store import files as file_store
-from control_plane.textscan import TextError, TextScan
 
 READ_SIZE = 1024 * 1024
 UPLOAD_PURPOSES = ("batch",)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.observability import configure_lambda, lambda_entry
 from control_plane.scheduler.sweep import run_sweep
 from control_plane.scheduler.tick import finish, make_context

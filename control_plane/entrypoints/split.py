@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.aws import Aws
+from control_plane.clients.aws import Aws
 from control_plane.observability import configure_lambda, count, lambda_entry
 from control_plane.settings import Settings
 from control_plane.split.job import run_split

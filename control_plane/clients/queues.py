@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from control_plane.messages import DISPATCH_EVENT, BatchEvent, DispatchEvent, WorkEvent
 
-log = logging.getLogger("control_plane.queues")
+log = logging.getLogger("control_plane.clients.queues")
 
 DISPATCH = "dispatch"
 BATCHES = "batches"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from typing import IO, Any
 
-from control_plane import layout, upload_parts
-from control_plane.aws import Aws
+from control_plane import layout
+from control_plane.clients.aws import Aws
 from control_plane.errors import Conflict, LimitExceeded, StateConflict
-from control_plane.files import check_purpose
 from control_plane.ids import new_id, now_s
 from control_plane.models import CreateUploadBody, FileObject, Upload, UploadPart, UploadPartUrl
+from control_plane.services import upload_parts
+from control_plane.services.files import check_purpose
 from control_plane.store import Item
 from control_plane.store import files as file_store
 from control_plane.store import uploads as upload_store

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane import queues
-from control_plane.aws import Aws
+from control_plane.clients import queues
+from control_plane.clients.aws import Aws
 from control_plane.observability import configure_lambda, lambda_entry
 from control_plane.scheduler.tick import finish, handle, make_context
 from control_plane.settings import Settings

@@ -7,11 +7,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from control_plane import secrets, webhooks
-from control_plane.aws import Aws
+from control_plane import webhooks
+from control_plane.clients import secrets
+from control_plane.clients.aws import Aws
+from control_plane.clients.kick import Kick, no_kick
 from control_plane.errors import InvalidRequest, StateConflict, Unauthorized
 from control_plane.ids import now_s
-from control_plane.kick import Kick, no_kick
 from control_plane.scheduler.record import FREEING
 from control_plane.scheduler.tick import record_webhook
 from control_plane.store import TransactionConflict

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from control_plane.queues import BATCHES, DISPATCH, Queues, queue_name
+from control_plane.clients.queues import BATCHES, DISPATCH, Queues, queue_name
 from control_plane.settings import Settings
 from control_plane.store import Table
 from control_plane.store.batches import Limits

@@ -13,12 +13,14 @@ from collections import defaultdict
 
 import orjson
 
-from control_plane import layout, queues, routing
-from control_plane.aws import Aws
+from control_plane import layout
+from control_plane.clients import queues
+from control_plane.clients.aws import Aws
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.ids import now_s
 from control_plane.metering.figures import Figures
 from control_plane.models import Batch, ChunkRef
+from control_plane.services import routing
 from control_plane.store import BatchItem, ChunkItem, Item, TransactionConflict, deadletters
 from control_plane.store import batches as batch_store
 from control_plane.store import chunks as chunk_store

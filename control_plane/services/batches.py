@@ -7,8 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from control_plane import queues
-from control_plane.aws import Aws
+from control_plane.clients import queues
+from control_plane.clients.aws import Aws
+from control_plane.clients.kick import Kick, no_kick
 from control_plane.errors import (
     Conflict,
     InvalidRequest,
@@ -18,7 +19,6 @@ from control_plane.errors import (
     Unavailable,
 )
 from control_plane.ids import new_id, now_s
-from control_plane.kick import Kick, no_kick
 from control_plane.messages import BatchEvent
 from control_plane.metering import sizing
 from control_plane.metering.figures import Figures
@@ -30,7 +30,7 @@ from control_plane.store import endpoint as endpoint_store
 from control_plane.store import files as file_store
 from control_plane.store import health as health_store
 
-log = logging.getLogger("control_plane.batches")
+log = logging.getLogger("control_plane.services.batches")
 
 WINDOW_S = {"24h": 24 * 3600}
 CANCELLABLE = {"validating", "in_progress", "finalizing"}
