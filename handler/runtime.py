@@ -32,6 +32,9 @@ from handler.transfer import posting_progress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How long a cancelled chunk is given to unwind on the engine loop (abort its requests, close
+# its lane) before its job is let go anyway.
+UNWIND_S = 30.0
 
 
 class ServedEngine(RequestRunner, Protocol):
@@ -70,9 +73,28 @@ class Runtime:
             hotbatch_version=__version__,
         )
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-        """Run `coro` on the engine loop; await the result from any other loop."""
-        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+    async def submit(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the engine loop and await its result from this one. Cancelled here,
+        it is cancelled there and awaited until it has unwound (at most `UNWIND_S`): a chunk
+        holds its lane of the gate until then, and the runpod SDK counts the job's slot free
+        as soon as this returns, so returning earlier let a worker of MAX_CONCURRENCY 2 open
+        a third lane beside a cancelled chunk that was still letting go."""
+        caller = asyncio.get_running_loop()
+        ended = asyncio.Event()
+
+        async def to_the_end() -> T:
+            try:
+                return await coro
+            finally:
+                caller.call_soon_threadsafe(ended.set)
+
+        running = asyncio.run_coroutine_threadsafe(to_the_end(), self.loop)
+        try:
+            return await asyncio.wrap_future(running)
+        except asyncio.CancelledError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), UNWIND_S)
+            raise
 
     async def process(
         self, job: ProcessChunkInput, progress: Callable[[ChunkProgress], None] | None = None
