@@ -20,6 +20,7 @@ and the workers', go to files under `<workdir>/logs/`, so the terminal shows onl
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -100,11 +101,41 @@ def up(args: LocalOptions) -> int:
             else:
                 sys.stdout.write(ready_text(stack.exports(), as_json=args.json_exports))
                 sys.stdout.flush()
+                # stdout is the exports and `ready`, nothing after: a caller reads up to `ready`
+                # and stops reading, and a line written later into its full pipe would block the
+                # writer (and every logger behind it, the stop's included) for good.
+                os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
                 stop.wait()
         finally:
             log.info("stopping the local stack")
+            overrun = threading.Timer(STOP_GRACE_S, _give_up_the_stop, args=(stack,))
+            overrun.daemon = True
+            overrun.start()
             stack.stop()
+            overrun.cancel()
     return leave(code)
+
+
+# A SIGTERM'd `up` ends within this: every part of the stop is bounded, but their sum is not
+# tight, and a stop that overran this in CI once (workers never signalled in 120 s) left no
+# trace of where it was.
+STOP_GRACE_S = 75.0
+
+
+def _give_up_the_stop(stack: LocalStack) -> None:
+    """The stop overran its grace: say where every thread is, kill the workers' process groups
+    (they run in sessions of their own and would outlive us) and exit."""
+    log.error(
+        "the stop overran %.0f s: every thread's stack follows; killing the workers", STOP_GRACE_S
+    )
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    if stack.endpoint is not None:
+        for pool in list(stack.endpoint.pools.values()):
+            pool.kill_all()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the stop was asked for, and nothing of the stack is left running
 
 
 def leave(code: int) -> int:

@@ -151,6 +151,12 @@ class WorkerPool:
         if process is not None:
             _signal_group(process.popen, signal.SIGKILL)
 
+    def kill_all(self) -> None:
+        """Kill every worker's process group at once, from any thread: the last resort of a
+        stop that overran (`close` is the graceful way)."""
+        for process in list(self.processes.values()):
+            _signal_group(process.popen, signal.SIGKILL)
+
     def close(self) -> None:
         for worker_id in list(self.processes):
             self.terminate(worker_id)
