@@ -247,7 +247,7 @@ class LocalStack:
         if self.local_aws is not None:
             with _timed("moto"):
                 self.local_aws.stop()
-        report_lingering_threads()
+        _log_lingering_threads()
 
 
 @contextlib.contextmanager
@@ -258,7 +258,7 @@ def _timed(part: str) -> Iterator[None]:
     (log.warning if took > SLOW_STOP_S else log.info)("stopped %s in %.1f s", part, took)
 
 
-def report_lingering_threads() -> list[str]:
+def _log_lingering_threads() -> None:
     """Log the threads still alive after a stop, each with where it is: a non-daemon one keeps
     the process from exiting, so this is where a stop that hangs shows its cause."""
     frames = sys._current_frames()
@@ -273,7 +273,6 @@ def report_lingering_threads() -> list[str]:
         (log.info if thread.daemon else log.warning)(
             "still running after the stop: %s (daemon=%s)\n%s", thread.name, thread.daemon, where
         )
-    return [thread.name for thread in lingering]
 
 
 def worker_pool(
