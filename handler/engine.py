@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +133,38 @@ class Route:
 
     request_type: Any  # a pydantic TypeAdapter: some request types are unions
     call: Callable[[Any, None], Awaitable[Any]]
+    # Every top-level field (and alias) the request model reads; vLLM's models accept any
+    # other key and drop it with a debug line, which would run the request without it.
+    fields: frozenset[str] = frozenset()
+
+
+# OpenAI request fields that change nothing in the answer (bookkeeping, caching and routing
+# hints for OpenAI's own service): accepted although vLLM's request models do not read them.
+NO_EFFECT_FIELDS = frozenset(
+    {"metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+)
+
+
+def unhonoured_field(body: dict[str, Any], fields: frozenset[str]) -> str | None:
+    """The first top-level key of `body` the engine would drop, if any (`fields` empty: the
+    route's model could not be read, nothing is refused)."""
+    if not fields:
+        return None
+    extra = sorted(set(body) - fields - NO_EFFECT_FIELDS)
+    return extra[0] if extra else None
+
+
+def _field_names(request_type: Any) -> frozenset[str]:
+    """The top-level names a request model reads; for a union of them (under `Annotated` or
+    not), the names any member reads."""
+    if isinstance(request_type, type) and hasattr(request_type, "model_fields"):
+        names: set[str] = set()
+        for name, info in request_type.model_fields.items():
+            names.add(name)
+            if info.alias:
+                names.add(info.alias)
+        return frozenset(names)
+    return frozenset().union(*(_field_names(part) for part in typing.get_args(request_type)))
 
 
 @dataclass
@@ -164,6 +197,18 @@ class Engine:
                 raise NotImplementedError(
                     f"The model {self.served_model_name!r} does not serve {endpoint} on this "
                     f"worker (it serves {', '.join(self._routes) or 'nothing'})."
+                )
+            extra = unhonoured_field(body, route.fields)
+            if extra is not None:
+                return Reply(
+                    400,
+                    error_body(
+                        f"Unrecognized request argument supplied: {extra}. This engine (vLLM "
+                        f"{self.vllm_version}) has no such option for {endpoint}, so the "
+                        "request is refused rather than run without it.",
+                        status=400,
+                        param=extra,
+                    ),
                 )
             request = route.request_type.validate_python(body)
             response = _plain(await route.call(request, None))
@@ -213,7 +258,9 @@ def _routes(state: Any) -> dict[str, Route]:
             continue
         call = getattr(serving, method) if method else serving
         request_type = getattr(importlib.import_module(module), request_name)
-        routes[endpoint] = Route(request_type=TypeAdapter(request_type), call=call)
+        routes[endpoint] = Route(
+            request_type=TypeAdapter(request_type), call=call, fields=_field_names(request_type)
+        )
     return routes
 
 

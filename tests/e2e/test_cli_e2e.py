@@ -19,7 +19,7 @@ import pytest
 from tests.support.stack import local_up
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "batch.jsonl"
+EXAMPLE = REPO / "tests" / "data" / "tiny-batch.jsonl"
 PRICE = 2.0
 # How far the estimate may be from the actual, as a ratio either way: token counts follow from
 # the file, times from a shared CPU whose speed varies from minute to minute (docs/operations.md,

@@ -22,8 +22,11 @@ def scaler_class(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ty
     """`JobScaler` with its method restored afterwards, in local-test mode (so the fetcher and
     handler can be given), its job-state file kept out of the repository."""
     monkeypatch.setattr(rp_scale, "IS_LOCAL_TEST", True)
-    monkeypatch.setattr(JobsProgress, "_STATE_FILE", str(tmp_path / ".runpod_jobs.pkl"))
-    monkeypatch.setattr(JobsProgress, "_STATE_DIR", str(tmp_path))
+    # runpod 1.10 keeps job state in a file; later releases do not (raising=False: both run).
+    monkeypatch.setattr(
+        JobsProgress, "_STATE_FILE", str(tmp_path / ".runpod_jobs.pkl"), raising=False
+    )
+    monkeypatch.setattr(JobsProgress, "_STATE_DIR", str(tmp_path), raising=False)
     monkeypatch.setattr(
         rp_scale.JobScaler, "current_occupancy", rp_scale.JobScaler.current_occupancy
     )

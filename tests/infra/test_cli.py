@@ -1,4 +1,4 @@
-"""README's main job: `hotbatch run-chunk examples/chunk.jsonl` on the real engine; and
+"""`hotbatch run-chunk` on the real engine (tests/data/tiny-chunk.jsonl, the tiny model); and
 `hotbatch keys …` against moto in process."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.engine
 @pytest.mark.e2e
 def test_run_chunk_processes_the_example_file_with_the_generated_model(tmp_path: Path) -> None:
-    example = REPO / "examples" / "chunk.jsonl"
+    example = REPO / "tests" / "data" / "tiny-chunk.jsonl"
     sent = [json.loads(line)["custom_id"] for line in example.read_text().splitlines()]
     done = subprocess.run(
         [sys.executable, "-m", "infra.cli", "run-chunk", str(example)],
