@@ -111,7 +111,10 @@ def up(args: LocalOptions) -> int:
                 # and stops reading, and a line written later into its full pipe would block the
                 # writer (and every logger behind it, the stop's included) for good.
                 os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-                stop.wait()
+                # Timed waits: an untimed one sat through a SIGTERM in tests (the handler,
+                # which runs on the main thread, never ran) and a second signal woke it.
+                while not stop.wait(0.5):
+                    pass
         finally:
             log.info("stopping the local stack")
             overrun = threading.Timer(STOP_GRACE_S, _give_up_the_stop, args=(stack,))

@@ -1,7 +1,8 @@
 """Issue 12's fuzz run against the running local stack: `hotbatch local up` with no extra flags
 (moto's server, the control plane under uvicorn, real workers on vLLM's CPU build), schemathesis
-over real HTTP with every check and a fixed seed. No server error, no undocumented status;
-afterwards the tenant lists and retrieves its batches and a new batch completes on the workers.
+over real HTTP with every check and a fixed seed, as a tenant of its own on the stack the e2e
+tests share. No server error, no undocumented status; afterwards the tenant lists and retrieves
+its batches, a new batch completes on the workers and nothing the fuzzer started is still running.
 
 The in-process twin (`tests/control_plane/api/test_fuzz.py`) runs the same configuration
 against the app itself; this one meets everything between: uvicorn, moto's wire format, the
@@ -11,7 +12,6 @@ inline split and the tick that runs beside the fuzzer on the stack's own schedul
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
 import schemathesis
@@ -21,21 +21,15 @@ from openai.types import Batch
 from infra.wait import wait_for
 from tests.control_plane.api.test_fuzz import MAX_EXAMPLES, fuzz_config, run_fuzzer
 from tests.support.lines import CHAT, jsonl
-from tests.support.stack import local_up
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with local_up(tmp_path_factory.mktemp("fuzz-local-up")) as exports:
-        yield exports
+TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 def test_fuzzing_the_running_local_stack_finds_nothing_and_leaves_it_working(
-    stack: dict[str, str],
+    local_up_tenant: dict[str, str],
 ) -> None:
-    url, key = stack["HOTBATCH_API_URL"], stack["HOTBATCH_API_KEY"]
+    url, key = local_up_tenant["HOTBATCH_API_URL"], local_up_tenant["HOTBATCH_API_KEY"]
     client = OpenAI(base_url=url, api_key=key, max_retries=0)
     before = submit(client, "before.jsonl")
     root = url.removesuffix("/v1")
@@ -55,6 +49,13 @@ def test_fuzzing_the_running_local_stack_finds_nothing_and_leaves_it_working(
         assert client.batches.retrieve(batch_id).id == batch_id
     for batch in (before, submit(client, "after.jsonl")):
         assert_completes(client, batch)
+    # The stack is shared (tests/e2e/conftest.py): whatever the fuzzer started has ended, so no
+    # test after this one finds the workers busy with it.
+    wait_for(lambda: not unfinished(client), "the fuzzed batches to end", timeout=300, every=1.0)
+
+
+def unfinished(client: OpenAI) -> list[str]:
+    return [batch.id for batch in client.batches.list(limit=100) if batch.status not in TERMINAL]
 
 
 def submit(client: OpenAI, name: str) -> Batch:
@@ -64,12 +65,7 @@ def submit(client: OpenAI, name: str) -> Batch:
 
 def assert_completes(client: OpenAI, batch: Batch) -> None:
     final = wait_for(
-        lambda: (
-            b
-            if (b := client.batches.retrieve(batch.id)).status
-            in ("completed", "failed", "expired", "cancelled")
-            else None
-        ),
+        lambda: b if (b := client.batches.retrieve(batch.id)).status in TERMINAL else None,
         f"batch {batch.id} to end",
         timeout=300,
         every=1.0,

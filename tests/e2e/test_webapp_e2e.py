@@ -1,6 +1,7 @@
 """Issue 14's web-app side, shown only through the official openai SDK against `hotbatch local
 up` with its default flags (real workers on vLLM's CPU build: the tiny chat model on one
-endpoint, the same weights under the pooling runner as `tiny-embed` on a second):
+endpoint, the same weights under the pooling runner as `tiny-embed` on a second; the stack the
+e2e tests share, this module a tenant of its own):
 `models.list()` names both; `webhooks.create` returns a signing secret, `webhooks.list` shows
 the endpoint and a completed batch delivers `batch.completed` that `webhooks.unwrap` accepts;
 `uploads.upload_file_chunked` with 1 MiB parts yields the whole file; an `/v1/embeddings` and a
@@ -20,7 +21,6 @@ from openai.types.responses import Response
 from infra.wait import wait_for
 from tests.support.lines import EMBED_MODEL, EMBEDDINGS, MODEL, RESPONSES, jsonl, request_line
 from tests.support.receiver import Received, Receiver
-from tests.support.stack import local_up
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 REQUESTS = 12
@@ -28,11 +28,12 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAI]:
-    with local_up(tmp_path_factory.mktemp("models-e2e")) as exports:
-        yield OpenAI(
-            base_url=exports["HOTBATCH_API_URL"], api_key=exports["HOTBATCH_API_KEY"], max_retries=2
-        )
+def client(local_up_tenant: dict[str, str]) -> OpenAI:
+    return OpenAI(
+        base_url=local_up_tenant["HOTBATCH_API_URL"],
+        api_key=local_up_tenant["HOTBATCH_API_KEY"],
+        max_retries=2,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from openai import OpenAI
 
 from infra.runpod_local import PoolConfig
@@ -65,9 +67,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_up(workdir: Path, *flags: str) -> Iterator[dict[str, str]]:
+def local_up(
+    workdir: Path, *flags: str, env: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
     """`hotbatch local up FLAGS` as an operator runs it (free ports, its own workdir and key,
-    nothing else): yields the variables it exports once it prints `ready`, stops it after."""
+    nothing else; `env` added to the environment): yields the variables it exports once it
+    prints `ready`, stops it after."""
     command = [sys.executable, "-m", "infra.cli", "local", "up", *flags]
     for flag in ("--port", "--aws-port", "--runpod-port"):
         command += [flag, str(free_port())]
@@ -75,7 +80,7 @@ def local_up(workdir: Path, *flags: str) -> Iterator[dict[str, str]]:
     stack = subprocess.Popen(
         command,
         cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -92,8 +97,51 @@ def local_up(workdir: Path, *flags: str) -> Iterator[dict[str, str]]:
         assert "HOTBATCH_API_URL" in found, "the stack never printed ready"
         yield found
     finally:
-        stack.send_signal(signal.SIGTERM)
-        try:
-            stack.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            stack.kill()
+        stop(stack)
+        if stack.stdout is not None:
+            stack.stdout.close()
+
+
+# A `local up` that sees SIGTERM ends within 75 s: past that it kills its workers and exits
+# (infra/local_stack.py).
+STOP_S = 120
+
+
+def stop(stack: subprocess.Popen[str]) -> None:
+    """SIGTERM, as Ctrl-C would. A stack still running after STOP_S is killed with its workers,
+    which run in sessions of their own and would outlive it (polling for jobs to the end of the
+    session), with a warning: whether the stop works is tests/infra/test_local_stack.py's to
+    say, not every test's that uses a stack."""
+    stack.send_signal(signal.SIGTERM)
+    try:
+        stack.wait(timeout=STOP_S)
+    except subprocess.TimeoutExpired:
+        family = psutil.Process(stack.pid).children(recursive=True)
+        stack.kill()
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        stack.wait()
+        psutil.wait_procs(family, timeout=30)
+        warnings.warn(
+            f"`local up` was still running {STOP_S} s after SIGTERM: killed, and its "
+            f"{len(family)} processes",
+            stacklevel=1,
+        )
+
+
+def tenant_exports(exports: dict[str, str], tenant: str) -> dict[str, str]:
+    """`exports` of a running `local up` with the API key of a new key for `tenant` in place of
+    the stack's own, made as an operator makes one (`hotbatch keys create` on the stack's
+    table): its files, batches, webhooks and rate limit are that tenant's alone."""
+    created = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "keys", "create", "--tenant", tenant, "-q"],
+        env={**os.environ, "PYTHONPATH": str(REPO), **exports},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr[-3000:]
+    key = created.stdout.strip()
+    return {**exports, "HOTBATCH_API_KEY": key, "OPENAI_API_KEY": key}
