@@ -1,6 +1,7 @@
-"""Shared fixtures (the tiny model, the real vLLM engine, the presigned-URL blob store) and the
-guard that keeps the fast tier fast: a test not marked `stack`, `engine` or `e2e` that starts
-a process or listens on a port fails, naming the marker it needs."""
+"""Shared fixtures (the tiny model, the real vLLM engine, the presigned-URL blob store, the
+parsed template.yaml) and the guard that keeps the fast tier fast: a test not marked `stack`,
+`engine` or `e2e` that starts a process or listens on a port fails, naming the marker it
+needs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from infra import moto_speed
+from infra import aws_resources, moto_speed
 from infra.blob_server import BlobServer
 from infra.local_control_plane import serialize_dynamodb
 from infra.tiny_model import EMBED_KV_CACHE_BYTES as TINY_EMBED_KV_CACHE_BYTES
@@ -85,6 +86,12 @@ def embed_runtime(tiny_model: Path) -> Iterator[object]:
     runtime = start_runtime(settings)
     yield runtime
     runtime.stop()
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    """template.yaml, parsed once a session: PyYAML's pure-Python parser takes ~0.2 s."""
+    return aws_resources.load_template()
 
 
 @pytest.fixture()

@@ -20,7 +20,6 @@ from typing import Any
 
 import boto3
 import pytest
-from cfnlint.api import lint, lint_file
 from moto import mock_aws
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
@@ -28,6 +27,7 @@ from samtranslator.yaml_helper import yaml_parse
 from control_plane import observability
 from control_plane.settings import LOCAL_ONLY, Settings
 from infra.aws_resources import TEMPLATE, create_resources, load_template, resources_of_type
+from tests.support.moto_state import KEEP_BOTO3_SESSION, read_template_once
 
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -68,6 +68,10 @@ def template() -> dict[str, Any]:
 # --- 1. cfn-lint ---------------------------------------------------------------------------
 
 
+# cfn-lint is imported by the two tests that run it: it takes half a second, which every
+# collecting process (each xdist worker) would pay otherwise.
+
+
 def _lint_problems(matches: list[Any]) -> list[str]:
     """Errors and warnings; informational matches (I…) are advice, not problems."""
     return [
@@ -76,6 +80,8 @@ def _lint_problems(matches: list[Any]) -> list[str]:
 
 
 def test_template_is_cfn_lint_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cfnlint.api import lint_file
+
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     assert _lint_problems(lint_file(TEMPLATE)) == []
 
@@ -85,6 +91,8 @@ def test_cfn_lint_reports_a_broken_copy_of_the_template(monkeypatch: pytest.Monk
     SAM templates against SAM's schema without translating them, so it misses references inside
     environment variables and policy templates, and cycles: the transform tests below cover
     those."""
+    from cfnlint.api import lint
+
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     broken = TEMPLATE.read_text().replace("LogGroup: !Ref ApiLogGroup", "LogGroup: !Ref Nope", 1)
     assert any("'Nope'" in problem for problem in _lint_problems(lint(broken)))
@@ -640,9 +648,12 @@ def test_lambda_layer_requirements_are_the_control_plane_dependencies(
 
 
 @pytest.fixture()
-def local_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+def local_stack(
+    monkeypatch: pytest.MonkeyPatch, template: dict[str, Any]
+) -> Iterator[tuple[Any, Any]]:
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
+    read_template_once(template, monkeypatch)
+    with mock_aws(config=KEEP_BOTO3_SESSION):
         dynamodb = boto3.client("dynamodb", region_name=REGION)
         s3 = boto3.client("s3", region_name=REGION)
         create_resources(dynamodb=dynamodb, s3=s3, table_name="hotbatch-t", bucket_name="hb-t")

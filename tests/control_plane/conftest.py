@@ -16,23 +16,26 @@ from control_plane.api import create_app
 from control_plane.clients.aws import Aws
 from control_plane.settings import Settings
 from control_plane.store import apikeys
-from infra import aws_resources
 from infra.aws_resources import create_resources
 from tests.support.api import BUCKET, TABLE, make_settings
+from tests.support.moto_state import (
+    KEEP_BOTO3_SESSION,
+    MotoState,
+    Pristine,
+    read_template_once,
+)
 
-# moto drops boto3's default session at each start by default, so every test would load the
-# S3 and DynamoDB service models afresh (~0.2 s a test); the mock is no less isolated without.
-KEEP_BOTO3_SESSION = {"core": {"reset_boto3_session": False}}
+AWS_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture()
 def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for name, value in AWS_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     for name in list(os.environ):
         if name.startswith("HOTBATCH_"):
@@ -47,29 +50,37 @@ def settings(aws_credentials: None, request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def template() -> dict[str, Any]:
-    return aws_resources.load_template()
+def pristine(template: dict[str, Any]) -> Pristine:
+    """What `create_resources` makes, once a session (per xdist worker)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in AWS_CREDENTIALS.items():
+            env.setenv(name, value)
+        read_template_once(template, env)
+        with mock_aws(config=KEEP_BOTO3_SESSION):
+            handle = Aws(make_settings())
+            create_resources(
+                dynamodb=handle.dynamodb,
+                s3=handle.s3,
+                sqs=handle.sqs,
+                table_name=TABLE,
+                bucket_name=BUCKET,
+            )
+            return Pristine(
+                state=MotoState.take(),
+                clients={"dynamodb": handle.dynamodb, "s3": handle.s3, "sqs": handle.sqs},
+            )
 
 
 @pytest.fixture()
-def aws(
-    aws_credentials: None,
-    settings: Settings,
-    template: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Aws]:
-    """A fresh moto account with the table and bucket of template.yaml (parsed once a session,
-    not once a test: create_resources only reads it)."""
-    monkeypatch.setattr(aws_resources, "load_template", lambda path=None: template)
+def aws(aws_credentials: None, settings: Settings, pristine: Pristine) -> Iterator[Aws]:
+    """A fresh moto account with the table, bucket and queues of template.yaml: `mock_aws`
+    resets every backend, then a copy of what `create_resources` made once a session goes
+    in (`tests.support.moto_state`)."""
     with mock_aws(config=KEEP_BOTO3_SESSION):
+        pristine.state.restore()
         handle = Aws(settings)
-        create_resources(
-            dynamodb=handle.dynamodb,
-            s3=handle.s3,
-            sqs=handle.sqs,
-            table_name=TABLE,
-            bucket_name=BUCKET,
-        )
+        if settings.aws_endpoint_url is None:
+            handle.__dict__.update(pristine.clients)  # the cached_property slots
         yield handle
 
 

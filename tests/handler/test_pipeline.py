@@ -36,9 +36,11 @@ class FakeClock:
 @dataclass
 class TracingEngine:
     """Answers after one to three times `delay_s` (requests in an engine finish unevenly),
-    logging which chunk each request came from as it enters."""
+    logging which chunk each request came from as it enters; a request tagged in `stuck`
+    never answers (it leaves when cancelled)."""
 
     delay_s: float = 0.01
+    stuck: frozenset[str] = frozenset()
     entered: list[str] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -54,6 +56,8 @@ class TracingEngine:
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         self.mixes.append(set(self._tags))
         try:
+            if tag in self.stuck:
+                await asyncio.Event().wait()
             await asyncio.sleep(self.delay_s * (1 + len(self.entered) % 3))
             return Reply(200, {"usage": {}})
         finally:
@@ -160,11 +164,18 @@ async def test_a_chunk_that_arrives_later_ranks_behind_even_if_it_asks_first() -
     assert first.peak_chunks == second.peak_chunks == 2
 
 
+async def _entered(engine: TracingEngine, tag: str, count: int) -> None:
+    while engine.entered.count(tag) < count:
+        await asyncio.sleep(0.001)
+
+
 async def test_a_cancelled_chunk_gives_its_slots_to_the_next_one() -> None:
-    engine = TracingEngine(delay_s=0.05)
+    # The doomed chunk's requests hold their slots until cancelled, however slowly the test
+    # gets to the cancel (one that answered in time would let a fourth one in).
+    engine = TracingEngine(delay_s=0.05, stuck=frozenset({"doomed"}))
     gate = EngineGate(engine, limit=3)
     doomed = asyncio.ensure_future(_chunk(gate, "doomed", 30))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(_entered(engine, "doomed", 3), 5)
     survivor = asyncio.ensure_future(_chunk(gate, "survivor", 6))
     await asyncio.sleep(0.01)
     doomed.cancel()

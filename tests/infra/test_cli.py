@@ -10,9 +10,12 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
+import botocore.session
 import pytest
+from botocore.loaders import Loader, create_loader
 from moto import mock_aws
 from typer.testing import CliRunner, Result
 
@@ -23,6 +26,7 @@ from handler.contract import BatchRequestOutput
 from infra import cli
 from infra.aws_resources import create_resources
 from infra.keys_cli import parse_expires
+from tests.support.moto_state import KEEP_BOTO3_SESSION, read_template_once
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,9 +102,23 @@ def _without_aws_or_hotbatch_settings(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
 
 
+@pytest.fixture(scope="module")
+def service_models() -> Loader:
+    """botocore's service models, endpoint rules and waiters, read once a module: each test's
+    session is new (it reads this test's environment), only these files are shared (~0.3 s a
+    test to read again)."""
+    return create_loader()
+
+
 @pytest.fixture()
-def table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws]:
+def table(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    service_models: Loader,
+    template: dict[str, Any],
+) -> Iterator[Aws]:
     _without_aws_or_hotbatch_settings(monkeypatch, tmp_path)
+    read_template_once(template, monkeypatch)
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -108,7 +126,10 @@ def table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Aws]:
         "HOTBATCH_TABLE_NAME": KEYS_TABLE,
     }.items():
         monkeypatch.setenv(name, value)
-    with mock_aws():
+    session = botocore.session.get_session()
+    session.register_component("data_loader", service_models)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", boto3.Session(botocore_session=session))
+    with mock_aws(config=KEEP_BOTO3_SESSION):
         aws = Aws(Settings(table_name=KEYS_TABLE))
         create_resources(
             dynamodb=aws.dynamodb, s3=aws.s3, table_name=KEYS_TABLE, bucket_name=KEYS_TABLE

@@ -28,13 +28,15 @@ from infra.aws_resources import create_resources
 from infra.batches_cli import parse_metadata
 from infra.client import Deployment
 from tests.support.lines import COMPLETIONS, request_line
+from tests.support.moto_state import KEEP_BOTO3_SESSION, read_template_once
 
 TABLE = BUCKET = "hotbatch-cli-test"
 
 
 @pytest.fixture(scope="module")
-def app_on_moto() -> Iterator[tuple[Aws, TestClient]]:
+def app_on_moto(template: dict[str, Any]) -> Iterator[tuple[Aws, TestClient]]:
     with pytest.MonkeyPatch.context() as env:
+        read_template_once(template, env)
         for name, value in {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -43,7 +45,7 @@ def app_on_moto() -> Iterator[tuple[Aws, TestClient]]:
             env.setenv(name, value)
         for name in [name for name in os.environ if name.startswith("HOTBATCH_")]:
             env.delenv(name)
-        with mock_aws():
+        with mock_aws(config=KEEP_BOTO3_SESSION):
             settings = Settings(table_name=TABLE, bucket_name=BUCKET, gpu_price_per_hour=2)
             aws = Aws(settings)
             create_resources(

@@ -23,6 +23,7 @@ from control_plane.store import chunks as chunk_store
 from tests.control_plane.split.test_job import TENANT, admitted
 from tests.support.api import stored_file
 from tests.support.lines import jsonl
+from tests.support.moto_state import KEEP_BOTO3_SESSION
 
 CHAT = "/v1/chat/completions"
 
@@ -282,7 +283,7 @@ def test_a_split_of_many_distinct_prefixes_holds_no_more_than_its_buffer() -> No
 
 @pytest.fixture()
 def s3() -> Iterator[Any]:
-    with mock_aws():
+    with mock_aws(config=KEEP_BOTO3_SESSION):
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="hotbatch-test")
         yield client

@@ -20,6 +20,7 @@ from control_plane.split.stream import (
     split_s3_object,
 )
 from tests.support.lines import CHAT, COMPLETIONS, request_line
+from tests.support.moto_state import KEEP_BOTO3_SESSION
 
 
 def line(custom_id: Any = "r", **fields: Any) -> bytes:
@@ -117,7 +118,7 @@ def test_read_lines_splits_on_newline_only_and_across_pieces() -> None:
 
 @pytest.fixture()
 def s3() -> Iterator[Any]:
-    with mock_aws():
+    with mock_aws(config=KEEP_BOTO3_SESSION):
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="hotbatch-test")
         yield client

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from infra.runpod_local import models
 from infra.runpod_local.exceptions import JobNotFound
 from infra.runpod_local.models import EndpointBackend
 
@@ -31,7 +33,22 @@ async def test_a_late_result_for_a_cancelled_job_is_dropped() -> None:
     assert backend.health()["jobs"]["completed"] == 0
 
 
-async def test_stop_signal_is_resent_until_the_worker_lets_go() -> None:
+class SkippingClock:
+    """Stands in for the `time` module inside the backend: the monotonic clock, moved ahead
+    by the test where it would otherwise sleep."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.skipped
+
+
+async def test_stop_signal_is_resent_until_the_worker_lets_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = SkippingClock()
+    monkeypatch.setattr(models, "time", clock)
     backend = EndpointBackend()
     job = await backend.submit({"input": {}})
     await backend.take("w1", 1, timeout=0.1)
@@ -39,12 +56,12 @@ async def test_stop_signal_is_resent_until_the_worker_lets_go() -> None:
     assert await backend.stop_signals("w1", timeout=0.1) == [job.id]
     # Not re-sent within a second, then re-sent while the worker still reports the job...
     assert await backend.stop_signals("w1", timeout=0.2) == []
-    await asyncio.sleep(1.0)
+    clock.skipped += models.STOP_RESEND_S
     backend.ping("w1", [job.id])
     assert await backend.stop_signals("w1", timeout=0.1) == [job.id]
     # ...and dropped once its heartbeat no longer lists it.
     backend.ping("w1", [])
-    await asyncio.sleep(1.0)
+    clock.skipped += models.STOP_RESEND_S
     assert await backend.stop_signals("w1", timeout=0.1) == []
 
 
