@@ -238,8 +238,12 @@ class Engine:
 def _plain(response: Any) -> Any:
     """A starlette response (what the pooling serving objects return) as the Reply it holds;
     anything else as it is."""
+    # A pydantic answer first: looking up a missing `body` on one goes through pydantic's slow
+    # `__getattr__` (an exception built per request, on the engine's event loop).
+    if hasattr(response, "model_dump"):
+        return response
     body = getattr(response, "body", None)
-    if not isinstance(body, bytes | memoryview) or hasattr(response, "model_dump"):
+    if not isinstance(body, bytes | memoryview):
         return response
     try:
         return Reply(int(response.status_code), json.loads(bytes(body)))

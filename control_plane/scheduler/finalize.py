@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Literal
 
 import orjson
 
@@ -180,8 +181,8 @@ def _close(ctx: TickContext, batch: BatchItem, *, expect: set[str], to: str) -> 
         return batch  # a redrive added work after the last count
     leaves = [c for c in chunks if c["state"] in LEAF_RESULT_STATES]
     # Set both, None included: after a redrive the previous generation's files must not stay.
-    outputs = [key for c in leaves if (key := c.get("output_key"))]
-    errors = [key for c in leaves if (key := c.get("error_key"))]
+    outputs = [key for c in leaves if _has_lines(c, "completed") and (key := c.get("output_key"))]
+    errors = [key for c in leaves if _has_lines(c, "failed") and (key := c.get("error_key"))]
     sets: dict[str, object] = {
         "output_file_id": _merged_file(ctx, batch, "output", outputs),
         "error_file_id": _merged_file(ctx, batch, "error", errors),
@@ -197,6 +198,14 @@ def _close(ctx: TickContext, batch: BatchItem, *, expect: set[str], to: str) -> 
         },
     )
     return done
+
+
+def _has_lines(chunk: ChunkItem, count: Literal["completed", "failed"]) -> bool:
+    """Whether a finished chunk's result object may hold lines: its count (`completed` for the
+    output, `failed` for the errors) is the number of lines it holds (the worker writes one per
+    request it counts; a redrive takes lines and count away together), so an object counted
+    empty is not even asked for its size. A chunk without the count is asked."""
+    return chunk.get(count, 1) > 0
 
 
 def _merged_file(ctx: TickContext, batch: BatchItem, kind: str, keys: list[str]) -> str | None:
