@@ -92,8 +92,7 @@ class Runtime:
         try:
             return await asyncio.wrap_future(running)
         except asyncio.CancelledError:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), UNWIND_S)
+            await _unwound(ended, UNWIND_S)
             raise
 
     async def process(
@@ -208,6 +207,18 @@ def start_runtime(settings: WorkerSettings, engine_factory: EngineFactory | None
     runtime: Runtime = ready["runtime"]
     runtime._thread = thread
     return runtime
+
+
+async def _unwound(ended: asyncio.Event, timeout: float) -> None:
+    """Wait for `ended` (at most `timeout`), through every further cancel. A platform sends a
+    stop again until the job is gone (the local endpoint every second; RunPod until the next
+    heartbeat), and a second cancel that cut this wait short let the SDK take a third chunk
+    beside one still letting go of its lane: seen on a loaded machine, 3 chunks in a worker
+    of MAX_CONCURRENCY 2."""
+    deadline = time.monotonic() + timeout
+    while not ended.is_set() and (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(ended.wait(), left)
 
 
 @contextlib.asynccontextmanager

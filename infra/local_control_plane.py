@@ -18,6 +18,8 @@ LOCAL_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "local",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+# Seconds the local API keeps an idle connection open (see `LocalApi.start`).
+KEEP_ALIVE_S = 65
 
 
 def use_local_credentials() -> None:
@@ -136,7 +138,17 @@ class LocalApi:
 
         sock = _bound_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        # The clients (httpx, in the openai SDK and the CLI) drop a connection idle 5 s; the
+        # server must outlast them. At uvicorn's default (also 5 s) a loop stalled on a busy
+        # machine runs its expired keep-alive timer before reading the request already sent
+        # on that connection (uvloop runs timers first), and the client reads a reset.
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="control-plane", daemon=True

@@ -1,6 +1,6 @@
 """moto's DynamoDB at the size of a fleet: queries that read one partition, transactions that
 journal the items they touch, answers written as the JSON they already are (and S3 requests
-that do not reload a module each).
+that do not reload a module each, and a server that does not list its package per request).
 
 moto answers every Query by walking every item of the table (then filtering on the key), backs
 every TransactWriteItems up with a deep copy of the whole table, and writes each answer through
@@ -174,7 +174,17 @@ def enable() -> None:
     DynamoDBBackend.transact_write_items = _transact_write_items
     _fast_answers()
     _s3_urls_once()
+    _moto_modules_once()
     _applied = True
+
+
+def _moto_modules_once() -> None:
+    """moto's server lists its own package directory (a `stat` per service, some 150) on every
+    request to tell whether the Host header names a service; the list never changes."""
+    import moto.backends as backends
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
 
 
 def _s3_urls_once() -> None:

@@ -60,3 +60,32 @@ async def test_a_submit_returns_the_engine_sides_result(
 
     runtime = SimpleNamespace(loop=engine_loop)
     assert await Runtime.submit(runtime, chunk()) == "summary"  # type: ignore[arg-type]
+
+
+async def test_a_stop_sent_again_does_not_cut_the_unwinding_short(
+    engine_loop: asyncio.AbstractEventLoop,
+) -> None:
+    """RunPod (and the local endpoint, every second) repeats a stop until the job is gone: each
+    repeat cancels the handler's task again while the chunk is still letting go."""
+    started = threading.Event()
+    unwound: list[float] = []
+
+    async def chunk() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            time.sleep(0.5)
+            unwound.append(time.monotonic())
+        return "never"
+
+    runtime = SimpleNamespace(loop=engine_loop)
+    task = asyncio.ensure_future(Runtime.submit(runtime, chunk()))  # type: ignore[arg-type]
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    task.cancel()
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert unwound and unwound[0] <= time.monotonic()

@@ -102,3 +102,14 @@ def test_leave_ends_the_process_even_if_a_thread_that_is_no_daemon_never_ends() 
     )
     assert ended.returncode == 3
     assert "exiting without waiting for 1 threads" in ended.stderr
+
+
+def test_the_local_api_keeps_an_idle_connection_longer_than_its_clients_do() -> None:
+    """The openai SDK (and the CLI, on the same httpx) closes a connection idle 5 s; a server
+    that closes first races the client's next request on it (a reset, seen in CI)."""
+    from openai._constants import DEFAULT_CONNECTION_LIMITS
+
+    from infra.local_control_plane import KEEP_ALIVE_S
+
+    expiry = DEFAULT_CONNECTION_LIMITS.keepalive_expiry
+    assert expiry is not None and KEEP_ALIVE_S > expiry * 2

@@ -121,7 +121,7 @@ def test_one_worker_overlaps_two_chunks_and_keeps_its_engine_busy(
     summaries = [job.output(timeout=600) for job in jobs]
     assert [s["counts"]["completed"] for s in summaries] == [1000] * 4
     timings = [s["timings"] for s in summaries]
-    assert max(t["concurrent_chunks"] for t in timings) == 2
+    assert max(t["concurrent_chunks"] for t in timings) == 2, timings
     spans = sorted((t["started_at"], t["finished_at"]) for t in timings)
     # No gap: each chunk after the first started before every chunk ahead of it had finished
     # (not only the one just ahead: two chunks taken together end in either order).
