@@ -28,3 +28,9 @@ def test_gpu_image_runs_the_worker_as_non_root_with_a_health_check() -> None:
     assert "HEALTHCHECK" in DOCKERFILE and "HOTBATCH_READY_FILE=/tmp/hotbatch-ready" in DOCKERFILE
     assert DOCKERFILE.rstrip().endswith('CMD ["python3", "-m", "handler"]')
     assert "'.[handler]'" in DOCKERFILE  # the worker extra only, no control plane
+
+
+def test_the_baked_weights_layer_comes_before_the_code() -> None:
+    """A change to hotbatch must not invalidate (and re-download) a model of many GB."""
+    assert DOCKERFILE.index("snapshot_download") < DOCKERFILE.index("COPY handler")
+    assert DOCKERFILE.index("snapshot_download") < DOCKERFILE.index("COPY pyproject.toml")
