@@ -79,7 +79,7 @@ async def bench_serving(engine: Any, run: int, count: int, max_tokens: int) -> f
                 "temperature": 0.0,
             }
         )
-        return await engine._chat.create_chat_completion(request, None)
+        return await engine._routes["/v1/chat/completions"].call(request, None)
 
     started = time.perf_counter()
     responses = await asyncio.gather(*(one(c) for c in messages(run, count)))

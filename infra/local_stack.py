@@ -1,7 +1,7 @@
 """`hotbatch local up` and `hotbatch local run FILE`: the local stack on this machine.
 
 moto's server with the table, bucket and event queues from template.yaml, the control plane
-under uvicorn with the sweep every second and its event queues handled as events arrive, and
+under uvicorn with the sweep every 2 seconds and its event queues handled as events arrive, and
 the local RunPod endpoint with N real workers (`python -m handler` on vLLM's CPU build, the
 tiny generated model unless `--model`: `smollm2` is SmolLM2-135M-Instruct, made from its package).
 
@@ -283,6 +283,7 @@ def _stack(args: LocalOptions, *, ports: bool) -> LocalStack:
         runpod_api_key=args.runpod_api_key,
         pool=pool,
         settings=settings,
+        keep_off_engine_cores=True,
     )
     if args.model is None:
         config.chat_model, config.embed_model = TINY_CHAT, TINY_EMBED

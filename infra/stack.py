@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,17 @@ from control_plane.scheduler.sweep import run_sweep
 from control_plane.scheduler.tick import drain, finish, make_context, run_tick
 from control_plane.settings import Settings
 from control_plane.store import apikeys
+from infra import cpu_share
 from infra.local_control_plane import LOCAL_CREDENTIALS, LocalApi, LocalAws
 from infra.runpod_local import EndpointConfig, LocalEndpoint, PoolConfig
 
 log = logging.getLogger("handler.local")
 EMBED_ENDPOINT_ID = "local-embed"
-# How often a queue thread looks at its queue when nothing woke it (a kick wakes it at once).
-EVENT_POLL_S = 0.25
+# How often a queue thread looks at its queue when nothing woke it. An event queued in this
+# process is followed by a kick, which wakes the threads at once, so the look only catches what
+# SQS hands back after its visibility timeout (`queues.LOCAL_VISIBILITY_S`). Each look is a moto
+# call on the cores the workers' engines run on: at 0.25 s the two threads took ~4 % of a core.
+EVENT_POLL_S = 1.0
 QUEUES = (queues.DISPATCH, queues.BATCHES)
 SLOW_SWEEP_S = 5.0
 # All background threads together get this long to finish what they hold at a stop.
@@ -51,8 +56,11 @@ class StackConfig:
     pool: PoolConfig = field(default_factory=PoolConfig)
     runpod_api_key: str = "local-runpod-key"
     # Seconds between background sweeps (the queues are drained as events arrive); None: the
-    # caller ticks (`LocalStack.tick`: a sweep, then the queues drained).
-    tick_interval_s: float | None = 1.0
+    # caller ticks (`LocalStack.tick`: a sweep, then the queues drained). AWS sweeps once a
+    # minute; a local sweep is some 40 moto calls, ~0.14 s of CPU taken from the workers'
+    # engines on a small machine, so every second cost a local batch ~14 % of a core. Well
+    # under the local workers' idle timeout (5 s), which keep-hot's pings have to beat.
+    tick_interval_s: float | None = 2.0
     webhooks: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
     # Served models (HOTBATCH_MODELS): `chat_model` on the endpoint of `pool`, `embed_model` on
@@ -61,6 +69,11 @@ class StackConfig:
     chat_model: str | None = None
     embed_model: str | None = None
     embed_pool: PoolConfig | None = None
+    # Confine this process to the core(s) vLLM's CPU build leaves to frontends while the stack
+    # runs, so the control plane never stops a bound engine (`infra.cpu_share`); the workers
+    # keep every CPU. For a process that is the stack (`hotbatch local up|run`): it pins the
+    # caller's threads too.
+    keep_off_engine_cores: bool = False
 
 
 @dataclass
@@ -82,8 +95,11 @@ class LocalStack:
     _queue_locks: dict[str, threading.Lock] = field(
         default_factory=lambda: {which: threading.Lock() for which in QUEUES}
     )
+    _cpus: frozenset[int] | None = None  # this process's CPUs before the stack pinned it
 
     def start(self) -> LocalStack:
+        if self.config.keep_off_engine_cores:
+            self._keep_off_engine_cores()
         config = self.config
         self.local_aws = LocalAws(port=config.aws_port).start()
         self.endpoint = LocalEndpoint(
@@ -130,6 +146,20 @@ class LocalStack:
                 thread.start()
             self._threads.extend(threads)
         return self
+
+    def _keep_off_engine_cores(self) -> None:
+        everything = cpu_share.allowed()
+        config = self.config
+        frontends = cpu_share.reserved(everything, {**os.environ, **config.pool.env})
+        if not cpu_share.pin_process(frontends):
+            return
+        self._cpus = everything
+        log.info(
+            "the stack keeps to CPUs %s, its workers get %s", sorted(frontends), sorted(everything)
+        )
+        config.pool = replace(config.pool, cpus=everything)
+        if config.embed_pool is not None:
+            config.embed_pool = replace(config.embed_pool, cpus=everything)
 
     def _more_endpoints(self) -> list[tuple[EndpointConfig, PoolConfig | None]]:
         config = self.config
@@ -247,6 +277,8 @@ class LocalStack:
         if self.local_aws is not None:
             with _timed("moto"):
                 self.local_aws.stop()
+        if self._cpus is not None:
+            cpu_share.pin_process(self._cpus)
         _log_lingering_threads()
 
 

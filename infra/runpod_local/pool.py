@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from infra import cpu_share
 from infra.runpod_local.crashes import RestartBackoff, StartFailure, error_lines, read_log
 from infra.runpod_local.models import EndpointBackend
 
@@ -47,6 +48,9 @@ class PoolConfig:
     # `.runpod_jobs.pkl` in the working directory, so workers sharing one would see each other's
     # jobs (one killed mid-job would block every later worker). On RunPod each has a container.
     work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="runpod-local-")))
+    # The CPUs a worker may run on whatever this process is confined to (`infra.cpu_share`);
+    # None: this process's.
+    cpus: frozenset[int] | None = None
 
 
 @dataclass
@@ -103,6 +107,8 @@ class WorkerPool:
         if self.config.cold_start_delay_s > 0:
             command = ["/bin/sh", "-c", f'sleep {self.config.cold_start_delay_s}; exec "$0" "$@"']
             command += self.config.command
+        if self.config.cpus is not None:
+            command = cpu_share.spread(command, self.config.cpus)
         env = {
             **os.environ,
             **self.config.env,

@@ -8,6 +8,7 @@ honour. One stack for the module (its engine load is the cost)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from openai import OpenAI
 from typer.testing import CliRunner
 
-from infra import cli, local_stack
+from infra import cli, cpu_share, local_stack
 from infra.local_cli import run_stack
 from infra.stack import LocalStack
 from infra.wait import wait_for
@@ -108,6 +109,23 @@ def test_readmes_main_job_answers_a_factual_question(
     assert len(lines) == len(EXAMPLE.read_text().splitlines()) == 200
     answer = body_of(lines["capital-france"])["choices"][0]["message"]["content"]
     assert "Paris" in answer, answer
+
+
+def test_the_stack_keeps_off_the_cores_its_engine_is_bound_to(stack: LocalStack) -> None:
+    """`local up|run` confine the control plane to the core vLLM leaves to frontends; the
+    worker (and so its engine) keeps every CPU."""
+    everything = stack.config.pool.cpus
+    if everything is None:  # a single CPU: nothing to keep off
+        assert len(os.sched_getaffinity(0)) == 1
+        return
+    assert os.sched_getaffinity(0) == cpu_share.reserved(everything)
+    assert stack.endpoint is not None
+    workers = [
+        p.popen.pid for pool in stack.endpoint.pools.values() for p in pool.processes.values()
+    ]
+    assert workers
+    for pid in workers:
+        assert os.sched_getaffinity(pid) == everything
 
 
 def test_structured_outputs_parse_and_validate_on_every_line(stack: LocalStack) -> None:
