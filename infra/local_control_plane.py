@@ -139,9 +139,9 @@ class LocalApi:
         sock = _bound_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         # The clients (httpx, in the openai SDK and the CLI) drop a connection idle 5 s; the
-        # server must outlast them. At uvicorn's default (also 5 s) a loop stalled on a busy
-        # machine runs its expired keep-alive timer before reading the request already sent
-        # on that connection (uvloop runs timers first), and the client reads a reset.
+        # server must outlast them. At uvicorn's default (also 5 s) the server's close and the
+        # client's next request on that connection can cross, and the client reads a reset
+        # (CI saw one while polling a batch).
         config = uvicorn.Config(
             self.app,
             log_level="warning",
