@@ -26,9 +26,11 @@ def engine_loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-async def test_a_cancelled_submit_returns_only_once_the_engine_side_has_unwound(
-    engine_loop: asyncio.AbstractEventLoop,
-) -> None:
+async def _cancel_while_unwinding(
+    engine_loop: asyncio.AbstractEventLoop, *, unwind_s: float, stops: int
+) -> list[float]:
+    """Submit a chunk that takes `unwind_s` to let go, stop it `stops` times (50 ms apart) and
+    await the cancelled submit; the times at which the chunk had unwound."""
     started = threading.Event()
     unwound: list[float] = []
 
@@ -38,7 +40,7 @@ async def test_a_cancelled_submit_returns_only_once_the_engine_side_has_unwound(
             await asyncio.sleep(60)
         finally:
             # Aborting a chunk's requests takes a moment on a busy engine.
-            time.sleep(0.3)
+            time.sleep(unwind_s)
             unwound.append(time.monotonic())
         return "never"
 
@@ -46,8 +48,18 @@ async def test_a_cancelled_submit_returns_only_once_the_engine_side_has_unwound(
     task = asyncio.ensure_future(Runtime.submit(runtime, chunk()))  # type: ignore[arg-type]
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
     task.cancel()
+    for _ in range(stops - 1):
+        await asyncio.sleep(0.05)
+        task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    return unwound
+
+
+async def test_a_cancelled_submit_returns_only_once_the_engine_side_has_unwound(
+    engine_loop: asyncio.AbstractEventLoop,
+) -> None:
+    unwound = await _cancel_while_unwinding(engine_loop, unwind_s=0.3, stops=1)
     assert unwound and unwound[0] <= time.monotonic()
 
 
@@ -67,25 +79,5 @@ async def test_a_stop_sent_again_does_not_cut_the_unwinding_short(
 ) -> None:
     """RunPod (and the local endpoint, every second) repeats a stop until the job is gone: each
     repeat cancels the handler's task again while the chunk is still letting go."""
-    started = threading.Event()
-    unwound: list[float] = []
-
-    async def chunk() -> str:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        finally:
-            time.sleep(0.5)
-            unwound.append(time.monotonic())
-        return "never"
-
-    runtime = SimpleNamespace(loop=engine_loop)
-    task = asyncio.ensure_future(Runtime.submit(runtime, chunk()))  # type: ignore[arg-type]
-    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-    task.cancel()
-    for _ in range(3):
-        await asyncio.sleep(0.05)
-        task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    unwound = await _cancel_while_unwinding(engine_loop, unwind_s=0.5, stops=4)
     assert unwound and unwound[0] <= time.monotonic()
